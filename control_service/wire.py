@@ -1,0 +1,267 @@
+"""The engine protocol's encoding: the one place that turns frames into values and back.
+
+Both sides import this module (the service's engine link and engine_stub), so the two can never
+disagree about a field. Bodies are UTF-8 JSON (never pickle) and every decode is bounded and
+validated here, so that code past this point can trust what it holds: a frame that is too large,
+not JSON, of an unknown version or kind, or with a field of the wrong type raises `WireError`,
+and the caller drops that one frame and carries on. See docs/engine-protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+PROTOCOL_VERSION: Final = 1
+MAX_FRAME_BYTES: Final = 1 << 20
+MAX_REQUEST_ID_CHARS: Final = 256
+MAX_TEXT_CHARS: Final = 4096
+
+METHODS: Final = frozenset({"pause", "update_weights", "resume", "status", "cancel"})
+ACCEPTED: Final = "accepted"
+PROGRESS: Final = "progress"
+RESULT: Final = "result"
+ERROR: Final = "error"
+KINDS: Final = frozenset({ACCEPTED, PROGRESS, RESULT, ERROR})
+TERMINAL_KINDS: Final = frozenset({RESULT, ERROR})
+
+# gRPC status names an engine may put in an error reply (everything but OK).
+ERROR_CODES: Final = frozenset(
+    {
+        "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "UNAUTHENTICATED",
+    }
+)  # fmt: skip
+
+_UINT32: Final = (1 << 32) - 1
+_UINT64: Final = (1 << 64) - 1
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
+
+
+class WireError(ValueError):
+    """A frame that breaks the protocol. `request_id` is set when the frame named one."""
+
+    def __init__(self, reason: str, request_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Service -> engine. `timeout_s` is what is left of the call's effective deadline."""
+
+    request_id: str
+    method: str
+    args: dict[str, Any]
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Engine -> service. Any number of accepted/progress, then one result or error."""
+
+    request_id: str
+    kind: str
+    data: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL_KINDS
+
+
+# ---------------------------------------------------------------------------------- requests
+
+
+def encode_request(request: Request) -> bytes:
+    return _encode(
+        {
+            "v": PROTOCOL_VERSION,
+            "request_id": request.request_id,
+            "method": request.method,
+            "args": request.args,
+            "timeout_s": request.timeout_s,
+        }
+    ).encode()
+
+
+def decode_request(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Request:
+    """The engine side's decoder."""
+    obj = _load(body, max_bytes)
+    request_id = _request_id(obj)
+    method = obj.get("method")
+    if method not in METHODS:
+        raise WireError(f"unknown method {method!r}", request_id)
+    args = obj.get("args", {})
+    if not isinstance(args, dict):
+        raise WireError("args must be an object", request_id)
+    timeout_s = obj.get("timeout_s")
+    if not _is_number(timeout_s) or not timeout_s > 0:
+        raise WireError("timeout_s must be a number > 0", request_id)
+    return Request(request_id, method, args, float(timeout_s))
+
+
+# ----------------------------------------------------------------------------------- replies
+
+
+def encode_reply(reply: Reply) -> bytes:
+    return _encode(
+        {"v": PROTOCOL_VERSION, "request_id": reply.request_id, "kind": reply.kind, "data": reply.data}
+    ).encode()
+
+
+def decode_reply(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Reply:
+    """The service side's decoder: after it, `data` has exactly the shapes docs promise."""
+    obj = _load(body, max_bytes)
+    request_id = _request_id(obj)
+    kind = obj.get("kind")
+    data = obj.get("data", {})
+    if not isinstance(data, dict):
+        raise WireError("data must be an object", request_id)
+    checker = _REPLY_CHECKS.get(kind)  # type: ignore[arg-type]
+    if checker is None:
+        raise WireError(f"unknown kind {kind!r}", request_id)
+    try:
+        return Reply(request_id, kind, checker(data))
+    except WireError as err:
+        raise WireError(f"{kind}: {err.reason}", request_id) from None
+
+
+def accepted(request_id: str, message: str = "") -> Reply:
+    return Reply(request_id, ACCEPTED, {"message": message})
+
+
+def progress(request_id: str, stage: str, done: int, total: int, message: str = "") -> Reply:
+    return Reply(
+        request_id, PROGRESS, {"stage": stage, "done": done, "total": total, "message": message}
+    )
+
+
+def result(
+    request_id: str, state: dict[str, Any], message: str = "", **counts: int
+) -> Reply:
+    """counts: aborted, drained, bytes_loaded (see the proto's Result)."""
+    return Reply(request_id, RESULT, {"state": state, "message": message, **counts})
+
+
+def error(request_id: str, code: str, message: str) -> Reply:
+    return Reply(request_id, ERROR, {"code": code, "message": message})
+
+
+def state(
+    paused: bool, weight_version: str, in_flight: int, weight_digest: str = ""
+) -> dict[str, Any]:
+    return {
+        "paused": paused,
+        "weight_version": weight_version,
+        "in_flight": in_flight,
+        "weight_digest": weight_digest,
+    }
+
+
+# -------------------------------------------------------------------------------- validation
+
+
+def _load(body: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(body) > max_bytes:
+        raise WireError(f"frame of {len(body)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        obj = _decode(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise WireError(f"not UTF-8 JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise WireError("body must be a JSON object")
+    version = obj.get("v")
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise WireError(f"unsupported protocol version {version!r}", _maybe_id(obj))
+    return obj
+
+
+def _maybe_id(obj: dict[str, Any]) -> str | None:
+    rid = obj.get("request_id")
+    return rid if isinstance(rid, str) else None
+
+
+def _request_id(obj: dict[str, Any]) -> str:
+    rid = obj.get("request_id")
+    if not isinstance(rid, str) or not 0 < len(rid) <= MAX_REQUEST_ID_CHARS:
+        raise WireError(f"request_id must be a string of 1-{MAX_REQUEST_ID_CHARS} characters")
+    return rid
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _text(data: dict[str, Any], key: str, required: bool = False) -> str:
+    value = data.get(key, None)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise WireError(f"{key} must be a string")
+    if len(value) > MAX_TEXT_CHARS:
+        raise WireError(f"{key} exceeds {MAX_TEXT_CHARS} characters")
+    return value
+
+
+def _count(data: dict[str, Any], key: str, limit: int) -> int:
+    value = data.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+        raise WireError(f"{key} must be an integer in 0..{limit}")
+    return value
+
+
+def _check_accepted(data: dict[str, Any]) -> dict[str, Any]:
+    return {"message": _text(data, "message")}
+
+
+def _check_progress(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stage": _text(data, "stage"),
+        "done": _count(data, "done", _UINT64),
+        "total": _count(data, "total", _UINT64),
+        "message": _text(data, "message"),
+    }
+
+
+def _check_state(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise WireError("state must be an object")
+    paused = value.get("paused", False)
+    if not isinstance(paused, bool):
+        raise WireError("state.paused must be a boolean")
+    return {
+        "paused": paused,
+        "weight_version": _text(value, "weight_version"),
+        "in_flight": _count(value, "in_flight", _UINT32),
+        "weight_digest": _text(value, "weight_digest"),
+    }
+
+
+def _check_result(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "state": _check_state(data.get("state", {})),
+        "message": _text(data, "message"),
+        "aborted": _count(data, "aborted", _UINT32),
+        "drained": _count(data, "drained", _UINT32),
+        "bytes_loaded": _count(data, "bytes_loaded", _UINT64),
+    }
+
+
+def _check_error(data: dict[str, Any]) -> dict[str, Any]:
+    code = data.get("code")
+    if code not in ERROR_CODES:
+        raise WireError(f"code {code!r} is not a gRPC status name other than OK")
+    return {"code": code, "message": _text(data, "message")}
+
+
+_REPLY_CHECKS = {
+    ACCEPTED: _check_accepted,
+    PROGRESS: _check_progress,
+    RESULT: _check_result,
+    ERROR: _check_error,
+}
