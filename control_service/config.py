@@ -1,0 +1,84 @@
+"""Configuration as frozen dataclasses: one object per concern, validated when built.
+
+Defaults are the ones an RL loop wants: fail fast on a dead engine (heartbeats well under the
+2 s liveness bound), generous timeouts for weight loading, bounded tables everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from control_service.errors import invalid
+
+ENGINE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+PAUSE_MODES = ("abort", "wait", "keep")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """One engine: a name trainers see in events, and the ZMQ endpoint its ROUTER binds."""
+
+    name: str
+    endpoint: str
+
+    def __post_init__(self) -> None:
+        if not ENGINE_NAME.match(self.name):
+            raise invalid(f"engine name {self.name!r} must be 1-64 characters of [A-Za-z0-9._-]")
+        if not self.endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+            raise invalid(f"engine endpoint {self.endpoint!r} must be tcp://, ipc:// or inproc://")
+
+    @classmethod
+    def parse(cls, text: str, default_name: str = "engine") -> EngineConfig:
+        """'NAME=ENDPOINT' or a bare 'ENDPOINT' (named `default_name`)."""
+        name, sep, endpoint = text.partition("=")
+        if not sep or "://" in name:
+            return cls(default_name, text)
+        return cls(name, endpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    """How the service talks to each engine over ZMQ."""
+
+    heartbeat_ivl_s: float = 0.2
+    heartbeat_timeout_s: float = 0.6
+    reconnect_ivl_s: float = 0.1
+    reconnect_ivl_max_s: float = 1.0
+    max_frame_bytes: int = 1 << 20
+    # Outgoing requests queued on the socket at most; past it a send fails with UNAVAILABLE.
+    send_hwm: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    engines: tuple[EngineConfig, ...]
+    listen: str = "127.0.0.1:50051"
+    link: LinkConfig = field(default_factory=LinkConfig)
+    default_timeout_s: float = 120.0
+    max_timeout_s: float = 900.0
+    default_pause_mode: str = "abort"
+    status_timeout_s: float = 2.0
+    # Open reply slots across all engines; past it a call gets RESOURCE_EXHAUSTED.
+    max_open_slots: int = 4096
+    # Events buffered per caller before the oldest progress events are dropped (never a result).
+    slot_queue_events: int = 256
+    max_message_bytes: int = 64 * 1024
+    # How long, and how many, finished operations are remembered so a retry replays the outcome.
+    retry_window_s: float = 600.0
+    retry_max_records: int = 10_000
+    shutdown_grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.engines:
+            raise invalid("at least one engine is required")
+        names = [e.name for e in self.engines]
+        if len(set(names)) != len(names):
+            raise invalid(f"engine names must be unique, got {names}")
+        if self.default_pause_mode not in PAUSE_MODES:
+            raise invalid(f"default pause mode must be one of {PAUSE_MODES}")
+        if not 0 < self.default_timeout_s <= self.max_timeout_s:
+            raise invalid("need 0 < default timeout <= max timeout")
+        for name in ("max_open_slots", "slot_queue_events", "retry_max_records"):
+            if getattr(self, name) < 1:
+                raise invalid(f"{name} must be >= 1")
