@@ -60,20 +60,30 @@ class ResumeRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ControlEvent(_message.Message):
-    __slots__ = ("request_id", "engine", "seq", "accepted", "progress", "result")
+    __slots__ = ("request_id", "engine", "seq", "accepted", "progress", "result", "error")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     engine: str
     seq: int
     accepted: Accepted
     progress: Progress
     result: Result
-    def __init__(self, request_id: _Optional[str] = ..., engine: _Optional[str] = ..., seq: _Optional[int] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ...) -> None: ...
+    error: EngineError
+    def __init__(self, request_id: _Optional[str] = ..., engine: _Optional[str] = ..., seq: _Optional[int] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[EngineError, _Mapping]] = ...) -> None: ...
+
+class EngineError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Accepted(_message.Message):
     __slots__ = ("message",)
