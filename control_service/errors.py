@@ -46,3 +46,48 @@ def invalid(message: str) -> ControlError:
 
 def unavailable(message: str) -> ControlError:
     return ControlError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+ERROR_DOMAIN = "control.v1"
+
+
+def to_grpc_status(error: ControlError) -> grpc.Status:
+    """The rich status sent at the edge: one google.rpc.ErrorInfo per failed engine."""
+    from google.protobuf import any_pb2
+    from google.rpc import error_details_pb2, status_pb2
+    from grpc_status import rpc_status
+
+    details = []
+    for failure in error.failures:
+        info = error_details_pb2.ErrorInfo(
+            reason=failure.code.name,
+            domain=ERROR_DOMAIN,
+            metadata={"engine": failure.engine, "message": failure.message[:1024]},
+        )
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        details.append(packed)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    return rpc_status.to_status(status)
+
+
+def from_rpc_error(err: grpc.RpcError) -> ControlError:
+    """A client's view of a failed call: code, message and each engine's failure."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+    message = err.details() if callable(getattr(err, "details", None)) else str(err)
+    failures: list[EngineFailure] = []
+    try:
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    except ValueError:
+        status = None
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+            failures.append(
+                EngineFailure(info.metadata.get("engine", ""), status_code(info.reason),
+                              info.metadata.get("message", ""))  # fmt: skip
+            )
+    return ControlError(code, message or "", tuple(failures))

@@ -1,0 +1,157 @@
+"""Private helpers of `control_service.client`: channel building, error mapping, small values.
+
+Kept apart so the public module reads as its surface (config, client, outcome) and these pieces
+can be tested on their own without a server.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from control_service.errors import ControlError, EngineFailure, invalid, status_code
+from control_service.gen.control.v1 import control_pb2
+
+ERROR_DOMAIN = "control.v1"
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+PAUSE_MODES: dict[str | None, control_pb2.PauseMode] = {
+    None: control_pb2.PAUSE_MODE_UNSPECIFIED,
+    "abort": control_pb2.PAUSE_MODE_ABORT,
+    "wait": control_pb2.PAUSE_MODE_WAIT,
+    "keep": control_pb2.PAUSE_MODE_KEEP,
+}
+
+EventCallback = Callable[[control_pb2.ControlEvent], Awaitable[None] | None]
+
+
+def new_request_id() -> str:
+    """A fresh request id, made on the client so that a retry can send the same one again."""
+    return uuid.uuid4().hex
+
+
+def checked_request_id(request_id: str | None) -> str:
+    """The caller's id, or a new one; a malformed id fails here rather than after a round trip."""
+    if not request_id:
+        return new_request_id()
+    if not REQUEST_ID.match(request_id):
+        raise invalid(f"request id {request_id!r} must be 1-128 characters of [A-Za-z0-9._:-]")
+    return request_id
+
+
+def pause_mode(mode: str | None) -> control_pb2.PauseMode:
+    """'abort' | 'wait' | 'keep' | None (the server's default) as the proto enum."""
+    try:
+        return PAUSE_MODES[mode]
+    except KeyError:
+        raise invalid(f"pause mode {mode!r} must be one of abort, wait, keep or None") from None
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """Seconds as a protobuf Duration (the wire form of every timeout)."""
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
+def check_timeout(timeout_s: float | None) -> float | None:
+    """None means "the server's default"; anything else must be a positive number of seconds."""
+    if timeout_s is not None and not timeout_s > 0:
+        raise invalid(f"timeout must be > 0 seconds, got {timeout_s}")
+    return timeout_s
+
+
+def grpc_deadline(timeout_s: float | None, margin_s: float) -> float | None:
+    """The transport deadline: the operation timeout plus a margin.
+
+    The margin lets the server end the call itself at its timeout, with a DEADLINE_EXCEEDED that
+    names each late engine, instead of the client cutting the stream with a bare status.
+    """
+    return None if timeout_s is None else timeout_s + margin_s
+
+
+def error_from_rpc(error: grpc.aio.AioRpcError) -> ControlError:
+    """The client-side ControlError for a failed call, with one EngineFailure per ErrorInfo."""
+    return ControlError(error.code(), error.details() or error.code().name, engine_failures(error))
+
+
+def engine_failures(call: grpc.aio.AioRpcError) -> tuple[EngineFailure, ...]:
+    """The per-engine failures in the call's google.rpc.Status details (none if absent/garbled)."""
+    try:
+        status = rpc_status.from_call(call)
+    except ValueError:  # details inconsistent with the status: trust the status, drop details
+        return ()
+    if status is None:
+        return ()
+    failures = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if not detail.Is(info.DESCRIPTOR) or not detail.Unpack(info):
+            continue
+        if info.domain != ERROR_DOMAIN:
+            continue
+        failures.append(
+            EngineFailure(
+                engine=info.metadata.get("engine", ""),
+                code=status_code(info.reason),
+                message=info.metadata.get("message", ""),
+            )
+        )
+    return tuple(failures)
+
+
+async def call_back(callback: EventCallback | None, event: control_pb2.ControlEvent) -> None:
+    """Run a sync or async event callback; its exceptions propagate and end the call."""
+    if callback is None:
+        return
+    result = callback(event)
+    if inspect.isawaitable(result):
+        await result
+
+
+def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:
+    """Exponential backoff before retry number `attempt` (1-based), capped at max_s."""
+    return min(max_s, initial_s * (2 ** (attempt - 1)))
+
+
+def read_optional(path: Path | None) -> bytes | None:
+    """A PEM file's bytes, or None when no path is configured."""
+    return None if path is None else Path(path).read_bytes()
+
+
+def keepalive_options(
+    time_s: float | None, timeout_s: float
+) -> list[tuple[str, Any]]:
+    """Channel options for HTTP/2 keepalive pings while a call is open (none when disabled).
+
+    Pings only while calls are open (permit_without_calls=0): a long Pause(WAIT) or weight load
+    on a dead host is then detected without waiting for the operation's timeout.
+    """
+    if time_s is None:
+        return []
+    return [
+        ("grpc.keepalive_time_ms", int(time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 0),
+    ]
+
+
+def dedupe_key(event: control_pb2.ControlEvent) -> bytes:
+    """Identity of an event, to drop the exact repeats a retried (replayed) stream may send."""
+    return event.SerializeToString(deterministic=True)
+
+
+def metadata(bearer_token: str | None) -> Sequence[tuple[str, str]] | None:
+    """Per-call metadata: the bearer token, when one is configured."""
+    if not bearer_token:
+        return None
+    return (("authorization", f"Bearer {bearer_token}"),)

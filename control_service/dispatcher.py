@@ -1,0 +1,232 @@
+"""Runs commands against the engine links: admission, slots, sending, deadlines, endings.
+
+`submit` is synchronous from admission to the last send, so there is no await between opening
+a slot and sending its request: a reply cannot arrive before its slot exists, however fast the
+engine. Every ending of an operation (terminal replies, deadline, cancellation, engine loss,
+shutdown) goes through the same two exits, `Part.on_reply` / `Part.on_lost`, which close slots
+and release the engine for the next mutation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+
+from control_service import wire
+from control_service.config import ServiceConfig
+from control_service.engine_link import EngineLink
+from control_service.errors import ControlError, unavailable
+from control_service.operations import Command, Operation, Part, Subscriber
+
+log = structlog.get_logger("control_service.dispatcher")
+
+_CANCEL_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineReport:
+    engine: str
+    reachable: bool
+    state: dict[str, Any] | None
+    error: str
+
+
+class Dispatcher:
+    def __init__(self, config: ServiceConfig, links: dict[str, EngineLink]) -> None:
+        self.config = config
+        self.links = links
+        self.running: dict[str, Operation] = {}
+        # Finished operations whose outcome the engines reported, oldest first, for replay.
+        self._records: OrderedDict[str, tuple[float, Operation]] = OrderedDict()
+        # engine -> the mutating operation it is running (one at a time per engine).
+        self._busy: dict[str, Operation] = {}
+        self._ids = itertools.count(1)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.closing = False
+
+    # ------------------------------------------------------------------------------ admission
+
+    def submit(self, command: Command) -> tuple[Operation, Subscriber]:
+        """Start `command`, attach to it if it is running, or replay it if it finished."""
+        existing = self._existing(command)
+        if existing is not None:
+            return existing, existing.subscribe()
+        if self.closing:
+            raise unavailable("the service is shutting down")
+        self._check_engines_free(command)
+        op = Operation(command, self.config.slot_queue_events, self._part_done, self._finished)
+        sub = op.subscribe()
+        self._open_slots(op)
+        self.running[command.request_id] = op
+        self._idle.clear()
+        for name in command.engines:
+            self._busy[name] = op
+        loop = asyncio.get_running_loop()
+        op.timer = loop.call_at(command.deadline, self._expire, op)
+        self._send_all(op, loop.time())
+        return op, sub
+
+    def _existing(self, command: Command) -> Operation | None:
+        rid = command.request_id
+        op = self.running.get(rid) or self._record(rid)
+        if op is not None and op.command.fingerprint() != command.fingerprint():
+            raise ControlError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id {rid!r} was already used for {op.command.method} with other "
+                "arguments; use a new request_id for a new call",
+            )
+        return op
+
+    def _record(self, request_id: str) -> Operation | None:
+        entry = self._records.get(request_id)
+        if entry is None:
+            return None
+        if asyncio.get_running_loop().time() - entry[0] > self.config.retry_window_s:
+            del self._records[request_id]
+            return None
+        return entry[1]
+
+    def _check_engines_free(self, command: Command) -> None:
+        for name in command.engines:
+            holder = self._busy.get(name)
+            if holder is not None:
+                raise ControlError(
+                    grpc.StatusCode.ABORTED,
+                    f"engine {name} is running {holder.command.method} "
+                    f"(request_id {holder.command.request_id}); retry when it has finished",
+                )
+
+    def _open_slots(self, op: Operation) -> None:
+        """Open every engine's slot, or none of them."""
+        rid = op.command.request_id
+        opened: list[EngineLink] = []
+        try:
+            for part in op.parts.values():
+                link = self.links[part.engine]
+                link.open(rid, part)
+                opened.append(link)
+        except ControlError:
+            for link in opened:
+                link.slots.close(rid)
+            raise
+
+    def _send_all(self, op: Operation, now: float) -> None:
+        c = op.command
+        request = wire.Request(c.request_id, c.method, c.args, max(c.deadline - now, 0.001))
+        for part in list(op.parts.values()):
+            link = self.links[part.engine]
+            try:
+                link.send(request)
+            except ControlError as err:
+                link.slots.close(c.request_id)
+                part.on_lost(err)
+
+    # -------------------------------------------------------------------------------- endings
+
+    def unsubscribe(self, op: Operation, sub: Subscriber) -> None:
+        """A caller left. If it was the last caller of a running operation, cancel it."""
+        if op.unsubscribe(sub):
+            self._end(op, ControlError(grpc.StatusCode.CANCELLED, "the caller cancelled"))
+
+    def _expire(self, op: Operation) -> None:
+        op.timer = None
+        self._end(op, ControlError(grpc.StatusCode.DEADLINE_EXCEEDED, "no result by the deadline"))
+
+    def fail_all(self, error: ControlError) -> None:
+        """End every running operation (shutdown)."""
+        for op in list(self.running.values()):
+            self._end(op, error)
+
+    def _end(self, op: Operation, error: ControlError) -> None:
+        """Close the open parts' slots, tell their engines to stop (best effort), end the parts."""
+        rid = op.command.request_id
+        for part in op.open_parts():
+            link = self.links[part.engine]
+            if link.slots.close(rid):
+                self._send_cancel(link, rid)
+            part.on_lost(error)
+
+    def _send_cancel(self, link: EngineLink, request_id: str) -> None:
+        try:
+            link.send(wire.Request(request_id, "cancel", {}, _CANCEL_TIMEOUT_S))
+        except ControlError:
+            pass  # the engine is gone: there is nothing left to cancel
+
+    def _part_done(self, op: Operation, part: Part) -> None:
+        if self._busy.get(part.engine) is op:
+            del self._busy[part.engine]
+
+    def _finished(self, op: Operation) -> None:
+        rid = op.command.request_id
+        self.running.pop(rid, None)
+        assert op.outcome is not None
+        if op.outcome.engine_reported:
+            self._remember(rid, op)
+        if not self.running:
+            self._idle.set()
+
+    def _remember(self, request_id: str, op: Operation) -> None:
+        records = self._records
+        records[request_id] = (asyncio.get_running_loop().time(), op)
+        records.move_to_end(request_id)
+        while len(records) > self.config.retry_max_records:
+            records.popitem(last=False)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no operation runs; False if `timeout` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # --------------------------------------------------------------------------------- status
+
+    async def status(self, engines: tuple[str, ...]) -> list[EngineReport]:
+        """Ask every engine for its state at once; never queued behind a mutation."""
+        return list(await asyncio.gather(*(self._status_one(name) for name in engines)))
+
+    async def _status_one(self, name: str) -> EngineReport:
+        link = self.links[name]
+        if not link.up:
+            return EngineReport(name, False, None, link.down_reason)
+        rid = f"status/{next(self._ids)}"  # '/' is not allowed in callers' ids: no collision
+        waiter = _OneReply()
+        timeout = self.config.status_timeout_s
+        try:
+            link.open(rid, waiter)
+            link.send(wire.Request(rid, "status", {}, timeout))
+            reply = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except ControlError as err:
+            link.slots.close(rid)
+            return EngineReport(name, link.up, None, err.message)
+        except TimeoutError:
+            link.slots.close(rid)
+            return EngineReport(name, True, None, f"no status reply within {timeout:g}s")
+        if reply.kind == wire.ERROR:
+            return EngineReport(name, True, None, f"{reply.data['code']}: {reply.data['message']}")
+        return EngineReport(name, True, reply.data["state"], "")
+
+
+class _OneReply:
+    """A slot sink that waits for one terminal reply (status probes)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
+
+    def on_reply(self, reply: wire.Reply) -> None:
+        if reply.terminal and not self.future.done():
+            self.future.set_result(reply)
+
+    def on_lost(self, error: ControlError) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)

@@ -1,0 +1,214 @@
+"""The link to one engine: a ZMQ DEALER, its reply routing, and whether the engine is up.
+
+Why a plain zmq socket driven by `loop.add_reader` rather than zmq.asyncio: the reply path is the
+hot path, and this way a reply goes epoll -> decode -> slot -> caller's future with no task in
+between. ZMQ's descriptor is edge-triggered, so we drain until EAGAIN on every wake-up and look
+again after each send (a send can swallow the edge).
+
+Liveness: `up` follows the socket monitor. HANDSHAKE_SUCCEEDED (not CONNECTED: a frozen process
+still accepts TCP) means up; DISCONNECTED (heartbeat timeout, process gone) means down, and every
+open slot fails with UNAVAILABLE at once instead of waiting for its deadline. With IMMEDIATE=1 a
+send while down raises instead of queueing, so a call that failed is never delivered later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from control_service import wire
+from control_service.config import EngineConfig, LinkConfig
+from control_service.errors import unavailable
+from control_service.slots import ReplySink, SlotBudget, SlotTable
+
+log = structlog.get_logger("control_service.engine_link")
+
+_MONITOR_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_MONITOR_STOPPED
+)
+# A hard transport cap far above the protocol's limit: ZMQ drops the *connection* on a larger
+# message, so the protocol limit is enforced per frame in wire.decode_reply instead.
+_TRANSPORT_MAX_BYTES = 64 << 20
+
+
+@dataclass(slots=True)
+class LinkCounters:
+    sent: int = 0
+    send_failures: int = 0
+    malformed: int = 0
+    disconnects: int = 0
+
+
+class EngineLink:
+    """One DEALER to one engine's ROUTER. Request and reply share the socket pair, so the engine
+    answers the identity that asked and there is no registration message to race with."""
+
+    def __init__(
+        self,
+        engine: EngineConfig,
+        config: LinkConfig,
+        budget: SlotBudget,
+        on_change: Callable[[EngineLink], None] | None = None,
+    ) -> None:
+        self.name = engine.name
+        self.endpoint = engine.endpoint
+        self.config = config
+        self.slots = SlotTable(budget)
+        self.counters = LinkCounters()
+        self.up = False
+        self.down_reason = "not connected yet"
+        self._on_change = on_change
+        self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def start(self, context: zmq.Context) -> None:
+        """Connect (ZMQ reconnects by itself from then on). Call from the event loop's thread."""
+        self._loop = asyncio.get_running_loop()
+        sock = context.socket(zmq.DEALER)
+        self._configure(sock)
+        self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+        sock.connect(self.endpoint)
+        self._sock = sock
+        self._loop.add_reader(sock.FD, self._drain)
+        self._loop.add_reader(self._monitor.FD, self._drain_monitor)
+        self._loop.call_soon(self._drain_monitor)
+
+    def _configure(self, sock: zmq.Socket) -> None:
+        c = self.config
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, c.send_hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, _TRANSPORT_MAX_BYTES)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, int(c.heartbeat_ivl_s * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(c.heartbeat_timeout_s * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_TTL, int(c.heartbeat_timeout_s * 1000))
+        sock.setsockopt(zmq.RECONNECT_IVL, int(c.reconnect_ivl_s * 1000))
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(c.reconnect_ivl_max_s * 1000))
+
+    def close(self, reason: str = "service shutting down") -> None:
+        """Fail what is still open, then close the sockets without lingering."""
+        self._set_down(reason)
+        loop, sock, monitor = self._loop, self._sock, self._monitor
+        self._sock = self._monitor = None
+        if loop is not None and sock is not None and monitor is not None:
+            loop.remove_reader(sock.FD)
+            loop.remove_reader(monitor.FD)
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+
+    # ------------------------------------------------------------------------------ requests
+
+    def open(self, request_id: str, sink: ReplySink) -> None:
+        """Open the reply slot. Always before `send` for the same request_id."""
+        self.slots.open(request_id, sink)
+
+    def send(self, request: wire.Request) -> None:
+        """Send without blocking; raises UNAVAILABLE (ControlError) if the engine cannot take it."""
+        if not self.up:
+            self.counters.send_failures += 1
+            raise unavailable(f"engine {self.name} is unreachable: {self.down_reason}")
+        self._transmit(wire.encode_request(request))
+        self.counters.sent += 1
+
+    def _transmit(self, body: bytes) -> None:
+        sock = self._sock
+        assert sock is not None and self._loop is not None
+        try:
+            sock.send_multipart((b"", body), zmq.NOBLOCK, copy=len(body) < 65536)
+        except zmq.Again:
+            self.counters.send_failures += 1
+            raise unavailable(f"engine {self.name} is not accepting requests (no peer or queue full)")
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._loop.call_soon(self._drain)
+
+    # ------------------------------------------------------------------------------- replies
+
+    def _drain(self) -> None:
+        sock = self._sock
+        while sock is not None:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_frames(frames)
+            sock = self._sock
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        """Route one incoming message. A bad one is dropped and counted; nothing else is harmed."""
+        if len(frames) != 2 or frames[0]:
+            self._malformed(f"expected [b'', body], got {len(frames)} frames", None)
+            return
+        try:
+            reply = wire.decode_reply(frames[1], self.config.max_frame_bytes)
+        except wire.WireError as err:
+            self._malformed(err.reason, err.request_id)
+            return
+        if not self.slots.deliver(reply):
+            log.info(
+                "reply dropped: no open slot",
+                engine=self.name,
+                request_id=reply.request_id,
+                kind=reply.kind,
+            )
+
+    def _malformed(self, reason: str, request_id: str | None) -> None:
+        self.counters.malformed += 1
+        log.warning("malformed engine frame dropped", engine=self.name, request_id=request_id,
+                    reason=reason)  # fmt: skip
+
+    # ------------------------------------------------------------------------------ liveness
+
+    def _drain_monitor(self) -> None:
+        monitor = self._monitor
+        while monitor is not None:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            self._on_monitor_event(event["event"])
+            monitor = self._monitor
+
+    def _on_monitor_event(self, event: int) -> None:
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._set_up()
+        elif event == zmq.EVENT_DISCONNECTED:
+            self.counters.disconnects += 1
+            self._set_down("connection lost (engine exited or missed heartbeats)")
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self._set_down("handshake refused (authentication failed)")
+        elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+            self._set_down("handshake failed")
+
+    def _set_up(self) -> None:
+        if not self.up:
+            self.up = True
+            self.down_reason = ""
+            log.info("engine up", engine=self.name, endpoint=self.endpoint)
+            self._changed()
+
+    def _set_down(self, reason: str) -> None:
+        was_up, self.up, self.down_reason = self.up, False, reason
+        failed = self.slots.fail_all(unavailable(f"engine {self.name} is unreachable: {reason}"))
+        if was_up or failed:
+            log.warning("engine down", engine=self.name, reason=reason, failed_calls=failed)
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
+
+

@@ -1,0 +1,231 @@
+"""One trainer call as a value: its engines' parts, its callers, its one outcome.
+
+An Operation is passive: it is driven by callbacks (a reply from an engine link, its deadline
+timer, a lost engine), never by a task of its own, so a reply costs no extra hop. Each engine's
+part is the sink of that engine's reply slot. Callers read the operation through Subscribers, so a
+retry with the same request_id can attach to a running operation, and a finished one can be
+replayed from its recorded final events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from control_service import wire
+from control_service.errors import ControlError, EngineFailure, status_code
+
+# (engine, seq, reply): what a caller sees; the servicer turns it into a ControlEvent.
+Event = tuple[str, int, wire.Reply]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A validated mutating call, the same shape whichever RPC brought it."""
+
+    request_id: str
+    method: str  # "pause" | "update_weights" | "resume"
+    args: dict[str, Any]
+    engines: tuple[str, ...]
+    deadline: float  # event-loop time
+
+    def fingerprint(self) -> str:
+        """What must match for a retry to count as the same call (the deadline need not)."""
+        return json.dumps([self.method, self.args, sorted(self.engines)], sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    code: grpc.StatusCode
+    message: str
+    failures: tuple[EngineFailure, ...]
+    # True when every engine reported its own terminal reply: only such outcomes are replayed.
+    engine_reported: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.code is grpc.StatusCode.OK
+
+    def error(self) -> ControlError:
+        return ControlError(self.code, self.message, self.failures)
+
+
+class Subscriber:
+    """One caller's view: a bounded queue of events. When full, the oldest progress-type event is
+    dropped (counted); terminal events are never dropped, so a slow reader loses no outcome."""
+
+    __slots__ = ("_items", "_limit", "_waiter", "_closed", "dropped")
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[Event] = deque()
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self.dropped = 0
+
+    def push(self, event: Event) -> None:
+        items = self._items
+        if len(items) >= self._limit and not event[2].terminal:
+            self._drop_oldest_nonterminal()
+        items.append(event)
+        self._wake()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def _drop_oldest_nonterminal(self) -> None:
+        for i, item in enumerate(self._items):
+            if not item[2].terminal:
+                del self._items[i]
+                self.dropped += 1
+                return
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> Subscriber:
+        return self
+
+    async def __anext__(self) -> Event:
+        items = self._items
+        while not items:
+            if self._closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return items.popleft()
+
+
+class Part:
+    """One engine's share of an operation; the sink of that engine's reply slot."""
+
+    __slots__ = ("op", "engine", "seq", "done", "final")
+
+    def __init__(self, op: Operation, engine: str) -> None:
+        self.op = op
+        self.engine = engine
+        self.seq = 0
+        self.done = False
+        self.final: Event | None = None
+
+    def on_reply(self, reply: wire.Reply) -> None:
+        if self.done:
+            return
+        self.seq += 1
+        event = (self.engine, self.seq, reply)
+        if reply.terminal:
+            self.done = True
+            self.final = event
+            self.op.part_done(self, event, engine_reported=True)
+        else:
+            self.op.publish(event)
+
+    def on_lost(self, error: ControlError) -> None:
+        """The service ended this part (engine lost, deadline, cancel, shutdown)."""
+        if self.done:
+            return
+        self.seq += 1
+        self.done = True
+        reply = wire.error(self.op.command.request_id, error.code.name, error.message)
+        self.final = event = (self.engine, self.seq, reply)
+        self.op.part_done(self, event, engine_reported=False)
+
+
+class Operation:
+    """Fan-in of every engine's replies, fan-out to every caller, and the one outcome."""
+
+    def __init__(
+        self,
+        command: Command,
+        queue_limit: int,
+        on_part_done: Callable[[Operation, Part], None],
+        on_finished: Callable[[Operation], None],
+    ) -> None:
+        self.command = command
+        self.parts = {name: Part(self, name) for name in command.engines}
+        self.subscribers: list[Subscriber] = []
+        self.outcome: Outcome | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self._queue_limit = queue_limit
+        self._pending = len(self.parts)
+        self._failures: list[EngineFailure] = []
+        self._all_reported = True
+        self._on_part_done = on_part_done
+        self._on_finished = on_finished
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    def subscribe(self) -> Subscriber:
+        """A new caller. On a finished operation it gets the recorded final events at once."""
+        sub = Subscriber(self._queue_limit)
+        if self.outcome is not None:
+            for part in self.parts.values():
+                if part.final is not None:
+                    sub.push(part.final)
+            sub.close()
+        else:
+            self.subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> bool:
+        """Remove a caller; True when it was the last one of a still-running operation."""
+        try:
+            self.subscribers.remove(sub)
+        except ValueError:
+            return False
+        return not self.subscribers and self.outcome is None
+
+    def publish(self, event: Event) -> None:
+        for sub in self.subscribers:
+            sub.push(event)
+
+    def part_done(self, part: Part, event: Event, engine_reported: bool) -> None:
+        self.publish(event)
+        reply = event[2]
+        if reply.kind == wire.ERROR:
+            code = status_code(reply.data["code"])
+            self._failures.append(EngineFailure(part.engine, code, reply.data["message"]))
+        self._all_reported &= engine_reported
+        self._pending -= 1
+        self._on_part_done(self, part)
+        if self._pending == 0:
+            self._finish()
+
+    def open_parts(self) -> list[Part]:
+        return [p for p in self.parts.values() if not p.done]
+
+    def _finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.outcome = summarize(self._failures, len(self.parts), self._all_reported)
+        for sub in self.subscribers:
+            sub.close()
+        self.subscribers.clear()
+        self._on_finished(self)
+
+
+def summarize(failures: list[EngineFailure], engines: int, engine_reported: bool) -> Outcome:
+    """The documented rule: OK if every engine succeeded; else UNAVAILABLE if any engine was
+    unreachable; else the code of the first engine to fail. The message names every failure."""
+    if not failures:
+        return Outcome(grpc.StatusCode.OK, "", (), engine_reported)
+    codes = {f.code for f in failures}
+    code = grpc.StatusCode.UNAVAILABLE if grpc.StatusCode.UNAVAILABLE in codes else failures[0].code
+    listed = "; ".join(f"{f.engine}: {f.code.name}: {f.message}" for f in failures)
+    message = listed if engines == 1 else f"{len(failures)} of {engines} engines failed: {listed}"
+    return Outcome(code, message, tuple(failures), engine_reported)

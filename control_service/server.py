@@ -1,0 +1,144 @@
+"""Assembles the service: engine links, dispatcher, servicer, health, reflection; and stops it.
+
+Health: the overall service "" and control.v1.ControlService are SERVING only while every engine
+link is up, so a readiness probe (Kubernetes' gRPC probe, grpcurl) sees engine loss at once.
+Shutdown: health goes NOT_SERVING, new calls are refused, running ones get the grace period to
+finish, then end with UNAVAILABLE; no slot is left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import grpc
+import structlog
+import zmq
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from control_service.commands import Commands
+from control_service.config import EngineConfig, LinkConfig, ServiceConfig
+from control_service.dispatcher import Dispatcher
+from control_service.engine_link import EngineLink
+from control_service.errors import unavailable
+from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
+from control_service.servicer import ControlServicer
+from control_service.slots import SlotBudget
+
+log = structlog.get_logger("control_service.server")
+
+SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
+LinkFactory = Callable[[EngineConfig, LinkConfig, SlotBudget, Callable[[EngineLink], None]], EngineLink]
+
+
+class ControlServer:
+    def __init__(self, config: ServiceConfig, link_factory: LinkFactory = EngineLink) -> None:
+        self.config = config
+        self.budget = SlotBudget(config.max_open_slots)
+        self.links = {
+            e.name: link_factory(e, config.link, self.budget, self._on_link_change)
+            for e in config.engines
+        }
+        self.dispatcher: Dispatcher | None = None
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._zmq = zmq.Context()
+        self._health_task: asyncio.Task[None] | None = None
+        self._health_dirty = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def open_slots(self) -> int:
+        return self.budget.open
+
+    async def start(self) -> int:
+        """Bind, connect to the engines, serve. Returns the bound port."""
+        c = self.config
+        self.dispatcher = Dispatcher(c, self.links)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", c.max_message_bytes),
+                ("grpc.max_send_message_length", 4 << 20),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        control_pb2_grpc.add_ControlServiceServicer_to_server(
+            ControlServicer(self.dispatcher, Commands(c)), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        port = server.add_insecure_port(c.listen)
+        if port == 0:
+            raise unavailable(f"cannot listen on {c.listen}")
+        await self._publish_health()
+        for link in self.links.values():
+            link.start(self._zmq)
+        self._health_task = asyncio.create_task(self._health_loop())
+        await server.start()
+        self._server = server
+        log.info("serving", listen=c.listen, port=port, engines=[e.name for e in c.engines])
+        return port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: refuse new calls, let running ones finish within `grace`, end the rest."""
+        if self._stopping or self._server is None or self.dispatcher is None:
+            return
+        self._stopping = True
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        log.info("shutting down", grace_s=grace, running=len(self.dispatcher.running))
+        await self.health.enter_graceful_shutdown()
+        self.dispatcher.closing = True
+        stopped = asyncio.create_task(self._server.stop(grace + 5.0))
+        if not await self.dispatcher.wait_idle(grace):
+            self.dispatcher.fail_all(unavailable("the service is shutting down"))
+        await stopped
+        if self._health_task is not None:
+            self._health_task.cancel()
+        for link in self.links.values():
+            link.close()
+        self._zmq.term()
+        log.info("stopped", open_slots=self.budget.open)
+
+    async def wait_for_termination(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    # -------------------------------------------------------------------------------- health
+
+    def _on_link_change(self, link: EngineLink) -> None:
+        self._health_dirty.set()
+
+    async def _health_loop(self) -> None:
+        """Health.set is a coroutine and links change in callbacks: one task publishes."""
+        while True:
+            await self._health_dirty.wait()
+            self._health_dirty.clear()
+            await self._publish_health()
+
+    async def _publish_health(self) -> None:
+        if self._stopping:
+            return
+        up = all(link.up for link in self.links.values())
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+
+async def serve(config: ServiceConfig) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    server = ControlServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()

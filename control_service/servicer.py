@@ -1,0 +1,115 @@
+"""The gRPC edge: validate, open the slot (via the dispatcher), send, relay, close.
+
+This is the only place where ControlError becomes a gRPC status, and the only place a call is
+logged: one line when it ends, with its request_id, method, engines, status and duration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from control_service import messages
+from control_service.commands import Commands
+from control_service.dispatcher import Dispatcher
+from control_service.errors import ControlError, to_grpc_status
+from control_service.gen.control.v1 import control_pb2 as pb
+from control_service.gen.control.v1 import control_pb2_grpc
+from control_service.operations import Command
+
+log = structlog.get_logger("control_service.calls")
+
+Context = grpc.aio.ServicerContext
+
+
+Builder = Callable[[Commands], Callable[[object, float | None], Command]]
+
+
+def _relay(method: str, builder: Builder) -> Callable[..., AsyncIterator[pb.ControlEvent]]:
+    """A server-streaming handler: validate -> submit (slot opened, request sent) -> relay each
+    event -> end with the operation's status. The same body serves Pause, UpdateWeights, Resume."""
+
+    async def handler(
+        self: ControlServicer, request: Any, context: Context
+    ) -> AsyncIterator[pb.ControlEvent]:
+        started = time.perf_counter()
+        request_id, engines = request.request_id, ()
+        code, message = grpc.StatusCode.CANCELLED, "the caller went away"
+        try:
+            command = builder(self._commands)(request, context.time_remaining())
+            request_id, engines = command.request_id, command.engines
+            op, sub = self._dispatcher.submit(command)
+            try:
+                async for engine, seq, reply in sub:
+                    yield messages.event(request_id, engine, seq, reply)
+            finally:
+                self._dispatcher.unsubscribe(op, sub)
+            assert op.outcome is not None
+            if not op.outcome.ok:
+                raise op.outcome.error()
+            code, message = grpc.StatusCode.OK, ""
+        except ControlError as err:
+            code, message = err.code, err.message
+            await context.abort_with_status(to_grpc_status(err))
+        finally:
+            _log_end(method, request_id, engines, code, message, started)
+
+    handler.__name__ = handler.__qualname__ = method
+    return handler
+
+
+class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+    def __init__(self, dispatcher: Dispatcher, commands: Commands) -> None:
+        self._dispatcher = dispatcher
+        self._commands = commands
+
+    Pause = _relay("Pause", lambda c: c.pause)
+    UpdateWeights = _relay("UpdateWeights", lambda c: c.update_weights)
+    Resume = _relay("Resume", lambda c: c.resume)
+
+    async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GetStatusResponse:
+        started = time.perf_counter()
+        try:
+            engines = self._commands.engines(request.engines)
+        except ControlError as err:
+            _log_end("GetStatus", "", (), err.code, err.message, started)
+            await context.abort_with_status(to_grpc_status(err))
+        reports = await self._dispatcher.status(engines)
+        response = pb.GetStatusResponse(
+            engines=[
+                pb.EngineStatus(
+                    engine=r.engine,
+                    reachable=r.reachable,
+                    state=messages.engine_state(r.state),
+                    error=r.error,
+                )
+                for r in reports
+            ]
+        )
+        _log_end("GetStatus", "", engines, grpc.StatusCode.OK, "", started)
+        return response
+
+
+def _log_end(
+    method: str,
+    request_id: str,
+    engines: tuple[str, ...],
+    code: grpc.StatusCode,
+    message: str,
+    started: float,
+) -> None:
+    fields = dict(
+        method=method,
+        request_id=request_id,
+        engine=",".join(engines),
+        status=code.name,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+    if code is grpc.StatusCode.OK:
+        log.info("call ended", **fields)
+    else:
+        log.warning("call ended", error=message, **fields)
