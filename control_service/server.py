@@ -47,6 +47,7 @@ class ControlServer:
         self._zmq = zmq.Context()
         self._health_task: asyncio.Task[None] | None = None
         self._health_dirty = asyncio.Event()
+        self._links_changed = asyncio.Event()
         self._stopping = False
 
     @property
@@ -111,6 +112,22 @@ class ControlServer:
 
     def _on_link_change(self, link: EngineLink) -> None:
         self._health_dirty.set()
+        self._links_changed.set()
+
+    async def wait_engines_up(self, timeout: float) -> bool:
+        """Wait until every engine link is up; False if `timeout` passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not all(link.up for link in self.links.values()):
+            self._links_changed.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._links_changed.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
 
     async def _health_loop(self) -> None:
         """Health.set is a coroutine and links change in callbacks: one task publishes."""

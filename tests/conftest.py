@@ -1,0 +1,50 @@
+"""Shared fixtures. Every service started here is checked at teardown: no slot may be left open."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from control_service.config import EngineConfig, LinkConfig, ServiceConfig
+from control_service.engine_link import EngineLink
+from control_service.gen.control.v1 import control_pb2_grpc
+from control_service.server import ControlServer, LinkFactory
+from tests.harness import Service, StartService
+
+
+@pytest.fixture
+async def start_service() -> AsyncIterator[StartService]:
+    started: list[Service] = []
+
+    async def start(
+        engines: dict[str, str] | list[str],
+        link_factory: LinkFactory = EngineLink,
+        wait_up: bool = True,
+        link: LinkConfig | None = None,
+        **overrides: Any,
+    ) -> Service:
+        if isinstance(engines, list):
+            engines = {f"e{i}": ep for i, ep in enumerate(engines)}
+        config = ServiceConfig(
+            engines=tuple(EngineConfig(n, ep) for n, ep in engines.items()),
+            listen="127.0.0.1:0",
+            link=link or LinkConfig(),
+            **overrides,
+        )
+        server = ControlServer(config, link_factory=link_factory)
+        port = await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        service = Service(server, port, channel, control_pb2_grpc.ControlServiceStub(channel))
+        started.append(service)
+        if wait_up:
+            assert await server.wait_engines_up(10.0), "engines did not come up within 10 s"
+        return service
+
+    yield start
+    for service in started:
+        await service.channel.close()
+        await service.server.stop(grace=1.0)
+        assert service.server.open_slots == 0, "a reply slot leaked"

@@ -1,0 +1,45 @@
+"""A real grpc.aio server on loopback in front of real engine links, as tests use it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from control_service.config import EngineConfig, LinkConfig, ServiceConfig
+from control_service.gen.control.v1 import control_pb2 as pb
+from control_service.gen.control.v1 import control_pb2_grpc
+from control_service.server import ControlServer, LinkFactory
+from control_service.engine_link import EngineLink
+
+
+@dataclasses.dataclass
+class Service:
+    server: ControlServer
+    port: int
+    channel: grpc.aio.Channel
+    stub: control_pb2_grpc.ControlServiceStub
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def events(self, rpc: str, request: Any, **kw: Any) -> list[pb.ControlEvent]:
+        """Every event of one call (raises AioRpcError on a failed call)."""
+        return [event async for event in getattr(self.stub, rpc)(request, **kw)]
+
+    async def failed(self, rpc: str, request: Any, **kw: Any) -> tuple[grpc.aio.AioRpcError, list]:
+        """A call that must fail: its error and the events before it."""
+        got: list[pb.ControlEvent] = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for event in getattr(self.stub, rpc)(request, **kw):
+                got.append(event)
+        return info.value, got
+
+
+StartService = Callable[..., Awaitable[Service]]
+
+
