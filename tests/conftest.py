@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,7 +13,9 @@ from control_service.config import EngineConfig, LinkConfig, ServiceConfig
 from control_service.engine_link import EngineLink
 from control_service.gen.control.v1 import control_pb2_grpc
 from control_service.server import ControlServer, LinkFactory
+from engine_stub.checkpoint import write_checkpoint
 from tests.harness import Service, StartService
+from tests.stub_process import StubProcess
 
 
 @pytest.fixture
@@ -48,3 +51,30 @@ async def start_service() -> AsyncIterator[StartService]:
         await service.channel.close()
         await service.server.stop(grace=1.0)
         assert service.server.open_slots == 0, "a reply slot leaked"
+
+
+@pytest.fixture
+def start_stub() -> Iterator[Callable[..., StubProcess]]:
+    """Start real `python -m engine_stub` processes; all are stopped at teardown."""
+    stubs: list[StubProcess] = []
+
+    def start(*args: str) -> StubProcess:
+        stub = StubProcess()
+        stubs.append(stub)
+        stub.start(*args)
+        return stub
+
+    yield start
+    for stub in stubs:
+        stub.__exit__(None, None, None)
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Callable[[int], tuple[str, int]]:
+    """checkpoint(seed) -> (directory, total bytes) of a small safetensors checkpoint."""
+
+    def make(seed: int) -> tuple[str, int]:
+        directory = tmp_path / f"ckpt-{seed}"
+        return str(directory), write_checkpoint(directory, seed=seed)
+
+    return make

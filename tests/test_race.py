@@ -8,13 +8,15 @@ Here the slot is opened before the send, so even a reply delivered *inside* send
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 from control_service import wire
 from control_service.engine_link import EngineLink
 from control_service.gen.control.v1 import control_pb2 as pb
 
-from tests.harness import StartService
+from tests.harness import Service, StartService
+from tests.stub_process import StubProcess
 
 
 class ReplyInsideSendLink(EngineLink):
@@ -75,3 +77,45 @@ async def test_unknown_request_id_reply_is_dropped_not_cached(start_service: Sta
     # A later call with that very request_id must not receive the stray reply's payload.
     events = await service.events("Pause", pb.PauseRequest(request_id="never-asked"), timeout=2.0)
     assert [e.result.state.weight_version for e in events] == ["v-instant"]
+
+
+async def _pause_ok(service: Service, request_id: str) -> None:
+    events = await service.events("Pause", pb.PauseRequest(request_id=request_id), timeout=10)
+    assert events[-1].HasField("result") and events[-1].request_id == request_id
+
+
+async def test_10000_sequential_calls_to_an_instant_engine(
+    start_service: StartService, start_stub: Callable[..., StubProcess]
+) -> None:
+    stub = start_stub("--instant")
+    service = await start_service([stub.endpoint])
+    for i in range(10_000):
+        await _pause_ok(service, f"seq-{i}")
+    link = service.server.links["e0"]
+    assert link.slots.counters.delivered == 10_000 and link.slots.counters.unmatched == 0
+    assert service.server.open_slots == 0
+
+
+async def test_10000_concurrent_calls_64_in_flight_to_an_instant_engine(
+    start_service: StartService, start_stub: Callable[..., StubProcess]
+) -> None:
+    # One mutation per engine at a time is the rule, so 64 in flight need 64 engine links;
+    # they all connect to the same instant engine process.
+    stub = start_stub("--instant")
+    service = await start_service({f"l{i}": stub.endpoint for i in range(64)})
+    pending = iter(range(10_000))
+    done: list[str] = []
+
+    async def worker(lane: int) -> None:
+        for i in pending:
+            rid = f"con-{i}"
+            events = await service.events(
+                "Pause", pb.PauseRequest(request_id=rid, engines=[f"l{lane}"]), timeout=10
+            )
+            assert events[-1].HasField("result") and events[-1].request_id == rid
+            done.append(rid)
+
+    await asyncio.gather(*(worker(lane) for lane in range(64)))
+    assert len(done) == len(set(done)) == 10_000
+    assert sum(link.slots.counters.unmatched for link in service.server.links.values()) == 0
+    assert service.server.open_slots == 0
