@@ -66,7 +66,11 @@ class ServiceConfig:
     max_message_bytes: int = 64 * 1024
     # How long, and how many, finished operations are remembered so a retry replays the outcome.
     retry_window_s: float = 600.0
-    retry_max_records: int = 10_000
+    retry_max_records: int = 1024
+    # An operation whose every caller went away keeps running this long, so that a retry with
+    # the same request_id (a trainer that lost its connection) can attach; then it is cancelled
+    # at the engine. 0 cancels at once.
+    detach_grace_s: float = 5.0
     shutdown_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -77,6 +81,8 @@ class ServiceConfig:
             raise invalid(f"engine names must be unique, got {names}")
         if self.default_pause_mode not in PAUSE_MODES:
             raise invalid(f"default pause mode must be one of {PAUSE_MODES}")
+        if self.detach_grace_s < 0 or self.retry_window_s < 0:
+            raise invalid("detach grace and retry window must be >= 0")
         if not 0 < self.default_timeout_s <= self.max_timeout_s:
             raise invalid("need 0 < default timeout <= max timeout")
         for name in ("max_open_slots", "slot_queue_events", "retry_max_records"):

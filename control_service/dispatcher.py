@@ -131,9 +131,19 @@ class Dispatcher:
     # -------------------------------------------------------------------------------- endings
 
     def unsubscribe(self, op: Operation, sub: Subscriber) -> None:
-        """A caller left. If it was the last caller of a running operation, cancel it."""
-        if op.unsubscribe(sub):
-            self._end(op, ControlError(grpc.StatusCode.CANCELLED, "the caller cancelled"))
+        """A caller left. If it was the last caller of a running operation, cancel the operation
+        after the detach grace, unless a retry attaches first."""
+        if not op.unsubscribe(sub):
+            return
+        grace = self.config.detach_grace_s
+        if grace <= 0:
+            self._detached(op)
+        else:
+            op.detach_timer = asyncio.get_running_loop().call_later(grace, self._detached, op)
+
+    def _detached(self, op: Operation) -> None:
+        op.detach_timer = None
+        self._end(op, ControlError(grpc.StatusCode.CANCELLED, "every caller went away"))
 
     def _expire(self, op: Operation) -> None:
         op.timer = None

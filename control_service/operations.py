@@ -158,6 +158,8 @@ class Operation:
         self.subscribers: list[Subscriber] = []
         self.outcome: Outcome | None = None
         self.timer: asyncio.TimerHandle | None = None
+        # Set while no caller is attached: cancels the operation when it fires.
+        self.detach_timer: asyncio.TimerHandle | None = None
         self._queue_limit = queue_limit
         self._pending = len(self.parts)
         self._failures: list[EngineFailure] = []
@@ -178,6 +180,7 @@ class Operation:
                     sub.push(part.final)
             sub.close()
         else:
+            self._stop_detach_timer()
             self.subscribers.append(sub)
         return sub
 
@@ -208,10 +211,16 @@ class Operation:
     def open_parts(self) -> list[Part]:
         return [p for p in self.parts.values() if not p.done]
 
+    def _stop_detach_timer(self) -> None:
+        if self.detach_timer is not None:
+            self.detach_timer.cancel()
+            self.detach_timer = None
+
     def _finish(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self._stop_detach_timer()
         self.outcome = summarize(self._failures, len(self.parts), self._all_reported)
         for sub in self.subscribers:
             sub.close()

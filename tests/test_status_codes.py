@@ -119,7 +119,7 @@ async def test_client_deadline_is_the_effective_deadline(
         stub.wait_event, lambda e: e.get("request_id") == "short", 5.0, mark
     )
     assert request["method"] == "pause"
-XX
+    assert 0 < request["timeout_s"] <= 0.3, "the engine must be sent the client's deadline"
 
 
 async def test_aborted_while_another_mutation_runs(
