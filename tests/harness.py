@@ -43,3 +43,15 @@ class Service:
 StartService = Callable[..., Awaitable[Service]]
 
 
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait, with a bound, for a condition that the service changes from its own callbacks
+    (a counter, a link state) and that has no event of its own to await."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"condition not reached within {timeout}s"
+        await asyncio.sleep(0.005)

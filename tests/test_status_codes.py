@@ -12,7 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from control_service.errors import from_rpc_error
 from control_service.gen.control.v1 import control_pb2 as pb
-from tests.harness import Service, StartService
+from tests.harness import Service, StartService, eventually
 from tests.stub_process import StubProcess
 
 Code = grpc.StatusCode
@@ -129,7 +129,7 @@ async def test_aborted_while_another_mutation_runs(
     first = asyncio.ensure_future(
         service.failed("Pause", pb.PauseRequest(request_id="slow-1", timeout=Duration(seconds=2)))
     )
-    await _until(lambda: "slow-1" in service.server.dispatcher.running)
+    await eventually(lambda: "slow-1" in service.server.dispatcher.running)
     err, _ = await service.failed("Resume", pb.ResumeRequest(request_id="next-1"), timeout=10)
     assert err.code() == Code.ABORTED and "slow-1" in err.details() and "pause" in err.details()
     status = await service.stub.GetStatus(pb.GetStatusRequest(), timeout=10)
@@ -155,17 +155,8 @@ async def test_unavailable_when_engine_is_gone(
     stub = start_stub()
     service = await start_service([stub.endpoint])
     stub.kill()
-    await _until(lambda: not service.server.links["e0"].up)
+    await eventually(lambda: not service.server.links["e0"].up)
     err, _ = await service.failed("Pause", pb.PauseRequest(), timeout=10)
     assert err.code() == Code.UNAVAILABLE and "e0" in err.details()
     status = await service.stub.GetStatus(pb.GetStatusRequest(), timeout=10)
     assert status.engines[0].reachable is False and status.engines[0].error
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for a condition the service updates from its own callbacks, with a bound."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)

@@ -1,0 +1,260 @@
+"""Start `python -m engine_stub` as a real subprocess and talk to it, for any test that needs an engine.
+
+`StubProcess` owns the process and its stdout JSON lines (read by a thread into `events`, so the
+pipe never fills and every wait is a bounded wait on a condition, never a sleep). `EngineClient`
+is a raw ZMQ DEALER speaking the engine protocol through control_service.wire.
+
+    with StubProcess() as stub:
+        endpoint = stub.start("--requests", "2")
+        with EngineClient(endpoint) as engine:
+            replies = engine.call("pause", {"mode": "abort"})
+        stub.knob(silent=True)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from control_service import wire
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 15.0
+
+Event = dict[str, Any]
+
+
+class StubError(AssertionError):
+    """A bounded wait on the stub ran out, or the stub died first."""
+
+
+class StubProcess:
+    """One engine_stub process: start, knobs, stdout events, stop. Use as a context manager."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+        self.events: list[Event] = []
+        self._cond = threading.Condition()
+        self._eof = False
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def start(self, *args: str, timeout: float = START_TIMEOUT) -> str:
+        """Start the stub (on tcp://127.0.0.1:0 unless args has --bind); return its endpoint."""
+        argv = [sys.executable, "-m", "engine_stub", *args]
+        if "--bind" not in args:
+            argv += ["--bind", "tcp://127.0.0.1:0"]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, env=env
+        )
+        threading.Thread(target=self._read_stdout, name="stub-stdout", daemon=True).start()
+        ready = self.wait_event(lambda e: e.get("event") == "ready", timeout)
+        self.endpoint = ready["endpoint"]
+        return self.endpoint
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then wait (bounded); return the exit code."""
+        return self._signal(signal.SIGTERM, timeout)
+
+    def kill(self, timeout: float = 10.0) -> int:
+        """SIGKILL, for a crash-like death; return the exit code."""
+        return self._signal(signal.SIGKILL, timeout)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        """Wait for the process to exit on its own; return the exit code."""
+        assert self.proc is not None, "not started"
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise StubError(f"stub pid {self.proc.pid} still running after {timeout}s") from None
+
+    def _signal(self, sig: signal.Signals, timeout: float) -> int:
+        assert self.proc is not None, "not started"
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def __enter__(self) -> StubProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.terminate(5.0)
+            except StubError:
+                self.proc.kill()
+                self.proc.wait(5.0)
+        if self.proc.stdin:
+            self.proc.stdin.close()
+
+    # ------------------------------------------------------------------------------ knobs
+
+    def knob(self, timeout: float = 5.0, **kv: Any) -> Event | int:
+        """Send one knob line and wait for its ack (returns it). `exit=N` returns the exit code."""
+        assert self.proc is not None and self.proc.stdin is not None, "not started"
+        mark = self.mark()
+        self.proc.stdin.write(json.dumps(kv).encode() + b"\n")
+        self.proc.stdin.flush()
+        if "exit" in kv:
+            return self.wait(timeout)
+        ack = self.wait_event(lambda e: e.get("event") == "knob", timeout, since=mark)
+        if not ack.get("ok"):
+            raise StubError(f"knob {kv} refused: {ack.get('error')}")
+        return ack
+
+    def close_stdin(self) -> None:
+        assert self.proc is not None and self.proc.stdin is not None, "not started"
+        self.proc.stdin.close()
+
+    # ------------------------------------------------------------------------------ events
+
+    def mark(self) -> int:
+        """The index the next stdout event will get: pass it as `since` to ignore older ones."""
+        with self._cond:
+            return len(self.events)
+
+    def wait_event(
+        self, predicate: Callable[[Event], bool], timeout: float = 5.0, since: int = 0
+    ) -> Event:
+        """The first stdout event at index >= since that matches; StubError after timeout."""
+        deadline = time.monotonic() + timeout
+        scanned = since
+        with self._cond:
+            while True:
+                for event in itertools.islice(self.events, scanned, None):
+                    if predicate(event):
+                        return event
+                scanned = max(scanned, len(self.events))
+                left = deadline - time.monotonic()
+                if self._eof:
+                    raise StubError(f"stub exited (code {self._returncode()}) before the event")
+                if left <= 0:
+                    raise StubError(f"no matching stub event within {timeout}s")
+                self._cond.wait(left)
+
+    def requests(self, method: str | None = None, since: int = 0) -> list[Event]:
+        """The `request` events seen so far (the stub prints one per non-status request)."""
+        with self._cond:
+            return [
+                e
+                for e in self.events[since:]
+                if e.get("event") == "request" and method in (None, e.get("method"))
+            ]
+
+    def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                event = {"event": "raw", "line": raw.decode(errors="replace")}
+            with self._cond:
+                self.events.append(event)
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _returncode(self) -> int | None:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+class EngineClient:
+    """A raw DEALER on the engine protocol, as the service's engine link would use it."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self._ids = itertools.count(1)
+
+    def send(
+        self,
+        method: str,
+        args: dict[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> str:
+        """Send one request; return its request_id."""
+        rid = request_id or f"{method}-{next(self._ids)}"
+        body = wire.encode_request(wire.Request(rid, method, args or {}, timeout_s))
+        self.send_raw([b"", body])
+        return rid
+
+    def send_raw(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+
+    def recv_raw(self, timeout: float = 5.0) -> list[bytes]:
+        if not self.sock.poll(int(timeout * 1000)):
+            raise StubError(f"no reply within {timeout}s")
+        return self.sock.recv_multipart()
+
+    def recv(self, timeout: float = 5.0) -> wire.Reply:
+        frames = self.recv_raw(timeout)
+        assert len(frames) == 2 and frames[0] == b"", f"bad reply envelope {frames!r}"
+        return wire.decode_reply(frames[1])
+
+    def nothing_within(self, seconds: float) -> bool:
+        """True when no frame arrives within `seconds` (for asserting a reply never comes)."""
+        return not self.sock.poll(int(seconds * 1000))
+
+    def until_terminal(self, request_id: str, timeout: float = 10.0) -> list[wire.Reply]:
+        """Replies for request_id up to and including its result/error (others are skipped)."""
+        deadline = time.monotonic() + timeout
+        out: list[wire.Reply] = []
+        while True:
+            reply = self.recv(max(0.0, deadline - time.monotonic()))
+            if reply.request_id != request_id:
+                continue
+            out.append(reply)
+            if reply.terminal:
+                return out
+
+    def call(
+        self, method: str, args: dict[str, Any] | None = None, *, timeout: float = 10.0, **kw: Any
+    ) -> list[wire.Reply]:
+        """Send and collect every reply up to the terminal one."""
+        rid = self.send(method, args, **kw)
+        return self.until_terminal(rid, timeout)
+
+    def result(self, method: str, args: dict[str, Any] | None = None, **kw: Any) -> wire.Reply:
+        """call() whose terminal reply must be a result."""
+        reply = self.call(method, args, **kw)[-1]
+        assert reply.kind == wire.RESULT, f"{method} ended with {reply}"
+        return reply
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+    def __enter__(self) -> EngineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
