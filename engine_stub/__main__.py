@@ -1,0 +1,84 @@
+"""`python -m engine_stub`: a real engine process for the demo, the tests and the benchmark.
+
+See docs/engine-protocol.md for the wire protocol and server.py for the stdout/stdin interface.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from control_service import wire
+
+from .engine import SimConfig
+from .server import Knobs, ServerConfig, run
+
+
+def _positive(kind: type) -> object:
+    def check(text: str) -> object:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return check
+
+
+def _non_negative(kind: type) -> object:
+    def check(text: str) -> object:
+        value = kind(text)
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    return check
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine_stub", description=__doc__)
+    p.add_argument("--bind", default="tcp://127.0.0.1:0",
+                   help="ROUTER endpoint: tcp://HOST:PORT (port 0 = any free port) or ipc:///path")
+    p.add_argument("--name", default="engine-stub", help="the engine's name in logs")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    sim = p.add_argument_group("simulated load")
+    sim.add_argument("--requests", type=_non_negative(int), default=4,
+                     help="generation requests kept in flight while serving")
+    sim.add_argument("--tokens", type=_positive(int), default=16, help="tokens per request")
+    sim.add_argument("--token-interval", type=_positive(float), default=0.005,
+                     help="seconds per token")
+    knobs = p.add_argument_group("test knobs (also settable as JSON lines on stdin)")
+    knobs.add_argument("--reply-delay", type=_non_negative(float), default=0.0,
+                       help="wait this many seconds before sending each reply")
+    knobs.add_argument("--instant", action="store_true",
+                       help="answer every operation at once with a result (benchmark peer)")
+    knobs.add_argument("--fail-next", metavar="CODE", choices=sorted(wire.ERROR_CODES),
+                       help="the next pause/update_weights/resume fails with this gRPC status")
+    knobs.add_argument("--silent", action="store_true", help="receive requests, never reply")
+    return p.parse_args(argv)  # fmt: skip
+
+
+def config_from(args: argparse.Namespace) -> ServerConfig:
+    fail = (args.fail_next, f"injected {args.fail_next}") if args.fail_next else None
+    return ServerConfig(
+        bind=args.bind,
+        name=args.name,
+        sim=SimConfig(args.requests, args.tokens, args.token_interval),
+        knobs=Knobs(args.reply_delay, args.instant, args.silent, False, fail),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level,
+        format=f"%(asctime)s %(levelname)s [{args.name}] %(message)s",
+    )
+    return asyncio.run(run(config_from(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
