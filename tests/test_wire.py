@@ -1,0 +1,105 @@
+"""The engine-protocol decoder: whatever bytes arrive, it returns a fully valid value or raises
+WireError; nothing else escapes, so one bad frame can only ever cost itself."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from control_service import messages, wire
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+reply_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": st.sampled_from([1, 2, "1", True, None]),
+        "request_id": st.one_of(st.text(max_size=300), st.integers(), st.none()),
+        "kind": st.sampled_from(["accepted", "progress", "result", "error", "bogus", 3]),
+        "data": st.one_of(
+            json_values,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "state": json_values,
+                    "message": json_values,
+                    "done": json_values,
+                    "total": json_values,
+                    "code": st.sampled_from(["NOT_FOUND", "OK", "nope", 5]),
+                    "aborted": st.integers(min_value=-5, max_value=1 << 70),
+                },
+            ),
+        ),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_decode_or_wire_error(body: bytes) -> None:
+    _decode_checked(body)
+
+
+@settings(max_examples=600, deadline=None)
+@given(reply_like)
+def test_any_reply_shaped_object_decodes_to_a_valid_event_or_wire_error(obj: dict) -> None:
+    _decode_checked(json.dumps(obj).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(min_size=1, max_size=256),
+    st.sampled_from(sorted(wire.ERROR_CODES)),
+    st.text(max_size=100),
+    st.integers(min_value=0, max_value=(1 << 32) - 1),
+)
+def test_valid_replies_round_trip(rid: str, code: str, message: str, n: int) -> None:
+    for reply in (
+        wire.accepted(rid, message),
+        wire.progress(rid, "load", n, n, message),
+        wire.result(rid, wire.state(True, message, n, "sha256:x"), message, aborted=n),
+        wire.error(rid, code, message),
+    ):
+        decoded = wire.decode_reply(wire.encode_reply(reply))
+        assert decoded.request_id == rid and decoded.kind == reply.kind
+        messages.event(rid, "e0", 1, decoded)  # every decoded reply converts to a ControlEvent
+
+
+def test_frame_over_limit_rejected_before_parsing() -> None:
+    body = wire.encode_reply(wire.accepted("r", "x" * 100))
+    with pytest.raises(wire.WireError, match="exceeds"):
+        wire.decode_reply(body, max_bytes=50)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\xff\xfe", "UTF-8"),
+        (b"[1]", "object"),
+        (b'{"v": 2, "request_id": "r", "kind": "result"}', "version"),
+        (b'{"v": true, "request_id": "r", "kind": "result"}', "version"),
+        (b'{"v": 1, "kind": "result"}', "request_id"),
+        (b'{"v": 1, "request_id": "r", "kind": "nope"}', "unknown kind"),
+        (b'{"v": 1, "request_id": "r", "kind": "progress", "data": {"done": -1}}', "done"),
+        (b'{"v": 1, "request_id": "r", "kind": "result", "data": {"state": {"paused": 1}}}', "paused"),
+        (b'{"v": 1, "request_id": "r", "kind": "error", "data": {"code": "OK"}}', "code"),
+    ],
+)
+def test_each_violation_is_named(body: bytes, reason: str) -> None:
+    with pytest.raises(wire.WireError, match=reason):
+        wire.decode_reply(body)
+
+
+def _decode_checked(body: bytes) -> None:
+    try:
+        reply = wire.decode_reply(body)
+    except wire.WireError:
+        return
+    messages.event(reply.request_id, "e0", 1, reply)  # must not raise: the data is trusted
