@@ -15,13 +15,10 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from control_service.errors import ControlError, EngineFailure, invalid, status_code
+from control_service.errors import ControlError, from_rpc_error, invalid
 from control_service.gen.control.v1 import control_pb2
 
-ERROR_DOMAIN = "control.v1"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 PAUSE_MODES: dict[str | None, control_pb2.PauseMode] = {
@@ -80,33 +77,15 @@ def grpc_deadline(timeout_s: float | None, margin_s: float) -> float | None:
 
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> ControlError:
-    """The client-side ControlError for a failed call, with one EngineFailure per ErrorInfo."""
-    return ControlError(error.code(), error.details() or error.code().name, engine_failures(error))
+    """The client-side ControlError for a failed call, with one EngineFailure per ErrorInfo.
 
-
-def engine_failures(call: grpc.aio.AioRpcError) -> tuple[EngineFailure, ...]:
-    """The per-engine failures in the call's google.rpc.Status details (none if absent/garbled)."""
-    try:
-        status = rpc_status.from_call(call)
-    except ValueError:  # details inconsistent with the status: trust the status, drop details
-        return ()
-    if status is None:
-        return ()
-    failures = []
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if not detail.Is(info.DESCRIPTOR) or not detail.Unpack(info):
-            continue
-        if info.domain != ERROR_DOMAIN:
-            continue
-        failures.append(
-            EngineFailure(
-                engine=info.metadata.get("engine", ""),
-                code=status_code(info.reason),
-                message=info.metadata.get("message", ""),
-            )
-        )
-    return tuple(failures)
+    The mapping itself lives in control_service.errors next to its inverse (to_grpc_status), so
+    the two sides cannot drift; a status without a message gets its code name as the message.
+    """
+    converted = from_rpc_error(error)
+    if converted.message:
+        return converted
+    return ControlError(converted.code, converted.code.name, converted.failures)
 
 
 async def call_back(callback: EventCallback | None, event: control_pb2.ControlEvent) -> None:

@@ -56,7 +56,7 @@ class EmbeddedEngines:
     which then stops gracefully before its engines go away.
 
     extra_args: passed through to every engine_stub command line.
-    forward_stderr: copy the engines' logs to our stderr, prefixed with the engine name;
+    forward_stderr: copy the engines' logs to our stderr (engine_stub names itself in each line);
         otherwise only their last lines are kept, to explain a failed start.
     on_line: called with (engine name, parsed JSON) for each event line after the ready line.
     command: the engine program (tests substitute their own).
@@ -207,7 +207,7 @@ class EmbeddedEngines:
             text = raw.decode(errors="replace").rstrip("\n")
             engine.stderr_tail.append(text)
             if self.forward_stderr:
-                print(f"[{engine.name}] {text}", file=sys.stderr, flush=True)
+                print(text, file=sys.stderr, flush=True)
 
     async def _stop_one(self, engine: _Engine) -> None:
         process = engine.process

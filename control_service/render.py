@@ -84,6 +84,8 @@ def format_event(event: control_pb2.ControlEvent, bar: bool = False) -> str:
         detail = format_progress(event.progress, bar)
     elif kind == "result":
         detail = format_result(event.result)
+    elif kind == "error":
+        detail = f"{event.error.code}: {event.error.message}"
     else:
         detail = ""
     return f"{head} {detail}".rstrip()
