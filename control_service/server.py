@@ -29,6 +29,8 @@ from control_service.slots import SlotBudget
 
 log = structlog.get_logger("control_service.server")
 
+# After the drain, how long handlers get to write their final status before gRPC cancels them.
+_STATUS_FLUSH_S = 1.0
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
 LinkFactory = Callable[[EngineConfig, LinkConfig, SlotBudget, Callable[[EngineLink], None]], EngineLink]
 
@@ -85,7 +87,9 @@ class ControlServer:
         return port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: refuse new calls, let running ones finish within `grace`, end the rest."""
+        """Graceful stop. Health turns NOT_SERVING and new calls get UNAVAILABLE while the
+        running ones have `grace` seconds to finish; what is still running then ends with
+        UNAVAILABLE. gRPC itself is stopped last, so probes see NOT_SERVING during the drain."""
         if self._stopping or self._server is None or self.dispatcher is None:
             return
         self._stopping = True
@@ -93,10 +97,9 @@ class ControlServer:
         log.info("shutting down", grace_s=grace, running=len(self.dispatcher.running))
         await self.health.enter_graceful_shutdown()
         self.dispatcher.closing = True
-        stopped = asyncio.create_task(self._server.stop(grace + 5.0))
         if not await self.dispatcher.wait_idle(grace):
             self.dispatcher.fail_all(unavailable("the service is shutting down"))
-        await stopped
+        await self._server.stop(_STATUS_FLUSH_S)
         if self._health_task is not None:
             self._health_task.cancel()
         for link in self.links.values():

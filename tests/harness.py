@@ -55,3 +55,16 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
     while not predicate():
         assert loop.time() < deadline, f"condition not reached within {timeout}s"
         await asyncio.sleep(0.005)
+
+
+async def eventually_async(
+    probe: Callable[[], Awaitable[object]], expected: object, timeout: float = 5.0
+) -> None:
+    """Like `eventually`, for a condition read through an RPC (health status, say)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (got := await probe()) != expected:
+        assert loop.time() < deadline, f"still {got!r}, wanted {expected!r}, after {timeout}s"
+        await asyncio.sleep(0.005)
