@@ -219,7 +219,13 @@ class Server:
         if method == "status":
             self._reply(identity, self.engine.status(request.request_id))
             return
-        emit_event("request", request_id=request.request_id, method=method)
+        emit_event(
+            "request",
+            request_id=request.request_id,
+            method=method,
+            args=request.args,
+            timeout_s=request.timeout_s,
+        )
         if method == "cancel":
             self._cancel(request.request_id)
             return
