@@ -16,10 +16,19 @@ class PauseMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAUSE_MODE_ABORT: _ClassVar[PauseMode]
     PAUSE_MODE_WAIT: _ClassVar[PauseMode]
     PAUSE_MODE_KEEP: _ClassVar[PauseMode]
+
+class RefitFailurePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REFIT_FAILURE_POLICY_UNSPECIFIED: _ClassVar[RefitFailurePolicy]
+    REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS: _ClassVar[RefitFailurePolicy]
+    REFIT_FAILURE_POLICY_STAY_PAUSED: _ClassVar[RefitFailurePolicy]
 PAUSE_MODE_UNSPECIFIED: PauseMode
 PAUSE_MODE_ABORT: PauseMode
 PAUSE_MODE_WAIT: PauseMode
 PAUSE_MODE_KEEP: PauseMode
+REFIT_FAILURE_POLICY_UNSPECIFIED: RefitFailurePolicy
+REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS: RefitFailurePolicy
+REFIT_FAILURE_POLICY_STAY_PAUSED: RefitFailurePolicy
 
 class PauseRequest(_message.Message):
     __slots__ = ("request_id", "mode", "clear_cache", "timeout", "engines")
@@ -60,8 +69,9 @@ class ResumeRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ControlEvent(_message.Message):
-    __slots__ = ("request_id", "engine", "seq", "accepted", "progress", "result", "error")
+    __slots__ = ("request_id", "step", "engine", "seq", "accepted", "progress", "result", "error")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -69,13 +79,14 @@ class ControlEvent(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     request_id: str
+    step: str
     engine: str
     seq: int
     accepted: Accepted
     progress: Progress
     result: Result
     error: EngineError
-    def __init__(self, request_id: _Optional[str] = ..., engine: _Optional[str] = ..., seq: _Optional[int] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[EngineError, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., step: _Optional[str] = ..., engine: _Optional[str] = ..., seq: _Optional[int] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[EngineError, _Mapping]] = ...) -> None: ...
 
 class EngineError(_message.Message):
     __slots__ = ("code", "message")
@@ -136,19 +147,49 @@ class GetStatusRequest(_message.Message):
     def __init__(self, engines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("engines",)
+    __slots__ = ("engines", "skewed_engines")
     ENGINES_FIELD_NUMBER: _ClassVar[int]
+    SKEWED_ENGINES_FIELD_NUMBER: _ClassVar[int]
     engines: _containers.RepeatedCompositeFieldContainer[EngineStatus]
-    def __init__(self, engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ...) -> None: ...
+    skewed_engines: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ..., skewed_engines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EngineStatus(_message.Message):
-    __slots__ = ("engine", "reachable", "state", "error")
+    __slots__ = ("engine", "reachable", "state", "error", "expected_version")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     engine: str
     reachable: bool
     state: EngineState
     error: str
-    def __init__(self, engine: _Optional[str] = ..., reachable: _Optional[bool] = ..., state: _Optional[_Union[EngineState, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    expected_version: str
+    def __init__(self, engine: _Optional[str] = ..., reachable: _Optional[bool] = ..., state: _Optional[_Union[EngineState, _Mapping]] = ..., error: _Optional[str] = ..., expected_version: _Optional[str] = ...) -> None: ...
+
+class RefitRequest(_message.Message):
+    __slots__ = ("request_id", "mode", "clear_cache", "uri", "version", "timeout", "pause_timeout", "update_timeout", "resume_timeout", "on_failure", "engines")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_CACHE_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    ENGINES_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    mode: PauseMode
+    clear_cache: bool
+    uri: str
+    version: str
+    timeout: _duration_pb2.Duration
+    pause_timeout: _duration_pb2.Duration
+    update_timeout: _duration_pb2.Duration
+    resume_timeout: _duration_pb2.Duration
+    on_failure: RefitFailurePolicy
+    engines: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., mode: _Optional[_Union[PauseMode, str]] = ..., clear_cache: _Optional[bool] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., update_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., on_failure: _Optional[_Union[RefitFailurePolicy, str]] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...

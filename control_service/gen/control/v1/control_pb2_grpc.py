@@ -54,6 +54,11 @@ class ControlServiceStub:
                 request_serializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.Refit = channel.unary_stream(
+                '/control.v1.ControlService/Refit',
+                request_serializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.RefitRequest.SerializeToString,
+                response_deserializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.ControlEvent.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -87,6 +92,15 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Refit(self, request, context):
+        """Pause -> UpdateWeights -> Resume as one operation. If a step fails, `on_failure` runs (by
+        default the engines resume serving their old weights) and the call ends with the failing
+        step's status. Events carry `step`; the stream ends with one final Result per engine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +123,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.GetStatusRequest.FromString,
                     response_serializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'Refit': grpc.unary_stream_rpc_method_handler(
+                    servicer.Refit,
+                    request_deserializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.RefitRequest.FromString,
+                    response_serializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.ControlEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +238,33 @@ class ControlService:
             '/control.v1.ControlService/GetStatus',
             control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.GetStatusRequest.SerializeToString,
             control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Refit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/control.v1.ControlService/Refit',
+            control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.RefitRequest.SerializeToString,
+            control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.ControlEvent.FromString,
             options,
             channel_credentials,
             insecure,
