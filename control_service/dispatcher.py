@@ -10,6 +10,7 @@ and release the engine for the next mutation.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,6 +36,16 @@ class EngineReport:
     reachable: bool
     state: dict[str, Any] | None
     error: str
+    expected_version: str = ""
+
+    @property
+    def skewed(self) -> bool:
+        """Reports a version other than the one last requested of it."""
+        return bool(
+            self.expected_version
+            and self.state is not None
+            and self.state["weight_version"] != self.expected_version
+        )
 
 
 class Dispatcher:
@@ -46,6 +57,8 @@ class Dispatcher:
         self._records: OrderedDict[str, tuple[float, Operation]] = OrderedDict()
         # engine -> the mutating operation it is running (one at a time per engine).
         self._busy: dict[str, Operation] = {}
+        # engine -> the weight version last requested of it, for version-skew reports.
+        self.expected_versions: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -68,6 +81,9 @@ class Dispatcher:
         self._idle.clear()
         for name in command.engines:
             self._busy[name] = op
+        if command.method == "update_weights":
+            for name in command.engines:
+                self.expected_versions[name] = command.args["version"]
         loop = asyncio.get_running_loop()
         op.timer = loop.call_at(command.deadline, self._expire, op)
         self._send_all(op, loop.time())
@@ -201,7 +217,9 @@ class Dispatcher:
 
     async def status(self, engines: tuple[str, ...]) -> list[EngineReport]:
         """Ask every engine for its state at once; never queued behind a mutation."""
-        return list(await asyncio.gather(*(self._status_one(name) for name in engines)))
+        reports = await asyncio.gather(*(self._status_one(name) for name in engines))
+        expected = self.expected_versions
+        return [dataclasses.replace(r, expected_version=expected.get(r.engine, "")) for r in reports]
 
     async def _status_one(self, name: str) -> EngineReport:
         link = self.links[name]

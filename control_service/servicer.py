@@ -86,9 +86,11 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     reachable=r.reachable,
                     state=messages.engine_state(r.state),
                     error=r.error,
+                    expected_version=r.expected_version,
                 )
                 for r in reports
-            ]
+            ],
+            skewed_engines=[r.engine for r in reports if r.skewed],
         )
         _log_end("GetStatus", "", engines, grpc.StatusCode.OK, "", started)
         return response
