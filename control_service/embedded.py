@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -212,13 +213,11 @@ class EmbeddedEngines:
     async def _stop_one(self, engine: _Engine) -> None:
         process = engine.process
         if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+            _signal(process, signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), self.stop_timeout_s)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                _signal(process, signal.SIGKILL)
                 await process.wait()
         await self._finish_tasks(engine)
 
@@ -231,6 +230,14 @@ class EmbeddedEngines:
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _signal(process: asyncio.subprocess.Process, signum: int) -> None:
+    """os.kill, not Process.send_signal: Popen.send_signal polls first, and that poll can reap an
+    engine that just exited before asyncio's child watcher does, which then reports exit code
+    255 instead of the engine's own (CPython's Popen.poll/child-watcher race)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signum)
 
 
 async def _readline(stream: asyncio.StreamReader) -> bytes:

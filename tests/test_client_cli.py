@@ -616,12 +616,21 @@ async def test_embedded_engine_ignoring_sigterm_is_killed(fake_engine: tuple[str
 # ================================================================ with the real engine_stub
 
 
-async def test_real_engine_stub_starts_on_ipc_and_exits_cleanly_on_sigterm() -> None:
+async def test_real_engine_stub_serves_over_ipc_and_exits_cleanly_on_sigterm() -> None:
     pytest.importorskip("engine_stub")
+    from control_service.server import ControlServer
+
     engines = EmbeddedEngines(1, forward_stderr=False)
     async with engines as configs:
         assert configs[0].endpoint.startswith("ipc://")
         assert configs[0].endpoint.endswith("/engine-0.sock")
+        # Up means heartbeats flow, so the stub is past its start-up (signal handlers included).
+        server = ControlServer(ServiceConfig(engines=configs, listen="127.0.0.1:0"))
+        await server.start()
+        try:
+            assert await server.wait_engines_up(10.0)
+        finally:
+            await server.stop(grace=0.5)
     assert engines.returncodes == (0,)
 
 
