@@ -9,6 +9,8 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from control_service import wire
 
@@ -16,8 +18,10 @@ from .engine import SimConfig
 from .server import Knobs, ServerConfig, run
 
 
-def _positive(kind: type) -> object:
-    def check(text: str) -> object:
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that refuses 0 and negatives (a zero token interval would spin)."""
+
+    def check(text: str) -> Any:
         value = kind(text)
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
@@ -26,8 +30,8 @@ def _positive(kind: type) -> object:
     return check
 
 
-def _non_negative(kind: type) -> object:
-    def check(text: str) -> object:
+def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def check(text: str) -> Any:
         value = kind(text)
         if not value >= 0:
             raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
@@ -66,11 +70,14 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         bind=args.bind,
         name=args.name,
         sim=SimConfig(args.requests, args.tokens, args.token_interval),
-        knobs=Knobs(args.reply_delay, args.instant, args.silent, False, fail),
+        knobs=Knobs(
+            reply_delay=args.reply_delay, instant=args.instant, silent=args.silent, fail_next=fail
+        ),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse flags, log to stderr, serve until SIGTERM/SIGINT; the process exit code."""
     args = parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,

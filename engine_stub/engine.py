@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from control_service import wire
@@ -149,7 +149,7 @@ class Engine:
         mode = args.get("mode")
         clear_cache = args.get("clear_cache", False)
         if mode not in PAUSE_MODES:
-            raise OpError("INVALID_ARGUMENT", f"pause mode must be one of abort, wait, keep; got {mode!r}")
+            raise OpError("INVALID_ARGUMENT", f"mode must be abort, wait or keep; got {mode!r}")
         if not isinstance(clear_cache, bool):
             raise OpError("INVALID_ARGUMENT", "clear_cache must be a boolean")
         if self.paused:
@@ -269,7 +269,9 @@ class Engine:
             if isinstance(version, str) and version:
                 self.weight_version = version
                 self.weight_digest = "sha256:instant"
-        return wire.result(request.request_id, self.state(), "instant", aborted=0, drained=0, bytes_loaded=0)
+        return wire.result(
+            request.request_id, self.state(), "instant", aborted=0, drained=0, bytes_loaded=0
+        )
 
     def _result(self, request_id: str, message: str, **counts: int) -> wire.Reply:
         data = {"aborted": 0, "drained": 0, "bytes_loaded": 0, **counts}

@@ -229,6 +229,9 @@ class Server:
         if method == "cancel":
             self._cancel(request.request_id)
             return
+        if self._mutation is not None and self._mutation[0] == request.request_id:
+            log.info("duplicate %s ignored: it is running and will answer", request.request_id)
+            return
         if self.knobs.fail_next is not None:
             code, message = self.knobs.fail_next
             self.knobs.fail_next = None
@@ -245,9 +248,6 @@ class Server:
 
     def _refuse_concurrent(self, identity: bytes, request: wire.Request) -> None:
         running = self._mutation[0] if self._mutation else "?"
-        if running == request.request_id:  # a resend of the running one: it will answer
-            log.info("duplicate request %s ignored: already running", running)
-            return
         message = f"{request.method} refused: operation {running} is still running"
         self._reply(identity, wire.error(request.request_id, "ABORTED", message))
 

@@ -1,4 +1,4 @@
-"""Start `python -m engine_stub` as a real subprocess and talk to it, for any test that needs an engine.
+"""Start `python -m engine_stub` as a real subprocess and talk to it, for tests needing an engine.
 
 `StubProcess` owns the process and its stdout JSON lines (read by a thread into `events`, so the
 pipe never fills and every wait is a bounded wait on a condition, never a sleep). `EngineClient`
@@ -56,7 +56,8 @@ class StubProcess:
         argv = [sys.executable, "-m", "engine_stub", *args]
         if "--bind" not in args:
             argv += ["--bind", "tcp://127.0.0.1:0"]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        path = [str(REPO), os.environ.get("PYTHONPATH", "")]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, env=env
         )
