@@ -19,10 +19,16 @@ from control_service.config import ServiceConfig
 from control_service.errors import ControlError, invalid
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.operations import Command
+from control_service.refit import RESUME_OLD_WEIGHTS, STAY_PAUSED
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_URI_CHARS = 4096
 MAX_VERSION_CHARS = 256
+_POLICIES = {
+    pb.REFIT_FAILURE_POLICY_UNSPECIFIED: RESUME_OLD_WEIGHTS,
+    pb.REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS: RESUME_OLD_WEIGHTS,
+    pb.REFIT_FAILURE_POLICY_STAY_PAUSED: STAY_PAUSED,
+}
 _MODES = {
     pb.PAUSE_MODE_ABORT: "abort",
     pb.PAUSE_MODE_WAIT: "wait",
@@ -56,6 +62,32 @@ class Commands:
     def resume(self, req: pb.ResumeRequest, time_remaining: float | None) -> Command:
         return self._command(request_id(req.request_id), req, "resume", {}, time_remaining)
 
+    def refit(self, req: pb.RefitRequest, time_remaining: float | None) -> Command:
+        rid = request_id(req.request_id)
+        pause = self.pause(pb.PauseRequest(request_id=rid, mode=req.mode), None).args
+        _require_text("uri", req.uri, MAX_URI_CHARS)
+        _require_text("version", req.version, MAX_VERSION_CHARS)
+        policy = _POLICIES.get(req.on_failure)
+        if policy is None:
+            raise invalid(f"on_failure {req.on_failure} is not a RefitFailurePolicy")
+        maximum = self.config.max_timeout_s
+        steps = {
+            f"{name}_timeout_s": _seconds(getattr(req, f"{name}_timeout"), maximum)
+            if req.HasField(f"{name}_timeout")
+            else None
+            for name in ("pause", "update", "resume")
+        }
+        args = {
+            "mode": pause["mode"],
+            "clear_cache": req.clear_cache,
+            "uri": req.uri,
+            "version": req.version,
+            "on_failure": policy,
+            **steps,
+            "policy_timeout_s": steps["resume_timeout_s"] or self.config.default_timeout_s,
+        }
+        return self._command(rid, req, "refit", args, time_remaining)
+
     def engines(self, names: Sequence[str]) -> tuple[str, ...]:
         """The named engines in configured order, or all of them for an empty list."""
         if not names:
@@ -74,7 +106,7 @@ class Commands:
     def _command(
         self,
         rid: str,
-        req: pb.PauseRequest | pb.UpdateWeightsRequest | pb.ResumeRequest,
+        req: pb.PauseRequest | pb.UpdateWeightsRequest | pb.ResumeRequest | pb.RefitRequest,
         method: str,
         args: dict[str, object],
         time_remaining: float | None,

@@ -24,6 +24,7 @@ from control_service.config import ServiceConfig
 from control_service.engine_link import EngineLink
 from control_service.errors import ControlError, unavailable
 from control_service.operations import Command, Operation, Part, Subscriber
+from control_service.refit import RefitDriver
 
 log = structlog.get_logger("control_service.dispatcher")
 
@@ -60,6 +61,7 @@ class Dispatcher:
         # engine -> the weight version last requested of it, for version-skew reports.
         self.expected_versions: dict[str, str] = {}
         self._ids = itertools.count(1)
+        self._drivers: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self.closing = False
@@ -73,21 +75,56 @@ class Dispatcher:
             return existing, existing.subscribe()
         if self.closing:
             raise unavailable("the service is shutting down")
-        self._check_engines_free(command)
-        op = Operation(command, self.config.slot_queue_events, self._part_done, self._finished)
+        self._check_engines_free(command, None)
+        if command.method == "refit":
+            return self._start_refit(command)
+        return self._start(command, None)
+
+    def _start(self, command: Command, owner: Operation | None) -> tuple[Operation, Subscriber]:
+        """Open every slot, then send: the order this service exists for."""
+        op = Operation(
+            command, self.config.slot_queue_events, self._part_done, self._finished, owner=owner
+        )
         sub = op.subscribe()
         self._open_slots(op)
-        self.running[command.request_id] = op
-        self._idle.clear()
-        for name in command.engines:
-            self._busy[name] = op
-        if command.method == "update_weights":
-            for name in command.engines:
-                self.expected_versions[name] = command.args["version"]
+        self._register(op)
         loop = asyncio.get_running_loop()
         op.timer = loop.call_at(command.deadline, self._expire, op)
         self._send_all(op, loop.time())
         return op, sub
+
+    def _register(self, op: Operation) -> None:
+        command = op.command
+        self.running[command.request_id] = op
+        self._idle.clear()
+        if op.owner is None:
+            for name in command.engines:
+                self._busy[name] = op
+        if "version" in command.args and command.method in ("update_weights", "refit"):
+            for name in command.engines:
+                self.expected_versions[name] = command.args["version"]
+
+    def _start_refit(self, command: Command) -> tuple[Operation, Subscriber]:
+        op = Operation(
+            command, self.config.slot_queue_events, self._part_done, self._finished, driven=True
+        )
+        sub = op.subscribe()
+        self._register(op)
+        driver = RefitDriver(op, self._start_step, self._probe)
+        task = asyncio.get_running_loop().create_task(driver.run())
+        self._drivers.add(task)
+        task.add_done_callback(self._drivers.discard)
+        return op, sub
+
+    def _start_step(self, command: Command, owner: Operation) -> tuple[Operation, Subscriber]:
+        """A Refit's step: runs on the engines its Refit holds, even during shutdown's drain."""
+        self._check_engines_free(command, owner)
+        return self._start(command, owner)
+
+    async def _probe(
+        self, engines: tuple[str, ...]
+    ) -> dict[str, tuple[dict[str, Any] | None, str]]:
+        return {r.engine: (r.state, r.error) for r in await self.status(engines)}
 
     def _existing(self, command: Command) -> Operation | None:
         rid = command.request_id
@@ -109,10 +146,10 @@ class Dispatcher:
             return None
         return entry[1]
 
-    def _check_engines_free(self, command: Command) -> None:
+    def _check_engines_free(self, command: Command, owner: Operation | None) -> None:
         for name in command.engines:
             holder = self._busy.get(name)
-            if holder is not None:
+            if holder is not None and holder is not owner:
                 raise ControlError(
                     grpc.StatusCode.ABORTED,
                     f"engine {name} is running {holder.command.method} "
@@ -149,8 +186,8 @@ class Dispatcher:
     def unsubscribe(self, op: Operation, sub: Subscriber) -> None:
         """A caller left. If it was the last caller of a running operation, cancel the operation
         after the detach grace, unless a retry attaches first."""
-        if not op.unsubscribe(sub):
-            return
+        if not op.unsubscribe(sub) or op.driven:
+            return  # a Refit always runs to its end: its policy is what keeps engines safe
         grace = self.config.detach_grace_s
         if grace <= 0:
             self._detached(op)
@@ -192,8 +229,11 @@ class Dispatcher:
     def _finished(self, op: Operation) -> None:
         rid = op.command.request_id
         self.running.pop(rid, None)
+        for name in op.command.engines:
+            if self._busy.get(name) is op:
+                del self._busy[name]
         assert op.outcome is not None
-        if op.outcome.engine_reported:
+        if op.outcome.engine_reported and op.owner is None:
             self._remember(rid, op)
         if not self.running:
             self._idle.set()

@@ -12,7 +12,16 @@ from control_service import wire
 from control_service.gen.control.v1 import control_pb2 as pb
 
 
-def event(request_id: str, engine: str, seq: int, reply: wire.Reply) -> pb.ControlEvent:
+def event(
+    request_id: str, engine: str, seq: int, reply: wire.Reply, step: str = ""
+) -> pb.ControlEvent:
+    e = _event(request_id, engine, seq, reply)
+    if step:
+        e.step = step
+    return e
+
+
+def _event(request_id: str, engine: str, seq: int, reply: wire.Reply) -> pb.ControlEvent:
     d = reply.data
     kind = reply.kind
     if kind == wire.RESULT:

@@ -21,8 +21,9 @@ import grpc
 from control_service import wire
 from control_service.errors import ControlError, EngineFailure, status_code
 
-# (engine, seq, reply): what a caller sees; the servicer turns it into a ControlEvent.
-Event = tuple[str, int, wire.Reply]
+# (engine, seq, reply, step): what a caller sees; the servicer turns it into a ControlEvent.
+# step is "" except in a Refit, where it names the step the event belongs to.
+Event = tuple[str, int, wire.Reply, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +31,16 @@ class Command:
     """A validated mutating call, the same shape whichever RPC brought it."""
 
     request_id: str
-    method: str  # "pause" | "update_weights" | "resume"
+    method: str  # "pause" | "update_weights" | "resume" | "refit"
     args: dict[str, Any]
     engines: tuple[str, ...]
     deadline: float  # event-loop time
 
     def fingerprint(self) -> str:
-        """What must match for a retry to count as the same call (the deadline need not)."""
-        return json.dumps([self.method, self.args, sorted(self.engines)], sort_keys=True)
+        """What must match for a retry to count as the same call: not the deadline, nor any
+        other timeout (a retry naturally has less time left)."""
+        args = {k: v for k, v in self.args.items() if not k.endswith("_timeout_s")}
+        return json.dumps([self.method, args, sorted(self.engines)], sort_keys=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,23 +114,21 @@ class Subscriber:
 class Part:
     """One engine's share of an operation; the sink of that engine's reply slot."""
 
-    __slots__ = ("op", "engine", "seq", "done", "final")
+    __slots__ = ("op", "engine", "seq", "done")
 
     def __init__(self, op: Operation, engine: str) -> None:
         self.op = op
         self.engine = engine
         self.seq = 0
         self.done = False
-        self.final: Event | None = None
 
     def on_reply(self, reply: wire.Reply) -> None:
         if self.done:
             return
         self.seq += 1
-        event = (self.engine, self.seq, reply)
+        event = (self.engine, self.seq, reply, "")
         if reply.terminal:
             self.done = True
-            self.final = event
             self.op.part_done(self, event, engine_reported=True)
         else:
             self.op.publish(event)
@@ -139,8 +140,7 @@ class Part:
         self.seq += 1
         self.done = True
         reply = wire.error(self.op.command.request_id, error.code.name, error.message)
-        self.final = event = (self.engine, self.seq, reply)
-        self.op.part_done(self, event, engine_reported=False)
+        self.op.part_done(self, (self.engine, self.seq, reply, ""), engine_reported=False)
 
 
 class Operation:
@@ -152,9 +152,17 @@ class Operation:
         queue_limit: int,
         on_part_done: Callable[[Operation, Part], None],
         on_finished: Callable[[Operation], None],
+        driven: bool = False,
+        owner: Operation | None = None,
     ) -> None:
         self.command = command
-        self.parts = {name: Part(self, name) for name in command.engines}
+        # A Refit's step has its Refit as owner: it runs on engines the owner holds.
+        self.owner = owner
+        # A driven operation (Refit) has no engine parts of its own: a task publishes its events
+        # and calls complete(); its final events are kept here for replay.
+        self.driven = driven
+        self.parts = {} if driven else {name: Part(self, name) for name in command.engines}
+        self.finals: list[Event] = []
         self.subscribers: list[Subscriber] = []
         self.outcome: Outcome | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -175,9 +183,8 @@ class Operation:
         """A new caller. On a finished operation it gets the recorded final events at once."""
         sub = Subscriber(self._queue_limit)
         if self.outcome is not None:
-            for part in self.parts.values():
-                if part.final is not None:
-                    sub.push(part.final)
+            for event in self.finals:
+                sub.push(event)
             sub.close()
         else:
             self._stop_detach_timer()
@@ -198,6 +205,7 @@ class Operation:
 
     def part_done(self, part: Part, event: Event, engine_reported: bool) -> None:
         self.publish(event)
+        self.finals.append(event)
         reply = event[2]
         if reply.kind == wire.ERROR:
             code = status_code(reply.data["code"])
@@ -216,12 +224,19 @@ class Operation:
             self.detach_timer.cancel()
             self.detach_timer = None
 
-    def _finish(self) -> None:
+    def complete(self, outcome: Outcome, finals: list[Event]) -> None:
+        """End a driven operation with the outcome its task decided."""
+        self.finals = finals
+        self._finish(outcome)
+
+    def _finish(self, outcome: Outcome | None = None) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self._stop_detach_timer()
-        self.outcome = summarize(self._failures, len(self.parts), self._all_reported)
+        if outcome is None:
+            outcome = summarize(self._failures, len(self.parts), self._all_reported)
+        self.outcome = outcome
         for sub in self.subscribers:
             sub.close()
         self.subscribers.clear()

@@ -44,8 +44,8 @@ def _relay(method: str, builder: Builder) -> Callable[..., AsyncIterator[pb.Cont
             request_id, engines = command.request_id, command.engines
             op, sub = self._dispatcher.submit(command)
             try:
-                async for engine, seq, reply in sub:
-                    yield messages.event(request_id, engine, seq, reply)
+                async for engine, seq, reply, step in sub:
+                    yield messages.event(request_id, engine, seq, reply, step)
             finally:
                 self._dispatcher.unsubscribe(op, sub)
             assert op.outcome is not None
@@ -70,6 +70,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     Pause = _relay("Pause", lambda c: c.pause)
     UpdateWeights = _relay("UpdateWeights", lambda c: c.update_weights)
     Resume = _relay("Resume", lambda c: c.resume)
+    Refit = _relay("Refit", lambda c: c.refit)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GetStatusResponse:
         started = time.perf_counter()

@@ -144,8 +144,10 @@ def progress(request_id: str, stage: str, done: int, total: int, message: str = 
 def result(
     request_id: str, state: dict[str, Any], message: str = "", **counts: int
 ) -> Reply:
-    """counts: aborted, drained, bytes_loaded (see the proto's Result)."""
-    return Reply(request_id, RESULT, {"state": state, "message": message, **counts})
+    """counts: aborted, drained, bytes_loaded (see the proto's Result); absent ones are 0."""
+    data = {"state": state, "message": message, "aborted": 0, "drained": 0, "bytes_loaded": 0}
+    data.update(counts)
+    return Reply(request_id, RESULT, data)
 
 
 def error(request_id: str, code: str, message: str) -> Reply:

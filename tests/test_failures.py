@@ -148,6 +148,7 @@ async def test_retry_after_finish_replays_without_asking_engine(
     original = await service.events("Pause", pb.PauseRequest(request_id="r2"), timeout=10)
     mark = stub.mark()
     await service.events("Resume", pb.ResumeRequest(request_id="r3"), timeout=10)
+    await wait_stub(stub, "r3", "resume", since=mark)
     replay = await service.events("Pause", pb.PauseRequest(request_id="r2"), timeout=10)
     assert [e.result for e in replay] == [original[-1].result]
     assert [e["request_id"] for e in stub.requests(since=mark)] == ["r3"]
@@ -155,6 +156,7 @@ async def test_retry_after_finish_replays_without_asking_engine(
     stub.knob(fail_next={"code": "INTERNAL", "message": "boom"})
     err1, _ = await service.failed("Pause", pb.PauseRequest(request_id="r4"), timeout=10)
     err2, _ = await service.failed("Pause", pb.PauseRequest(request_id="r4"), timeout=10)
+    await wait_stub(stub, "r4", "pause", since=mark)
     assert err1.code() == err2.code() == Code.INTERNAL and err1.details() == err2.details()
     assert len(stub.requests("pause", since=mark)) == 1
 

@@ -124,6 +124,8 @@ async def test_subset_call_touches_only_named_engines(
 ) -> None:
     events = await service.events("Pause", pb.PauseRequest(request_id="sub-1", engines=["e6", "e1"]), timeout=10)
     assert set(results(events)) == {"e1", "e6"}
+    for name in ("e1", "e6"):
+        await asyncio.to_thread(stubs[name].wait_event, lambda e: e.get("request_id") == "sub-1", 10.0)
     asked = {name for name, stub in stubs.items() if any(r["request_id"] == "sub-1" for r in stub.requests())}
     assert asked == {"e1", "e6"}
     status = await service.stub.GetStatus(pb.GetStatusRequest(engines=["e1", "e2"]), timeout=10)

@@ -1,0 +1,114 @@
+"""Refit: pause -> update -> resume as one call that never leaves an engine paused by accident."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from control_service.gen.control.v1 import control_pb2 as pb
+from tests.harness import Service, StartService
+from tests.stub_process import StubProcess
+
+Code = grpc.StatusCode
+Checkpoint = Callable[[int], tuple[str, int]]
+
+
+@pytest.fixture
+def stub(start_stub: Callable[..., StubProcess]) -> StubProcess:
+    return start_stub()
+
+
+@pytest.fixture
+async def service(start_service: StartService, stub: StubProcess) -> Service:
+    return await start_service({"e0": stub.endpoint})
+
+
+def steps(events: list[pb.ControlEvent]) -> list[tuple[str, str]]:
+    return [(e.step, e.WhichOneof("event")) for e in events]
+
+
+async def test_clean_refit_runs_three_steps_in_order(
+    service: Service, checkpoint: Checkpoint
+) -> None:
+    uri, size = checkpoint(1)
+    events = await service.events(
+        "Refit", pb.RefitRequest(request_id="rf-1", uri=uri, version="1"), timeout=30
+    )
+    order = [s for s, _ in steps(events)]
+    assert order == sorted(order, key=["pause", "update_weights", "resume", "refit"].index)
+    assert {s for s in order} == {"pause", "update_weights", "resume", "refit"}
+    assert ("update_weights", "progress") in steps(events)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    final = events[-1]
+    assert (final.step, final.engine) == ("refit", "e0")
+    assert final.result.state.weight_version == "1" and final.result.state.paused is False
+    update = [e for e in events if e.step == "update_weights" and e.HasField("result")][0]
+    assert update.result.bytes_loaded == size
+
+
+@pytest.mark.parametrize(
+    ("policy", "paused", "said"),
+    [
+        (pb.REFIT_FAILURE_POLICY_UNSPECIFIED, False, "resumed e0"),
+        (pb.REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS, False, "resumed e0"),
+        (pb.REFIT_FAILURE_POLICY_STAY_PAUSED, True, "left paused"),
+    ],
+)
+async def test_failed_update_applies_policy(
+    service: Service, checkpoint: Checkpoint, policy: int, paused: bool, said: str
+) -> None:
+    uri, _ = checkpoint(1)
+    await service.events("Refit", pb.RefitRequest(uri=uri, version="old"), timeout=30)
+    err, events = await service.failed(
+        "Refit", pb.RefitRequest(uri="/no/such/ckpt", version="new", on_failure=policy), timeout=30
+    )
+    assert err.code() == Code.NOT_FOUND
+    assert err.details().startswith("update_weights failed: e0: NOT_FOUND")
+    assert said in err.details()
+    final = events[-1]
+    assert final.step == "refit"
+    assert final.result.state.paused is paused, "the final state proves what the policy did"
+    assert final.result.state.weight_version == "old"
+    if not paused:
+        assert ("resume", "result") in steps(events)
+
+
+async def test_disconnect_and_retry_gets_the_one_outcome(
+    service: Service, stub: StubProcess, checkpoint: Checkpoint
+) -> None:
+    uri, _ = checkpoint(2)
+    stub.knob(reply_delay=0.3)
+    call = service.stub.Refit(pb.RefitRequest(request_id="rf-9", uri=uri, version="9"), timeout=30)
+    await asyncio.to_thread(stub.wait_event, lambda e: e.get("request_id") == "rf-9/pause", 10.0)
+    call.cancel()  # the trainer lost its connection mid-refit
+    retry = await service.events(
+        "Refit", pb.RefitRequest(request_id="rf-9", uri=uri, version="9"), timeout=30
+    )
+    assert retry[-1].step == "refit" and retry[-1].result.state.weight_version == "9"
+    await asyncio.to_thread(stub.wait_event, lambda e: e.get("request_id") == "rf-9/resume", 10.0)
+    asked = [e["request_id"] for e in stub.requests() if e["request_id"].startswith("rf-9")]
+    assert asked == ["rf-9/pause", "rf-9/update_weights", "rf-9/resume"], "each step ran once"
+    replay = await service.events(
+        "Refit", pb.RefitRequest(request_id="rf-9", uri=uri, version="9",
+                                 timeout=Duration(seconds=5)), timeout=30
+    )  # fmt: skip
+    assert [(e.step, e.result.state.weight_version) for e in replay] == [("refit", "9")]
+    assert len([e for e in stub.requests() if e["request_id"].startswith("rf-9")]) == 3
+
+
+async def test_other_mutations_are_refused_while_a_refit_holds_the_engine(
+    service: Service, stub: StubProcess, checkpoint: Checkpoint
+) -> None:
+    uri, _ = checkpoint(3)
+    stub.knob(reply_delay=0.3)
+    refit = asyncio.ensure_future(
+        service.events("Refit", pb.RefitRequest(request_id="rf-h", uri=uri, version="3"), timeout=30)
+    )
+    await asyncio.to_thread(stub.wait_event, lambda e: e.get("request_id") == "rf-h/pause", 10.0)
+    err, _ = await service.failed("Resume", pb.ResumeRequest(), timeout=10)
+    assert err.code() == Code.ABORTED and "rf-h" in err.details() and "refit" in err.details()
+    assert (await refit)[-1].result.state.weight_version == "3"
