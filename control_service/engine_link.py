@@ -100,7 +100,7 @@ class EngineLink:
 
     def close(self, reason: str = "service shutting down") -> None:
         """Fail what is still open, then close the sockets without lingering."""
-        self._set_down(reason)
+        self._set_down(reason, expected=True)
         loop, sock, monitor = self._loop, self._sock, self._monitor
         self._sock = self._monitor = None
         if loop is not None and sock is not None and monitor is not None:
@@ -200,11 +200,12 @@ class EngineLink:
             log.info("engine up", engine=self.name, endpoint=self.endpoint)
             self._changed()
 
-    def _set_down(self, reason: str) -> None:
+    def _set_down(self, reason: str, expected: bool = False) -> None:
         was_up, self.up, self.down_reason = self.up, False, reason
         failed = self.slots.fail_all(unavailable(f"engine {self.name} is unreachable: {reason}"))
         if was_up or failed:
-            log.warning("engine down", engine=self.name, reason=reason, failed_calls=failed)
+            report = log.info if expected and not failed else log.warning
+            report("engine down", engine=self.name, reason=reason, failed_calls=failed)
             self._changed()
 
     def _changed(self) -> None:
