@@ -45,11 +45,7 @@ class Commands:
 
     def pause(self, req: pb.PauseRequest, time_remaining: float | None) -> Command:
         rid = request_id(req.request_id)
-        mode = self.config.default_pause_mode if req.mode == pb.PAUSE_MODE_UNSPECIFIED else None
-        mode = mode or _MODES.get(req.mode)
-        if mode is None:
-            raise invalid(f"mode {req.mode} is not a PauseMode")
-        args = {"mode": mode, "clear_cache": req.clear_cache}
+        args = {"mode": self._mode(req.mode), "clear_cache": req.clear_cache}
         return self._command(rid, req, "pause", args, time_remaining)
 
     def update_weights(self, req: pb.UpdateWeightsRequest, time_remaining: float | None) -> Command:
@@ -64,7 +60,7 @@ class Commands:
 
     def refit(self, req: pb.RefitRequest, time_remaining: float | None) -> Command:
         rid = request_id(req.request_id)
-        pause = self.pause(pb.PauseRequest(request_id=rid, mode=req.mode), None).args
+        mode = self._mode(req.mode)
         _require_text("uri", req.uri, MAX_URI_CHARS)
         _require_text("version", req.version, MAX_VERSION_CHARS)
         policy = _POLICIES.get(req.on_failure)
@@ -78,7 +74,7 @@ class Commands:
             for name in ("pause", "update", "resume")
         }
         args = {
-            "mode": pause["mode"],
+            "mode": mode,
             "clear_cache": req.clear_cache,
             "uri": req.uri,
             "version": req.version,
@@ -87,6 +83,14 @@ class Commands:
             "policy_timeout_s": steps["resume_timeout_s"] or self.config.default_timeout_s,
         }
         return self._command(rid, req, "refit", args, time_remaining)
+
+    def _mode(self, value: int) -> str:
+        if value == pb.PAUSE_MODE_UNSPECIFIED:
+            return self.config.default_pause_mode
+        mode = _MODES.get(value)
+        if mode is None:
+            raise invalid(f"mode {value} is not a PauseMode")
+        return mode
 
     def engines(self, names: Sequence[str]) -> tuple[str, ...]:
         """The named engines in configured order, or all of them for an empty list."""
