@@ -97,6 +97,16 @@ def text(value: str) -> str:
     return value
 
 
+def listen_address(value: str) -> str:
+    """HOST:PORT (port 0: any), [IPv6]:PORT, or unix:PATH: caught here rather than at bind."""
+    if value.startswith("unix:"):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return value
+
+
 def words(value: str) -> list[str]:
     """A shell-quoted argument string as a list (for arguments passed through to engines)."""
     try:
@@ -156,7 +166,7 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
 def resolve_options(
     parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
 ) -> None:
-    """Fill every flag not given: from its env var when set (checked like the flag), else default."""
+    """Fill each flag not given: from its env var if set (checked like the flag), else default."""
     for option in args._options:
         if getattr(args, option.dest) is not None:
             continue
@@ -185,7 +195,7 @@ def _default(cls: type, name: str) -> Any:
 
 # (flag, config class, field, type, help): every ServiceConfig/LinkConfig field but engines/link.
 SERVICE_FLAGS: tuple[tuple[str, type, str, Callable[[str], Any], str], ...] = (
-    ("--listen", ServiceConfig, "listen", text, "gRPC address HOST:PORT (port 0: any)"),
+    ("--listen", ServiceConfig, "listen", listen_address, "gRPC address HOST:PORT (port 0: any)"),
     ("--default-timeout", ServiceConfig, "default_timeout_s", positive_float,
      "seconds a call may take when it names no timeout"),
     ("--max-timeout", ServiceConfig, "max_timeout_s", positive_float,
@@ -457,7 +467,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ControlError as error:
         _print_lines(format_error(error), sys.stderr)
         return EXIT_FAILURE
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # e.g. grpc's "Failed to bind to address"
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
@@ -516,7 +526,9 @@ async def call(args: argparse.Namespace, config: ClientConfig, out: TextIO) -> i
     return EXIT_OK
 
 
-async def _mutate(client: ControlClient, args: argparse.Namespace, printer: EventPrinter) -> Outcome:
+async def _mutate(
+    client: ControlClient, args: argparse.Namespace, printer: EventPrinter
+) -> Outcome:
     request_id = checked_request_id(args.request_id)  # a bad id fails before the header prints
     if not args.json:
         printer.line(f"{args.action} request_id={request_id}")

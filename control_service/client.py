@@ -332,8 +332,9 @@ class ControlClient:
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE or made > self.config.retries:
                     raise utils.error_from_rpc(error) from error
+                config = self.config
                 await asyncio.sleep(
-                    utils.backoff_s(made, self.config.retry_backoff_s, self.config.retry_backoff_max_s)
+                    utils.backoff_s(made, config.retry_backoff_s, config.retry_backoff_max_s)
                 )
             else:
                 return made if count_attempts else value

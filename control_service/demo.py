@@ -142,9 +142,11 @@ async def _status(client: ControlClient, printer: EventPrinter) -> None:
 
 def _check_loaded(outcome: Outcome, version: str) -> dict[str, str]:
     """Every engine reports `version`; returns each engine's weight digest."""
-    wrong = {e: s.weight_version for e, s in outcome.states().items() if s.weight_version != version}
-    if not outcome.results or wrong:
-        raise DemoCheckFailed(f"after update_weights({version!r}) engines report {wrong or 'nothing'}")
+    states = outcome.states()
+    wrong = {e: s.weight_version for e, s in states.items() if s.weight_version != version}
+    if not states or wrong:
+        reported = wrong or "nothing"
+        raise DemoCheckFailed(f"after update_weights({version!r}) engines report {reported}")
     return {engine: state.weight_digest for engine, state in outcome.states().items()}
 
 

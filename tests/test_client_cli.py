@@ -57,7 +57,8 @@ def test_flag_wins_over_env_which_wins_over_default() -> None:
     assert config.default_pause_mode == "wait"  # flag over env
     assert config.shutdown_grace_s == 3.0  # env over default
     assert config.link.heartbeat_timeout_s == 1.5  # env reaches the LinkConfig too
-    assert config.default_timeout_s == ServiceConfig.__dataclass_fields__["default_timeout_s"].default
+    defaults = {f.name: f.default for f in dataclasses.fields(ServiceConfig)}
+    assert config.default_timeout_s == defaults["default_timeout_s"]
     assert config.link.send_hwm == LinkConfig().send_hwm
     assert config.engines[0].name == "engine" and config.engines[0].endpoint == "tcp://h:1"
 
@@ -69,7 +70,8 @@ def test_repeatable_engine_flag_replaces_env_list() -> None:
         ("a", "tcp://h:1"),
         ("b", "ipc:///tmp/b.sock"),
     ]
-    from_flag = cli.service_config(cli.parse_args(["serve", "--engine", "c=tcp://h:2"], environ=env))
+    flagged = cli.parse_args(["serve", "--engine", "c=tcp://h:2"], environ=env)
+    from_flag = cli.service_config(flagged)
     assert [e.name for e in from_flag.engines] == ["c"]
 
 
@@ -136,6 +138,7 @@ def test_call_tls_and_keepalive_flags_build_the_client_config(tmp_path: Path) ->
         (["serve", "--engine", "tcp://h:1", "--default-timeout", "1000"], {}, "default timeout"),
         (["serve", "--engine", "a=tcp://h:1", "--engine", "a=tcp://h:2"], {}, "unique"),
         (["serve", "--engine", "http://h:1"], {}, "must be tcp://"),
+        (["serve", "--engine", "tcp://h:1", "--listen", "localhost"], {}, "not HOST:PORT"),
         (["serve", "--engine", "tcp://h:1", "--max-open-slots", "0"], {}, "integer >= 1"),
         (["serve", "--embedded-engine"], {"CONTROL_SERVICE_SEND_HWM": "x"}, "SEND_HWM"),
         (["serve", "--embedded-engine"], {"CONTROL_SERVICE_DEFAULT_PAUSE_MODE": "nap"}, "one of"),
@@ -183,7 +186,9 @@ def _event(engine: str = "e0", seq: int = 1, **kind: Any) -> pb.ControlEvent:
     return pb.ControlEvent(request_id="r1", engine=engine, seq=seq, **kind)
 
 
-STATE = pb.EngineState(paused=True, weight_version="7", in_flight=2, weight_digest="sha256:" + "ab" * 32)
+STATE = pb.EngineState(
+    paused=True, weight_version="7", in_flight=2, weight_digest="sha256:" + "ab" * 32
+)
 
 
 def test_format_event_one_line_per_kind() -> None:
@@ -305,7 +310,8 @@ class FakeControl(control_pb2_grpc.ControlServiceServicer):
     async def _run(self, method: str, request: Any, context: Any) -> AsyncIterator[pb.ControlEvent]:
         self._record(method, request, context)
         rid = request.request_id
-        yield pb.ControlEvent(request_id=rid, engine="e0", seq=1, accepted=pb.Accepted(message="go"))
+        accepted = pb.Accepted(message="go")
+        yield pb.ControlEvent(request_id=rid, engine="e0", seq=1, accepted=accepted)
         if len(self.seen) <= self.unavailable_first:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost")
         if self.hang:
@@ -499,7 +505,8 @@ async def test_call_failure_prints_error_and_exits_with_the_codes_number(
 
 
 async def test_call_json_prints_only_parseable_events(fake: FakeControl) -> None:
-    args = cli.parse_args(["call", "pause", "--mode", "keep", "--json", "--target", fake.target], {})
+    args = cli.parse_args(["call", "pause", "--mode", "keep", "--json", "--target", fake.target],
+                          {})  # fmt: skip
     out = io.StringIO()
     assert await cli.call(args, cli.client_config(args), out) == 0
     events = [json_format.Parse(line, pb.ControlEvent()) for line in out.getvalue().splitlines()]
