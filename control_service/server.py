@@ -74,9 +74,12 @@ class ControlServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = server.add_insecure_port(c.listen)
+        try:
+            port = server.add_insecure_port(c.listen)
+        except RuntimeError:
+            port = 0
         if port == 0:
-            raise unavailable(f"cannot listen on {c.listen}")
+            raise unavailable(f"cannot listen on {c.listen} (address in use or not local)")
         await self._publish_health()
         for link in self.links.values():
             link.start(self._zmq)

@@ -138,18 +138,19 @@ class Server:
         self._sock = sock
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("%s listening on %s (pid %d)", self.config.name, endpoint, os.getpid())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before "ready": a prompt SIGTERM exits 0
+            loop.add_signal_handler(sig, stop.set)
         emit_event("ready", endpoint=endpoint, pid=os.getpid())
         try:
-            return await self._run_until_stopped()
+            return await self._run_until_stopped(stop)
         finally:
             sock.close(linger=0)
             ctx.term()
 
-    async def _run_until_stopped(self) -> int:
+    async def _run_until_stopped(self, stop: asyncio.Event) -> int:
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         self._start_knob_reader(loop)
         workers = [
             asyncio.create_task(self.engine.run(), name="ticker"),
