@@ -8,6 +8,7 @@ the client's gRPC deadline, the request's timeout (or the server default) and th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import uuid
 from collections.abc import Sequence
@@ -130,10 +131,14 @@ class Commands:
         return asyncio.get_running_loop().time() + min(seconds, c.max_timeout_s)
 
 
+# Generated ids: a random prefix per process and a counter (unique, cheaper than uuid4 per call).
+_GENERATED = (f"{uuid.uuid4().hex[:12]}-{n}" for n in itertools.count(1))
+
+
 def request_id(value: str) -> str:
     """The caller's request_id, checked; a generated one when empty."""
     if not value:
-        return uuid.uuid4().hex
+        return next(_GENERATED)
     if REQUEST_ID.fullmatch(value) is None:
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise invalid(

@@ -64,7 +64,7 @@ async def test_concurrent_calls_with_reply_inside_send(start_service: StartServi
 async def test_generated_request_id_is_returned_in_every_event(start_service: StartService) -> None:
     service = await start_service(["inproc://unused"], link_factory=ReplyInsideSendLink)
     events = await service.events("Pause", pb.PauseRequest(), timeout=2.0)
-    assert events and len(events[0].request_id) == 32
+    assert events and events[0].request_id
     assert {e.request_id for e in events} == {events[0].request_id}
 
 
