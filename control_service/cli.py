@@ -23,7 +23,14 @@ from typing import Any, NoReturn, TextIO
 import grpc
 
 from control_service._client_utils import checked_request_id
-from control_service.client import ClientConfig, ControlClient, Outcome, ServiceStatus, TlsConfig
+from control_service.client import (
+    ClientConfig,
+    ControlClient,
+    Outcome,
+    ServiceStatus,
+    StepTimeouts,
+    TlsConfig,
+)
 from control_service.config import PAUSE_MODES, EngineConfig, LinkConfig, ServiceConfig
 from control_service import log
 from control_service.errors import ControlError
@@ -422,6 +429,19 @@ def _add_call(commands: Any) -> None:
     update.add_argument("version", help="the version the engines report once loaded")
     add_options(update, CALL_OPTIONS)
     add_options(action("resume", "let the engines serve again"), CALL_OPTIONS)
+    refit = action("refit", "pause -> update weights -> resume as one call, safe on failure")
+    refit.add_argument("uri", help="where the engines find the checkpoint")
+    refit.add_argument("version", help="the version the engines report once loaded")
+    refit.add_argument("--mode", choices=PAUSE_MODES, default=None,
+                       help="pause mode: abort | wait | keep (default: the server's)")  # fmt: skip
+    refit.add_argument("--clear-cache", action="store_true", help="also drop the KV cache")
+    refit.add_argument("--on-failure", choices=("resume_old_weights", "stay_paused"),
+                       default="resume_old_weights",
+                       help="what to do if a step fails (default: resume_old_weights)")  # fmt: skip
+    for step in ("pause", "update", "resume"):
+        refit.add_argument(f"--{step}-timeout", type=float, default=None, metavar="S",
+                           help=f"limit for the {step} step in seconds (default: none)")  # fmt: skip
+    add_options(refit, CALL_OPTIONS)
     status = action("status", "print every engine's reachability and state")
     add_options(status, CALL_OPTIONS[1:])  # engines only: GetStatus has no request id
 
@@ -541,6 +561,12 @@ async def _mutate(
         return await client.pause(args.mode, clear_cache=args.clear_cache, **common)
     if args.action == "update-weights":
         return await client.update_weights(args.uri, args.version, **common)
+    if args.action == "refit":
+        steps = StepTimeouts(args.pause_timeout, args.update_timeout, args.resume_timeout)
+        return await client.refit(
+            args.uri, args.version, mode=args.mode, clear_cache=args.clear_cache,
+            on_failure=args.on_failure, steps=steps, **common,
+        )  # fmt: skip
     return await client.resume(**common)
 
 

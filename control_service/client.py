@@ -39,7 +39,9 @@ __all__ = [
     "EventCallback",
     "Outcome",
     "PauseModeName",
+    "RefitPolicyName",
     "ServiceStatus",
+    "StepTimeouts",
     "TlsConfig",
     "new_request_id",
 ]
@@ -71,6 +73,30 @@ class TlsConfig:
             private_key=utils.read_optional(self.private_key),
             certificate_chain=utils.read_optional(self.cert_chain),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimeouts:
+    """Per-step limits of a Refit (seconds; None: only the overall timeout applies)."""
+
+    pause: float | None = None
+    update: float | None = None
+    resume: float | None = None
+
+    def items(self) -> list[tuple[str, float]]:
+        return [
+            (name, utils.check_timeout(value))  # type: ignore[misc]
+            for name, value in (("pause", self.pause), ("update", self.update),
+                                ("resume", self.resume))  # fmt: skip
+            if value is not None
+        ]
+
+
+RefitPolicyName = Literal["resume_old_weights", "stay_paused"]
+REFIT_POLICIES: dict[str, int] = {
+    "resume_old_weights": control_pb2.REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS,
+    "stay_paused": control_pb2.REFIT_FAILURE_POLICY_STAY_PAUSED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +292,40 @@ class ControlClient:
             request_id=utils.checked_request_id(request_id), engines=list(engines)
         )
         return await self._mutate(self._rpc("Resume"), request, timeout, on_event)
+
+    async def refit(
+        self,
+        uri: str,
+        version: str,
+        *,
+        mode: PauseModeName | None = None,
+        clear_cache: bool = False,
+        on_failure: RefitPolicyName = "resume_old_weights",
+        steps: StepTimeouts | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        engines: Iterable[str] = (),
+        on_event: EventCallback | None = None,
+    ) -> Outcome:
+        """Pause -> update_weights -> resume as one call. If a step fails, `on_failure` runs
+        (by default the engines resume on their old weights) and ControlError names the step.
+        `Outcome.results` holds each engine's final state (the events tagged step "refit")."""
+        if not uri or not version:
+            raise invalid("refit needs a non-empty uri and version")
+        if on_failure not in REFIT_POLICIES:
+            raise invalid(f"on_failure must be one of {sorted(REFIT_POLICIES)}")
+        request = control_pb2.RefitRequest(
+            request_id=utils.checked_request_id(request_id),
+            mode=utils.pause_mode(mode),
+            clear_cache=clear_cache,
+            uri=uri,
+            version=version,
+            on_failure=REFIT_POLICIES[on_failure],
+            engines=list(engines),
+        )
+        for name, seconds in (steps or StepTimeouts()).items():
+            getattr(request, f"{name}_timeout").CopyFrom(utils.duration(seconds))
+        return await self._mutate(self._rpc("Refit"), request, timeout, on_event)
 
     async def status(
         self, engines: Iterable[str] = (), *, timeout: float | None = None

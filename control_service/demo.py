@@ -92,27 +92,39 @@ async def _run(options: DemoOptions, tmp: Path, printer: EventPrinter) -> None:
 
 
 async def _cycles(client: ControlClient, tmp: Path, printer: EventPrinter) -> None:
-    """Two update cycles, then GetStatus; raises DemoCheckFailed on a wrong state."""
+    """Cycle 1 as three calls, cycle 2 as one Refit, then GetStatus; raises DemoCheckFailed on
+    a wrong state."""
     digests: dict[str, dict[str, str]] = {}
-    for version, seed in (("1", 1), ("2", 2)):
-        checkpoint = tmp / f"checkpoint-v{version}"
-        size = await asyncio.to_thread(_write_checkpoint, checkpoint, seed)
-        printer.line(f"== cycle {version}: checkpoint {checkpoint} ({size} bytes)")
-        await _step(printer, "pause", lambda rid: client.pause(request_id=rid, on_event=printer))
-        loaded = await _step(
-            printer,
-            f"update_weights version={version}",
-            lambda rid: client.update_weights(
-                str(checkpoint), version, request_id=rid, on_event=printer
-            ),
-        )
-        digests[version] = _check_loaded(loaded, version)
-        resumed = await _step(
-            printer, "resume", lambda rid: client.resume(request_id=rid, on_event=printer)
-        )
-        _check_resumed(resumed, version)
+    checkpoint = await _checkpoint(tmp, "1", 1, printer)
+    await _step(printer, "pause", lambda rid: client.pause(request_id=rid, on_event=printer))
+    loaded = await _step(
+        printer,
+        "update_weights version=1",
+        lambda rid: client.update_weights(str(checkpoint), "1", request_id=rid, on_event=printer),
+    )
+    digests["1"] = _check_loaded(loaded, "1")
+    resumed = await _step(
+        printer, "resume", lambda rid: client.resume(request_id=rid, on_event=printer)
+    )
+    _check_resumed(resumed, "1")
+
+    checkpoint = await _checkpoint(tmp, "2", 2, printer)
+    refitted = await _step(
+        printer,
+        "refit (pause -> update_weights -> resume as one call) version=2",
+        lambda rid: client.refit(str(checkpoint), "2", request_id=rid, on_event=printer),
+    )
+    digests["2"] = _check_loaded(refitted, "2")
+    _check_resumed(refitted, "2")
     _check_digests_differ(digests)
     await _status(client, printer)
+
+
+async def _checkpoint(tmp: Path, version: str, seed: int, printer: EventPrinter) -> Path:
+    checkpoint = tmp / f"checkpoint-v{version}"
+    size = await asyncio.to_thread(_write_checkpoint, checkpoint, seed)
+    printer.line(f"== cycle {version}: checkpoint {checkpoint} ({size} bytes)")
+    return checkpoint
 
 
 async def _step(

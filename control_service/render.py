@@ -75,9 +75,10 @@ def _count(progress: control_pb2.Progress) -> str:
 
 
 def format_event(event: control_pb2.ControlEvent, bar: bool = False) -> str:
-    """One line: '<engine> #<seq> <kind> <details>'."""
+    """One line: '<engine> #<seq> [<step>] <kind> <details>' (the step only in a Refit)."""
     kind = event.WhichOneof("event") or "unknown"
-    head = f"{event.engine or '-'} #{event.seq} {kind}"
+    step = f" [{event.step}]" if event.step else ""
+    head = f"{event.engine or '-'} #{event.seq}{step} {kind}"
     if kind == "accepted":
         detail = event.accepted.message
     elif kind == "progress":

@@ -649,7 +649,9 @@ def test_demo_runs_two_cycles_end_to_end() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "engine-0 #4 result paused=yes version=1" in out
-    assert "engine-0 #4 result paused=yes version=2" in out
+    # Cycle 2 is one Refit: its steps' events, then the final state the refit proved.
+    assert "engine-0 #5 [update_weights] result paused=yes version=2" in out
+    assert "[refit] result paused=no version=2" in out
     assert "engine-0 reachable paused=no version=2" in out
     assert out.rstrip().endswith("demo ok")
 

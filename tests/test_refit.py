@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 
 import grpc
@@ -112,3 +113,28 @@ async def test_other_mutations_are_refused_while_a_refit_holds_the_engine(
     err, _ = await service.failed("Resume", pb.ResumeRequest(), timeout=10)
     assert err.code() == Code.ABORTED and "rf-h" in err.details() and "refit" in err.details()
     assert (await refit)[-1].result.state.weight_version == "3"
+
+
+async def test_client_refit_and_cli_exit_code(service: Service, checkpoint: Checkpoint) -> None:
+    from control_service.client import ClientConfig, ControlClient, StepTimeouts
+    from control_service.errors import ControlError
+
+    uri, _ = checkpoint(5)
+    seen: list[str] = []
+    async with ControlClient(ClientConfig(target=service.target)) as client:
+        outcome = await client.refit(
+            uri, "5", steps=StepTimeouts(update=20), on_event=lambda e: seen.append(e.step)
+        )
+        assert outcome.results["e0"].state.weight_version == "5"
+        assert seen[0] == "pause" and seen[-1] == "refit"
+        with pytest.raises(ControlError) as info:
+            await client.refit("/missing", "6", on_failure="stay_paused")
+        assert info.value.code == Code.NOT_FOUND and "left paused" in info.value.message
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "control_service", "call", "refit", "/missing", "7",
+        "--target", service.target, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 100 + Code.NOT_FOUND.value[0], out.decode()
+    assert "NOT_FOUND" in out.decode() and "[update_weights]" in out.decode()
