@@ -79,14 +79,18 @@ class RefitDriver:
         return Outcome(grpc.StatusCode.OK, "", (), True)
 
     async def _step(
-        self, step: str, args: dict[str, Any], step_timeout: float | None, bounded: bool = True
+        self, step: str, args: dict[str, Any], step_timeout: float | None, attempt: int = 0
     ) -> StepResult:
-        """Run one step as a sub-operation; relay its events tagged with the step."""
+        """Run one step as a sub-operation; relay its events tagged with the step.
+        attempt > 0 marks the failure policy's resume, which the refit's deadline does not bind."""
         loop = asyncio.get_running_loop()
-        deadline = self.command.deadline if bounded else loop.time() + self.args["policy_timeout_s"]
-        if step_timeout is not None:
-            deadline = min(deadline, loop.time() + step_timeout)
-        sub_id = f"{self.command.request_id}/{step}" if bounded else f"{self.command.request_id}/policy-{step}"
+        rid = self.command.request_id
+        if attempt:
+            deadline, sub_id = loop.time() + (step_timeout or 0.0), f"{rid}/policy-{step}-{attempt}"
+        else:
+            deadline, sub_id = self.command.deadline, f"{rid}/{step}"
+            if step_timeout is not None:
+                deadline = min(deadline, loop.time() + step_timeout)
         command = Command(sub_id, step, args, self.command.engines, deadline)
         op, sub = self._submit(command, self.op)
         results: dict[str, dict[str, Any]] = {}
@@ -118,7 +122,7 @@ class RefitDriver:
         if policy == STAY_PAUSED:
             did = "engines left paused (on_failure=STAY_PAUSED)"
         else:
-            resumed = await self._step("resume", {}, None, bounded=False)
+            resumed = await self._policy_resume()
             names = ", ".join(self.command.engines)
             did = (
                 f"resumed {names} on their previous weights (on_failure=RESUME_OLD_WEIGHTS)"
@@ -127,6 +131,22 @@ class RefitDriver:
             )
         message = f"{failed.step} failed: {what}; {did}"
         return Outcome(code, message, failures, failed.outcome.engine_reported)
+
+    async def _policy_resume(self) -> StepResult:
+        """Resume, retrying while an engine answers ABORTED: it is still unwinding the step we
+        just cancelled. Bounded by the policy's own time budget, not the refit's deadline."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.args["policy_timeout_s"]
+        delay = 0.02
+        attempt = 0
+        while True:
+            attempt += 1
+            resumed = await self._step("resume", {}, give_up - loop.time(), attempt=attempt)
+            busy = resumed.outcome.code is grpc.StatusCode.ABORTED
+            if not busy or loop.time() + delay >= give_up:
+                return resumed
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _publish(self, engine: str, reply: wire.Reply, step: str) -> None:
         """Relay a step's event with the refit's own per-engine numbering."""

@@ -47,6 +47,7 @@ class Knobs:
     silent: bool = False
     garbage: bool = False
     fail_next: tuple[str, str] | None = None  # (code, message) for the next mutation
+    hang_next: str | None = None  # the next request of this method hangs until cancelled
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ def parse_knobs(obj: object) -> dict[str, Any]:
             out[key] = float(value)
         elif key == "fail_next":
             out[key] = _parse_fail_next(value)
+        elif key == "hang_next":
+            if value not in (None, "pause", "update_weights", "resume"):
+                raise ValueError("hang_next must be pause, update_weights, resume or null")
+            out[key] = value
         elif key == "exit":
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
                 raise ValueError("exit must be an integer in 0..255")
@@ -290,6 +295,10 @@ class Server:
 
     async def _execute(self, request: wire.Request, emit: Any) -> wire.Reply:
         rid, args = request.request_id, request.args
+        if self.knobs.hang_next == request.method:
+            self.knobs.hang_next = None
+            log.info("hang_next: %s %s hangs until cancelled", request.method, rid)
+            await asyncio.get_running_loop().create_future()  # a stuck engine, until cancel
         if request.method == "pause":
             return await self.engine.pause(rid, args, emit)
         if request.method == "resume":
@@ -377,7 +386,7 @@ class Server:
 
     def _apply(self, changes: dict[str, Any]) -> None:
         knobs = self.knobs
-        for key in ("reply_delay", "silent", "garbage"):
+        for key in ("reply_delay", "silent", "garbage", "hang_next"):
             if key in changes:
                 setattr(knobs, key, changes[key])
         if "instant" in changes:

@@ -138,3 +138,30 @@ async def test_client_refit_and_cli_exit_code(service: Service, checkpoint: Chec
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 100 + Code.NOT_FOUND.value[0], out.decode()
     assert "NOT_FOUND" in out.decode() and "[update_weights]" in out.decode()
+
+
+async def test_engine_silent_during_update_step_times_out_and_policy_resumes(
+    service: Service, stub: StubProcess, checkpoint: Checkpoint
+) -> None:
+    uri, _ = checkpoint(1)
+    await service.events("Refit", pb.RefitRequest(uri=uri, version="old"), timeout=30)
+    stub.knob(hang_next="update_weights")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    err, events = await service.failed(
+        "Refit",
+        pb.RefitRequest(request_id="rf-s", uri=uri, version="new",
+                        update_timeout=Duration(nanos=500_000_000)),
+        timeout=30,
+    )  # fmt: skip
+    assert err.code() == Code.DEADLINE_EXCEEDED
+    assert err.details().startswith("update_weights failed: e0: DEADLINE_EXCEEDED")
+    assert "resumed e0" in err.details()
+    assert loop.time() - started < 5.0, "the step timeout, not the overall one, ended the update"
+    await asyncio.to_thread(
+        stub.wait_event, lambda e: e.get("request_id") == "rf-s/update_weights"
+        and e.get("method") == "cancel", 10.0,
+    )  # fmt: skip
+    final = events[-1]
+    assert final.step == "refit" and final.result.state.paused is False
+    assert final.result.state.weight_version == "old"
