@@ -31,7 +31,13 @@ from control_service.client import (
     StepTimeouts,
     TlsConfig,
 )
-from control_service.config import PAUSE_MODES, EngineConfig, LinkConfig, ServiceConfig
+from control_service.config import (
+    PAUSE_MODES,
+    EngineConfig,
+    LinkConfig,
+    ServiceConfig,
+    load_engines,
+)
 from control_service import log
 from control_service.errors import ControlError
 from control_service.log import LEVELS as LOG_LEVELS
@@ -242,6 +248,9 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Callable[[str], Any], str], ...] = (
 ENGINE_OPTIONS = (
     Option("--engine", text, [], "an engine as [NAME=]ENDPOINT, repeatable (env: comma-separated)",
            repeat=True, metavar="[NAME=]ENDPOINT"),
+    Option("--engines-file", Path, None,
+           "a file of engines, one [NAME=]ENDPOINT per line (# comments), for large N",
+           metavar="PATH"),
     Option("--embedded-engines", positive_int, 0,
            "start N engine_stub processes and serve them", metavar="N"),
     Option("--embedded-transport", choice("ipc", "tcp"), "ipc",
@@ -291,7 +300,10 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
 
     Raises ControlError for a configuration the config classes reject.
     """
-    engines = engine_configs(args.engine) + embedded_placeholders(args.embedded_engines)
+    from_file = load_engines(args.engines_file) if args.engines_file else []
+    engines = (
+        engine_configs(args.engine) + from_file + embedded_placeholders(args.embedded_engines)
+    )
     if not engines:
         raise ControlError(
             grpc.StatusCode.INVALID_ARGUMENT,

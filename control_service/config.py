@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from control_service.errors import invalid
+from control_service.errors import ControlError, invalid
 
 ENGINE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 PAUSE_MODES = ("abort", "wait", "keep")
@@ -35,6 +36,32 @@ class EngineConfig:
         if not sep or "://" in name:
             return cls(default_name, text)
         return cls(name, endpoint)
+
+
+MAX_ENGINES = 4096
+
+
+def load_engines(path: Path) -> list[EngineConfig]:
+    """Engines from a file: one [NAME=]ENDPOINT per line; blank lines and # comments skipped.
+    Unnamed lines are named engine-<line number>. Bounded: at most MAX_ENGINES."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise invalid(f"cannot read engines file {path}: {err}") from None
+    engines: list[EngineConfig] = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            engines.append(EngineConfig.parse(text, default_name=f"engine-{number}"))
+        except ControlError as err:
+            raise invalid(f"{path}:{number}: {err.message}") from None
+        if len(engines) > MAX_ENGINES:
+            raise invalid(f"{path}: more than {MAX_ENGINES} engines")
+    if not engines:
+        raise invalid(f"{path}: no engines listed")
+    return engines
 
 
 @dataclass(frozen=True, slots=True)
