@@ -61,3 +61,45 @@ async def test_call_outliving_grace_ends_unavailable(
     assert err.code() == Code.UNAVAILABLE and "shutting down" in err.details()
     assert 0.5 <= loop.time() - t0 < 3.0
     assert service.server.open_slots == 0
+
+
+async def test_sigterm_drains_and_exits_zero(start_stub: Callable[..., StubProcess]) -> None:
+    import signal
+    import socket
+    import sys
+
+    from control_service.gen.control.v1 import control_pb2_grpc
+
+    stub = start_stub("--reply-delay", "0.5")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "control_service", "serve", "--listen", f"127.0.0.1:{port}",
+        "--engine", f"e0={stub.endpoint}", "--shutdown-grace", "5", "--log-format", "json",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            service = Service(None, port, channel, control_pb2_grpc.ControlServiceStub(channel))  # type: ignore[arg-type]
+            await eventually_async(lambda: _health_or_none(service), health_pb2.HealthCheckResponse.SERVING, 15)
+            running = asyncio.ensure_future(
+                service.events("Pause", pb.PauseRequest(request_id="sig-1"), timeout=10)
+            )
+            await started(stub, "sig-1")
+            proc.send_signal(signal.SIGTERM)
+            events = await running
+            assert events[-1].result.state.paused, "the in-flight call finished within the grace"
+        code = await asyncio.wait_for(proc.wait(), 15)
+        assert code == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _health_or_none(service: Service) -> int | None:
+    try:
+        return await health(service)
+    except grpc.aio.AioRpcError:
+        return None  # not listening yet
