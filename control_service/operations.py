@@ -237,6 +237,7 @@ class Operation:
         if outcome is None:
             outcome = summarize(self._failures, len(self.parts), self._all_reported)
         self.outcome = outcome
+        self.parts = {}  # Part.op <-> Operation.parts is a cycle: break it, free memory at once
         for sub in self.subscribers:
             sub.close()
         self.subscribers.clear()

@@ -1,0 +1,273 @@
+"""Soak: 100,000 mixed calls with injected faults against a service in its own process.
+
+    .venv/bin/python -m bench.soak [--calls 100000] [--workers 16]
+
+Prints calls by final status, lost replies (a call the service never ended: it must be 0), open
+slots at the end (must be 0) and the service's RSS growth after warm-up (target < 5 MB).
+Faults injected: bad request ids, unknown engines, engine-reported errors, silent engines and
+short deadlines, client cancellations, retries with the same request_id (attach / replay / other
+arguments), garbage frames, and an engine killed and restarted on the same endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from control_service.gen.control.v1 import control_pb2 as pb  # noqa: E402
+from control_service.gen.control.v1 import control_pb2_grpc  # noqa: E402
+from tests.stub_process import StubProcess  # noqa: E402
+
+ENGINES = 4
+LINKS_PER_ENGINE = 4
+CALL_TIMEOUT_S = 2
+CLIENT_MARGIN_S = 5.0  # past the request's own timeout: a call still open then was lost
+
+
+# ------------------------------------------------------------------------- the service process
+
+
+async def serve(endpoints: list[str]) -> None:
+    """The service under soak; prints its port, then answers 'stats' lines on stdin."""
+    from control_service.config import EngineConfig, ServiceConfig
+    from control_service.log import configure
+    from control_service.server import ControlServer
+
+    configure("error")
+    engines = tuple(
+        EngineConfig(f"s{e}l{i}", ep) for e, ep in enumerate(endpoints) for i in range(LINKS_PER_ENGINE)
+    )
+    server = ControlServer(
+        ServiceConfig(engines=engines, listen="127.0.0.1:0", detach_grace_s=0.2,
+                      retry_max_records=1024)
+    )  # fmt: skip
+    port = await server.start()
+    await server.wait_engines_up(15)
+    print(json.dumps({"port": port}), flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        if line.strip() == "stats":
+            links = server.links.values()
+            print(json.dumps({
+                "open_slots": server.open_slots,
+                "running": len(server.dispatcher.running) if server.dispatcher else -1,
+                "rss_kb": _rss_kb(),
+                "unmatched": sum(link.slots.counters.unmatched for link in links),
+                "malformed": sum(link.counters.malformed for link in links),
+            }), flush=True)  # fmt: skip
+    await server.stop(1.0)
+
+
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
+
+
+# ---------------------------------------------------------------------------------- the load
+
+
+class Soak:
+    def __init__(self, stub: control_pb2_grpc.ControlServiceStub, stubs: list[StubProcess]):
+        self.stub = stub
+        self.stubs = stubs
+        self.by_status: collections.Counter[str] = collections.Counter()
+        self.lost = 0
+        self.rng = random.Random(7)
+        self.injected: collections.Counter[str] = collections.Counter()
+        self.recent: collections.deque[str] = collections.deque(maxlen=64)
+
+    async def call(self, n: int, lane: str) -> None:
+        kind, rpc, request, timeout = self.pick(n, lane)
+        if kind == "status":
+            try:
+                await self.stub.GetStatus(request, timeout=timeout)
+                self.by_status["status:OK"] += 1
+            except grpc.aio.AioRpcError as err:
+                self.by_status[f"status:{err.code().name}"] += 1
+            return
+        try:
+            events = []
+            call = getattr(self.stub, rpc)(request, timeout=timeout + CLIENT_MARGIN_S)
+            if kind == "cancel":
+                await asyncio.sleep(0)  # the request is on its way: cancel mid-flight
+                call.cancel()
+                status = "CANCELLED(client)"
+            else:
+                async for event in call:
+                    events.append(event)
+                status = "OK"
+                if not any(e.HasField("result") for e in events):
+                    self.lost += 1  # OK without a result: a lost reply
+        except grpc.aio.AioRpcError as err:
+            status = err.code().name
+            if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED and not err.details().startswith(
+                ("no result", "1 of", "s")
+            ) and "deadline" not in err.details():
+                self.lost += 1  # the client's own margin ran out: the service never ended it
+        except asyncio.CancelledError:
+            status = "CANCELLED(client)"
+        self.by_status[f"{kind}:{status}"] += 1
+
+    def pick(self, n: int, lane: str) -> tuple[str, str, Any, float]:
+        """One call on this worker's engine link: mostly healthy traffic, every fault mixed in."""
+        r = self.rng.random()
+        rid = f"soak-{n}"
+        t = Duration(seconds=CALL_TIMEOUT_S)
+        if r < 0.30:
+            return "pause", "Pause", pb.PauseRequest(request_id=rid, engines=[lane], timeout=t), CALL_TIMEOUT_S
+        if r < 0.55:
+            return "resume", "Resume", pb.ResumeRequest(request_id=rid, engines=[lane], timeout=t), CALL_TIMEOUT_S
+        if r < 0.70:
+            request = pb.UpdateWeightsRequest(request_id=rid, uri="/ckpt", version=str(n),
+                                              engines=[lane], timeout=t)  # fmt: skip
+            return "update", "UpdateWeights", request, CALL_TIMEOUT_S
+        if r < 0.78 and self.recent:
+            old_id = self.rng.choice(self.recent)  # a retry: attach, replay or other arguments
+            request = pb.PauseRequest(request_id=old_id, engines=[lane], timeout=t)
+            return "retry", "Pause", request, CALL_TIMEOUT_S
+        self.recent.append(rid)
+        if r < 0.82:
+            return "bad-id", "Pause", pb.PauseRequest(request_id="bad id!", timeout=t), CALL_TIMEOUT_S
+        if r < 0.85:
+            return "unknown-engine", "Pause", pb.PauseRequest(engines=["nope"], timeout=t), CALL_TIMEOUT_S
+        if r < 0.90:
+            short = Duration(nanos=50_000_000)
+            return "short-deadline", "Resume", pb.ResumeRequest(request_id=rid, engines=[lane],
+                                                                timeout=short), 0.05  # fmt: skip
+        if r < 0.95:
+            return "cancel", "Pause", pb.PauseRequest(request_id=rid, engines=[lane], timeout=t), CALL_TIMEOUT_S
+        return "status", "GetStatus", pb.GetStatusRequest(engines=[lane]), CALL_TIMEOUT_S
+
+
+async def inject_faults(
+    stubs: list[StubProcess], stop: asyncio.Event, restart: list[int], injected: collections.Counter[str]
+) -> None:
+    """Engine-side faults on a timer: errors, silence, garbage, one kill and restart."""
+    rng = random.Random(11)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 0.25)
+        except TimeoutError:
+            pass
+        victim = stubs[rng.randrange(1, len(stubs))]
+        fault = rng.choice(["fail", "garbage", "garbage", "slow", "silent"])
+        injected[fault] += 1
+        try:
+            if fault == "fail":
+                await asyncio.to_thread(victim.knob, fail_next={"code": "INTERNAL", "message": "soak"})
+            elif fault == "garbage":
+                await asyncio.to_thread(victim.knob, garbage=True)
+            else:  # a window of slow (late replies past short deadlines) or no replies
+                on, off = ({"reply_delay": 0.2}, {"reply_delay": 0.0}) if fault == "slow" else (
+                    {"silent": True}, {"silent": False})  # fmt: skip
+                await asyncio.to_thread(victim.knob, **on)
+                await asyncio.sleep(0.1)
+                await asyncio.to_thread(victim.knob, **off)
+        except Exception as err:  # a stub being restarted: skip this round
+            print(f"fault injection skipped: {err!r}", file=sys.stderr)
+        if restart and not stop.is_set():
+            index = restart.pop()
+            endpoint = stubs[index].endpoint
+            stubs[index].kill()
+            fresh = StubProcess()
+            await asyncio.to_thread(fresh.start, "--instant", "--bind", endpoint)
+            stubs[index] = fresh
+            injected["kill+restart"] += 1
+
+
+async def main(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="soak-"))
+    stubs = [StubProcess() for _ in range(ENGINES)]
+    for i, stub in enumerate(stubs):
+        stub.start("--instant", "--bind", f"ipc://{tmp}/engine-{i}.sock")
+    service = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__)), "--serve", *[s.endpoint for s in stubs],
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    assert service.stdout and service.stdin
+    port = json.loads(await asyncio.wait_for(service.stdout.readline(), 30))["port"]
+
+    async def stats() -> dict[str, int]:
+        service.stdin.write(b"stats\n")  # type: ignore[union-attr]
+        return json.loads(await asyncio.wait_for(service.stdout.readline(), 10))  # type: ignore[union-attr]
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            soak = Soak(control_pb2_grpc.ControlServiceStub(channel), stubs)
+            counter = iter(range(args.calls))
+            warm = args.warmup
+
+            lanes = [f"s{e}l{i}" for i in range(LINKS_PER_ENGINE) for e in range(ENGINES)]
+
+            async def worker(w: int) -> None:
+                # One engine link per worker: the service allows one mutation per engine.
+                for n in counter:
+                    await soak.call(n, lanes[w % len(lanes)])
+
+            started = time.perf_counter()
+            counter = iter(range(warm))
+            await asyncio.gather(*(worker(w) for w in range(args.workers)))
+            after_warmup = await stats()
+            counter = iter(range(warm, args.calls))
+            stop = asyncio.Event()
+            faults = asyncio.ensure_future(inject_faults(stubs, stop, [0], soak.injected))
+            await asyncio.gather(*(worker(w) for w in range(args.workers)))
+            stop.set()
+            await faults
+            elapsed = time.perf_counter() - started
+            # Let cancelled operations' detach grace run out before counting open slots.
+            await asyncio.sleep(0.5)
+            end = await stats()
+    finally:
+        service.stdin.close()
+        await asyncio.wait_for(service.wait(), 30)
+        for stub in stubs:
+            stub.__exit__(None, None, None)
+    report(args, soak, after_warmup, end, elapsed)
+    ok = soak.lost == 0 and end["open_slots"] == 0 and end["running"] == 0
+    return 0 if ok else 1
+
+
+def report(args: argparse.Namespace, soak: Soak, warm: dict[str, int], end: dict[str, int],
+           elapsed: float) -> None:  # fmt: skip
+    total = sum(soak.by_status.values())
+    print(f"soak: {total} calls in {elapsed:.1f}s ({total / elapsed:.0f}/s), {args.workers} workers,"
+          f" {ENGINES} engine processes x {LINKS_PER_ENGINE} links, nproc={os.cpu_count()}")  # fmt: skip
+    print("calls by kind:final status")
+    for key, count in sorted(soak.by_status.items()):
+        print(f"  {key:<40} {count:>7}")
+    growth_mb = (end["rss_kb"] - warm["rss_kb"]) / 1024
+    print(f"engine faults injected: {dict(sorted(soak.injected.items()))}")
+    print(f"lost replies: {soak.lost}")
+    print(f"open slots at the end: {end['open_slots']} (operations running: {end['running']})")
+    print(f"late/unmatched engine replies dropped: {end['unmatched']}, malformed frames: {end['malformed']}")
+    print(f"service RSS: {warm['rss_kb'] / 1024:.1f} MB after {args.warmup} calls, "
+          f"{end['rss_kb'] / 1024:.1f} MB at the end: growth {growth_mb:+.2f} MB (target < 5 MB)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        asyncio.run(serve(sys.argv[2:]))
+        sys.exit(0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=100_000)
+    parser.add_argument("--warmup", type=int, default=5_000)
+    parser.add_argument("--workers", type=int, default=16)
+    sys.exit(asyncio.run(main(parser.parse_args())))
