@@ -359,7 +359,8 @@ def client_config(args: argparse.Namespace) -> ClientConfig:
 # ---------------------------------------------------------------------------------- demo flags
 
 DEMO_OPTIONS = (
-    Option("--engines", positive_int, 1, "embedded engines to start", env=False, metavar="N"),
+    Option("--embedded-engines", positive_int, 1, "embedded engines to start", env=False,
+           metavar="N"),
     Option("--engine-args", words, [], "extra engine_stub arguments, one shell-quoted string",
            env=False, metavar="ARGS"),
     Option("--embedded-transport", choice("ipc", "tcp"), "ipc", "how the engines bind",
@@ -614,7 +615,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     configure_logging(args)
     options = DemoOptions(
-        engines=args.engines,
+        engines=args.embedded_engines,
         engine_args=tuple(args.engine_args),
         transport=args.embedded_transport,
         timeout_s=args.timeout,
