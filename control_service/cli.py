@@ -39,6 +39,7 @@ from control_service.config import (
     load_engines,
 )
 from control_service import log
+from control_service.aio import run as run_loop
 from control_service.errors import ControlError
 from control_service.log import LEVELS as LOG_LEVELS
 from control_service.render import EventPrinter, format_error, format_state, format_status, to_json
@@ -496,7 +497,7 @@ def run_serve(args: argparse.Namespace) -> int:
     explicit = tuple(engine_configs(args.engine))
     configure_logging(args)
     try:
-        asyncio.run(_serve(config, explicit, args))
+        run_loop(_serve(config, explicit, args))
     except ControlError as error:
         _print_lines(format_error(error), sys.stderr)
         return EXIT_FAILURE

@@ -132,7 +132,8 @@ class Commands:
 
 
 # Generated ids: a random prefix per process and a counter (unique, cheaper than uuid4 per call).
-_GENERATED = (f"{uuid.uuid4().hex[:12]}-{n}" for n in itertools.count(1))
+_PREFIX = uuid.uuid4().hex[:12]
+_GENERATED = (f"{_PREFIX}-{n}" for n in itertools.count(1))
 
 
 def request_id(value: str) -> str:

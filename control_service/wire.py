@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Final
 
 PROTOCOL_VERSION: Final = 1
@@ -38,8 +39,23 @@ ERROR_CODES: Final = frozenset(
 
 _UINT32: Final = (1 << 32) - 1
 _UINT64: Final = (1 << 64) - 1
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_decode = json.JSONDecoder().decode
+
+
+def _stdlib_codec() -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    decoder = json.JSONDecoder().decode
+    return (lambda obj: encoder(obj).encode()), (lambda body: decoder(body.decode("utf-8")))
+
+
+try:  # orjson (the `fast` extra) is ~5x quicker on the reply path; same JSON on the wire
+    import orjson
+
+    _encode: Callable[[Any], bytes] = orjson.dumps
+    _decode: Callable[[bytes], Any] = orjson.loads
+    CODEC = "orjson"
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _encode, _decode = _stdlib_codec()
+    CODEC = "json"
 
 
 class WireError(ValueError):
@@ -86,7 +102,7 @@ def encode_request(request: Request) -> bytes:
             "args": request.args,
             "timeout_s": request.timeout_s,
         }
-    ).encode()
+    )
 
 
 def decode_request(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Request:
@@ -111,7 +127,7 @@ def decode_request(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Request:
 def encode_reply(reply: Reply) -> bytes:
     return _encode(
         {"v": PROTOCOL_VERSION, "request_id": reply.request_id, "kind": reply.kind, "data": reply.data}
-    ).encode()
+    )
 
 
 def decode_reply(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Reply:
@@ -172,8 +188,8 @@ def _load(body: bytes, max_bytes: int) -> dict[str, Any]:
     if len(body) > max_bytes:
         raise WireError(f"frame of {len(body)} bytes exceeds the {max_bytes}-byte limit")
     try:
-        obj = _decode(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
+        obj = _decode(body)
+    except (UnicodeDecodeError, ValueError) as err:  # orjson.JSONDecodeError is a ValueError
         raise WireError(f"not UTF-8 JSON: {err}") from None
     if not isinstance(obj, dict):
         raise WireError("body must be a JSON object")

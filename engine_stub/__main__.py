@@ -6,13 +6,13 @@ See docs/engine-protocol.md for the wire protocol and server.py for the stdout/s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from control_service import wire
+from control_service.aio import run as run_loop
 
 from .engine import SimConfig
 from .server import Knobs, ServerConfig, run
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level,
         format=f"%(asctime)s %(levelname)s [{args.name}] %(message)s",
     )
-    return asyncio.run(run(config_from(args)))
+    return run_loop(run(config_from(args)))
 
 
 if __name__ == "__main__":

@@ -103,3 +103,16 @@ def _decode_checked(body: bytes) -> None:
     except wire.WireError:
         return
     messages.event(reply.request_id, "e0", 1, reply)  # must not raise: the data is trusted
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=64), st.text(max_size=64), st.integers(0, (1 << 32) - 1))
+def test_stdlib_fallback_codec_agrees_with_the_installed_one(rid: str, text: str, n: int) -> None:
+    """Without the `fast` extra the standard library encodes; both must read each other."""
+    std_encode, std_decode = wire._stdlib_codec()
+    obj = {"v": 1, "request_id": rid, "kind": "result",
+           "data": {"state": wire.state(True, text, n), "message": text, "aborted": n}}  # fmt: skip
+    assert std_decode(wire._encode(obj)) == obj
+    assert wire._decode(std_encode(obj)) == obj
+    with pytest.raises(ValueError):
+        std_decode(b"\xff not json")
