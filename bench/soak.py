@@ -50,7 +50,9 @@ async def serve(endpoints: list[str]) -> None:
 
     configure("error")
     engines = tuple(
-        EngineConfig(f"s{e}l{i}", ep) for e, ep in enumerate(endpoints) for i in range(LINKS_PER_ENGINE)
+        EngineConfig(f"s{e}l{i}", ep)
+        for e, ep in enumerate(endpoints)
+        for i in range(LINKS_PER_ENGINE)
     )
     server = ControlServer(
         ServiceConfig(engines=engines, listen="127.0.0.1:0", detach_grace_s=0.2,
@@ -117,9 +119,11 @@ class Soak:
                     self.lost += 1  # OK without a result: a lost reply
         except grpc.aio.AioRpcError as err:
             status = err.code().name
-            if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED and not err.details().startswith(
-                ("no result", "1 of", "s")
-            ) and "deadline" not in err.details():
+            if (
+                err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+                and not err.details().startswith(("no result", "1 of", "s"))
+                and "deadline" not in err.details()
+            ):
                 self.lost += 1  # the client's own margin ran out: the service never ended it
         except asyncio.CancelledError:
             status = "CANCELLED(client)"
@@ -131,9 +135,19 @@ class Soak:
         rid = f"soak-{n}"
         t = Duration(seconds=CALL_TIMEOUT_S)
         if r < 0.30:
-            return "pause", "Pause", pb.PauseRequest(request_id=rid, engines=[lane], timeout=t), CALL_TIMEOUT_S
+            return (
+                "pause",
+                "Pause",
+                pb.PauseRequest(request_id=rid, engines=[lane], timeout=t),
+                CALL_TIMEOUT_S,
+            )
         if r < 0.55:
-            return "resume", "Resume", pb.ResumeRequest(request_id=rid, engines=[lane], timeout=t), CALL_TIMEOUT_S
+            return (
+                "resume",
+                "Resume",
+                pb.ResumeRequest(request_id=rid, engines=[lane], timeout=t),
+                CALL_TIMEOUT_S,
+            )
         if r < 0.70:
             request = pb.UpdateWeightsRequest(request_id=rid, uri="/ckpt", version=str(n),
                                               engines=[lane], timeout=t)  # fmt: skip
@@ -144,20 +158,38 @@ class Soak:
             return "retry", "Pause", request, CALL_TIMEOUT_S
         self.recent.append(rid)
         if r < 0.82:
-            return "bad-id", "Pause", pb.PauseRequest(request_id="bad id!", timeout=t), CALL_TIMEOUT_S
+            return (
+                "bad-id",
+                "Pause",
+                pb.PauseRequest(request_id="bad id!", timeout=t),
+                CALL_TIMEOUT_S,
+            )
         if r < 0.85:
-            return "unknown-engine", "Pause", pb.PauseRequest(engines=["nope"], timeout=t), CALL_TIMEOUT_S
+            return (
+                "unknown-engine",
+                "Pause",
+                pb.PauseRequest(engines=["nope"], timeout=t),
+                CALL_TIMEOUT_S,
+            )
         if r < 0.90:
             short = Duration(nanos=50_000_000)
             return "short-deadline", "Resume", pb.ResumeRequest(request_id=rid, engines=[lane],
                                                                 timeout=short), 0.05  # fmt: skip
         if r < 0.95:
-            return "cancel", "Pause", pb.PauseRequest(request_id=rid, engines=[lane], timeout=t), CALL_TIMEOUT_S
+            return (
+                "cancel",
+                "Pause",
+                pb.PauseRequest(request_id=rid, engines=[lane], timeout=t),
+                CALL_TIMEOUT_S,
+            )
         return "status", "GetStatus", pb.GetStatusRequest(engines=[lane]), CALL_TIMEOUT_S
 
 
 async def inject_faults(
-    stubs: list[StubProcess], stop: asyncio.Event, restart: list[int], injected: collections.Counter[str]
+    stubs: list[StubProcess],
+    stop: asyncio.Event,
+    restart: list[int],
+    injected: collections.Counter[str],
 ) -> None:
     """Engine-side faults on a timer: errors, silence, garbage, one kill and restart."""
     rng = random.Random(11)
@@ -171,7 +203,9 @@ async def inject_faults(
         injected[fault] += 1
         try:
             if fault == "fail":
-                await asyncio.to_thread(victim.knob, fail_next={"code": "INTERNAL", "message": "soak"})
+                await asyncio.to_thread(
+                    victim.knob, fail_next={"code": "INTERNAL", "message": "soak"}
+                )
             elif fault == "garbage":
                 await asyncio.to_thread(victim.knob, garbage=True)
             else:  # a window of slow (late replies past short deadlines) or no replies
@@ -180,7 +214,7 @@ async def inject_faults(
                 await asyncio.to_thread(victim.knob, **on)
                 await asyncio.sleep(0.1)
                 await asyncio.to_thread(victim.knob, **off)
-        except Exception as err:  # a stub being restarted: skip this round
+        except Exception as err:  # noqa: BLE001 - a stub being restarted: skip this round
             print(f"fault injection skipped: {err!r}", file=sys.stderr)
         if restart and not stop.is_set():
             index = restart.pop()
@@ -248,25 +282,31 @@ async def main(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace, soak: Soak, warm: dict[str, int], end: dict[str, int],
            elapsed: float) -> None:  # fmt: skip
     total = sum(soak.by_status.values())
-    print(f"soak: {total} calls in {elapsed:.1f}s ({total / elapsed:.0f}/s), {args.workers} workers,"
-          f" {ENGINES} engine processes x {LINKS_PER_ENGINE} links, nproc={os.cpu_count()}")  # fmt: skip
+    rate = total / elapsed
+    print(f"soak: {total} calls in {elapsed:.1f}s ({rate:.0f}/s), {args.workers} workers, "
+          f"{ENGINES} engines x {LINKS_PER_ENGINE} links, nproc={os.cpu_count()}")  # fmt: skip
     print("calls by kind:final status")
     for key, count in sorted(soak.by_status.items()):
         print(f"  {key:<40} {count:>7}")
     growth_mb = (end["rss_kb"] - warm["rss_kb"]) / 1024
     print(f"engine faults injected: {dict(sorted(soak.injected.items()))}")
     print(f"lost replies: {soak.lost}")
-    print(f"open slots at the end: {end['open_slots']} (operations running: {end['running']})")
-    print(f"late/unmatched engine replies dropped: {end['unmatched']}, malformed frames: {end['malformed']}")
-    print(f"service RSS: {warm['rss_kb'] / 1024:.1f} MB after {args.warmup} calls, "
-          f"{end['rss_kb'] / 1024:.1f} MB at the end: growth {growth_mb:+.2f} MB (target < 5 MB)")  # fmt: skip
+    print(f"open slots at the end: {end['open_slots']} "
+          f"(operations running: {end['running']})")  # fmt: skip
+    print(f"late/unmatched engine replies dropped: {end['unmatched']}, "
+          f"malformed frames: {end['malformed']}")  # fmt: skip
+    before, after = warm["rss_kb"] / 1024, end["rss_kb"] / 1024
+    print(f"service RSS: {before:.1f} MB after {args.warmup} calls, {after:.1f} MB at the end: "
+          f"growth {growth_mb:+.2f} MB (target < 5 MB)")  # fmt: skip
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         asyncio.run(serve(sys.argv[2:]))
         sys.exit(0)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--warmup", type=int, default=5_000)
     parser.add_argument("--workers", type=int, default=16)

@@ -107,9 +107,7 @@ def read_optional(path: Path | None) -> bytes | None:
     return None if path is None else Path(path).read_bytes()
 
 
-def keepalive_options(
-    time_s: float | None, timeout_s: float
-) -> list[tuple[str, Any]]:
+def keepalive_options(time_s: float | None, timeout_s: float) -> list[tuple[str, Any]]:
     """Channel options for HTTP/2 keepalive pings while a call is open (none when disabled).
 
     Pings only while calls are open (permit_without_calls=0): a long Pause(WAIT) or weight load

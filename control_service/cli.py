@@ -22,7 +22,9 @@ from typing import Any, NoReturn, TextIO
 
 import grpc
 
+from control_service import log
 from control_service._client_utils import checked_request_id
+from control_service.aio import run as run_loop
 from control_service.client import (
     ClientConfig,
     ControlClient,
@@ -38,8 +40,6 @@ from control_service.config import (
     ServiceConfig,
     load_engines,
 )
-from control_service import log
-from control_service.aio import run as run_loop
 from control_service.errors import ControlError
 from control_service.log import LEVELS as LOG_LEVELS
 from control_service.render import EventPrinter, format_error, format_state, format_status, to_json
@@ -57,10 +57,12 @@ exit codes:
   1          unexpected failure (e.g. the demo's own checks, an engine that did not start)
   2          bad usage or configuration (one line on stderr says why)
   100+CODE   the call failed with gRPC status CODE, e.g. {
-    EXIT_GRPC_BASE + grpc.StatusCode.INVALID_ARGUMENT.value[0]} INVALID_ARGUMENT, {
-    EXIT_GRPC_BASE + grpc.StatusCode.DEADLINE_EXCEEDED.value[0]} DEADLINE_EXCEEDED, {
-    EXIT_GRPC_BASE + grpc.StatusCode.FAILED_PRECONDITION.value[0]} FAILED_PRECONDITION, {
-    EXIT_GRPC_BASE + grpc.StatusCode.UNAVAILABLE.value[0]} UNAVAILABLE
+    EXIT_GRPC_BASE + grpc.StatusCode.INVALID_ARGUMENT.value[0]
+} INVALID_ARGUMENT, {
+    EXIT_GRPC_BASE + grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+} DEADLINE_EXCEEDED, {
+    EXIT_GRPC_BASE + grpc.StatusCode.FAILED_PRECONDITION.value[0]
+} FAILED_PRECONDITION, {EXIT_GRPC_BASE + grpc.StatusCode.UNAVAILABLE.value[0]} UNAVAILABLE
   130        interrupted (Ctrl-C)
 """
 
@@ -302,9 +304,7 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
     Raises ControlError for a configuration the config classes reject.
     """
     from_file = load_engines(args.engines_file) if args.engines_file else []
-    engines = (
-        engine_configs(args.engine) + from_file + embedded_placeholders(args.embedded_engines)
-    )
+    engines = engine_configs(args.engine) + from_file + embedded_placeholders(args.embedded_engines)
     if not engines:
         raise ControlError(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -454,7 +454,7 @@ def _add_call(commands: Any) -> None:
                        help="what to do if a step fails (default: resume_old_weights)")  # fmt: skip
     for step in ("pause", "update", "resume"):
         refit.add_argument(f"--{step}-timeout", type=float, default=None, metavar="S",
-                           help=f"limit for the {step} step in seconds (default: none)")  # fmt: skip
+                           help=f"limit for the {step} step, seconds (default: none)")  # fmt: skip
     add_options(refit, CALL_OPTIONS)
     status = action("status", "print every engine's reachability and state")
     add_options(status, CALL_OPTIONS[1:])  # engines only: GetStatus has no request id

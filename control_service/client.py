@@ -86,8 +86,11 @@ class StepTimeouts:
     def items(self) -> list[tuple[str, float]]:
         return [
             (name, utils.check_timeout(value))  # type: ignore[misc]
-            for name, value in (("pause", self.pause), ("update", self.update),
-                                ("resume", self.resume))  # fmt: skip
+            for name, value in (
+                ("pause", self.pause),
+                ("update", self.update),
+                ("resume", self.resume),
+            )  # fmt: skip
             if value is not None
         ]
 

@@ -101,7 +101,8 @@ class Commands:
         if unknown:
             raise ControlError(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown engine(s) {', '.join(unknown)}; configured: {', '.join(self.all_engines)}",
+                f"unknown engine(s) {', '.join(unknown)}; "
+                f"configured: {', '.join(self.all_engines)}",
             )
         if len(set(names)) != len(names):
             raise invalid("engines lists a name twice")

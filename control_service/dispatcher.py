@@ -259,7 +259,9 @@ class Dispatcher:
         """Ask every engine for its state at once; never queued behind a mutation."""
         reports = await asyncio.gather(*(self._status_one(name) for name in engines))
         expected = self.expected_versions
-        return [dataclasses.replace(r, expected_version=expected.get(r.engine, "")) for r in reports]
+        return [
+            dataclasses.replace(r, expected_version=expected.get(r.engine, "")) for r in reports
+        ]
 
     async def _status_one(self, name: str) -> EngineReport:
         link = self.links[name]

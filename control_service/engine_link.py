@@ -131,7 +131,9 @@ class EngineLink:
             sock.send_multipart((b"", body), zmq.NOBLOCK, copy=len(body) < 65536)
         except zmq.Again:
             self.counters.send_failures += 1
-            raise unavailable(f"engine {self.name} is not accepting requests (no peer or queue full)")
+            raise unavailable(
+                f"engine {self.name} is not accepting requests (no peer or queue full)"
+            ) from None
         if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._loop.call_soon(self._drain)
 
@@ -208,5 +210,3 @@ class EngineLink:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change(self)
-
-

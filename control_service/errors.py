@@ -87,7 +87,10 @@ def from_rpc_error(err: grpc.RpcError) -> ControlError:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
             failures.append(
-                EngineFailure(info.metadata.get("engine", ""), status_code(info.reason),
-                              info.metadata.get("message", ""))  # fmt: skip
+                EngineFailure(
+                    info.metadata.get("engine", ""),
+                    status_code(info.reason),
+                    info.metadata.get("message", ""),
+                )  # fmt: skip
             )
     return ControlError(code, message or "", tuple(failures))

@@ -41,9 +41,7 @@ def _event(request_id: str, engine: str, seq: int, reply: wire.Reply) -> pb.Cont
         return pb.ControlEvent(
             request_id=request_id, engine=engine, seq=seq, accepted=pb.Accepted(**d)
         )
-    return pb.ControlEvent(
-        request_id=request_id, engine=engine, seq=seq, error=pb.EngineError(**d)
-    )
+    return pb.ControlEvent(request_id=request_id, engine=engine, seq=seq, error=pb.EngineError(**d))
 
 
 def engine_state(state: dict[str, Any] | None) -> pb.EngineState | None:

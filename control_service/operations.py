@@ -63,7 +63,7 @@ class Subscriber:
     """One caller's view: a bounded queue of events. When full, the oldest progress-type event is
     dropped (counted); terminal events are never dropped, so a slow reader loses no outcome."""
 
-    __slots__ = ("_items", "_limit", "_waiter", "_closed", "dropped")
+    __slots__ = ("_closed", "_items", "_limit", "_waiter", "dropped")
 
     def __init__(self, limit: int) -> None:
         self._items: deque[Event] = deque()
@@ -114,7 +114,7 @@ class Subscriber:
 class Part:
     """One engine's share of an operation; the sink of that engine's reply slot."""
 
-    __slots__ = ("op", "engine", "seq", "done")
+    __slots__ = ("done", "engine", "op", "seq")
 
     def __init__(self, op: Operation, engine: str) -> None:
         self.op = op

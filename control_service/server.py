@@ -32,7 +32,9 @@ log = structlog.get_logger("control_service.server")
 # After the drain, how long handlers get to write their final status before gRPC cancels them.
 _STATUS_FLUSH_S = 1.0
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
-LinkFactory = Callable[[EngineConfig, LinkConfig, SlotBudget, Callable[[EngineLink], None]], EngineLink]
+LinkFactory = Callable[
+    [EngineConfig, LinkConfig, SlotBudget, Callable[[EngineLink], None]], EngineLink
+]
 
 
 class ControlServer:

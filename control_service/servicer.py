@@ -72,7 +72,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     Resume = _relay("Resume", lambda c: c.resume)
     Refit = _relay("Refit", lambda c: c.refit)
 
-    async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GetStatusResponse:
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: Context
+    ) -> pb.GetStatusResponse:
         started = time.perf_counter()
         try:
             engines = self._commands.engines(request.engines)

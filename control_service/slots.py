@@ -17,6 +17,7 @@ import grpc
 from control_service import wire
 from control_service.errors import ControlError
 
+
 class ReplySink(Protocol):
     """The owner of a slot: one engine's part of one operation."""
 
@@ -62,7 +63,8 @@ class SlotTable:
     def open(self, request_id: str, sink: ReplySink) -> None:
         if request_id in self._sinks:
             raise ControlError(
-                grpc.StatusCode.ALREADY_EXISTS, f"request_id {request_id!r} already has an open slot"
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id {request_id!r} already has an open slot",
             )
         budget = self._budget
         if budget.open >= budget.limit:

@@ -10,8 +10,8 @@ and the caller drops that one frame and carries on. See docs/engine-protocol.md.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 PROTOCOL_VERSION: Final = 1
@@ -126,7 +126,12 @@ def decode_request(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Request:
 
 def encode_reply(reply: Reply) -> bytes:
     return _encode(
-        {"v": PROTOCOL_VERSION, "request_id": reply.request_id, "kind": reply.kind, "data": reply.data}
+        {
+            "v": PROTOCOL_VERSION,
+            "request_id": reply.request_id,
+            "kind": reply.kind,
+            "data": reply.data,
+        }
     )
 
 
@@ -157,9 +162,7 @@ def progress(request_id: str, stage: str, done: int, total: int, message: str = 
     )
 
 
-def result(
-    request_id: str, state: dict[str, Any], message: str = "", **counts: int
-) -> Reply:
+def result(request_id: str, state: dict[str, Any], message: str = "", **counts: int) -> Reply:
     """counts: aborted, drained, bytes_loaded (see the proto's Result); absent ones are 0."""
     data = {"state": state, "message": message, "aborted": 0, "drained": 0, "bytes_loaded": 0}
     data.update(counts)

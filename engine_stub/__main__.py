@@ -42,24 +42,44 @@ def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine_stub", description=__doc__)
-    p.add_argument("--bind", default="tcp://127.0.0.1:0",
-                   help="ROUTER endpoint: tcp://HOST:PORT (port 0 = any free port) or ipc:///path")
+    p.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:0",
+        help="ROUTER endpoint: tcp://HOST:PORT (port 0 = any free port) or ipc:///path",
+    )
     p.add_argument("--name", default="engine-stub", help="the engine's name in logs")
-    p.add_argument("--log-level", default="INFO",
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    p.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
+    )
     sim = p.add_argument_group("simulated load")
-    sim.add_argument("--requests", type=_non_negative(int), default=4,
-                     help="generation requests kept in flight while serving")
+    sim.add_argument(
+        "--requests",
+        type=_non_negative(int),
+        default=4,
+        help="generation requests kept in flight while serving",
+    )
     sim.add_argument("--tokens", type=_positive(int), default=16, help="tokens per request")
-    sim.add_argument("--token-interval", type=_positive(float), default=0.005,
-                     help="seconds per token")
+    sim.add_argument(
+        "--token-interval", type=_positive(float), default=0.005, help="seconds per token"
+    )
     knobs = p.add_argument_group("test knobs (also settable as JSON lines on stdin)")
-    knobs.add_argument("--reply-delay", type=_non_negative(float), default=0.0,
-                       help="wait this many seconds before sending each reply")
-    knobs.add_argument("--instant", action="store_true",
-                       help="answer every operation at once with a result (benchmark peer)")
-    knobs.add_argument("--fail-next", metavar="CODE", choices=sorted(wire.ERROR_CODES),
-                       help="the next pause/update_weights/resume fails with this gRPC status")
+    knobs.add_argument(
+        "--reply-delay",
+        type=_non_negative(float),
+        default=0.0,
+        help="wait this many seconds before sending each reply",
+    )
+    knobs.add_argument(
+        "--instant",
+        action="store_true",
+        help="answer every operation at once with a result (benchmark peer)",
+    )
+    knobs.add_argument(
+        "--fail-next",
+        metavar="CODE",
+        choices=sorted(wire.ERROR_CODES),
+        help="the next pause/update_weights/resume fails with this gRPC status",
+    )
     knobs.add_argument("--silent", action="store_true", help="receive requests, never reply")
     return p.parse_args(argv)  # fmt: skip
 

@@ -62,7 +62,7 @@ def checkpoint_files(uri: str) -> list[Path]:
     return sorted(p for p in root.rglob(f"*{SUFFIX}") if p.is_file())
 
 
-def hash_file(path: Path, digest: "hashlib._Hash") -> None:
+def hash_file(path: Path, digest: hashlib._Hash) -> None:
     """Feed one file's tensors into `digest`: for each tensor, sorted by name, its UTF-8 name
     then its raw (C-order, little-endian as stored) bytes.
 

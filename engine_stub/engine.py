@@ -245,11 +245,11 @@ class Engine:
         emit(wire.accepted(request_id, f"loading {len(files)} files ({total} bytes) from {uri}"))
         digest = hashlib.sha256()
         done = 0
-        for path, size in zip(files, sizes):
+        for path, size in zip(files, sizes, strict=True):
             name = str(path.relative_to(checkpoint_root(uri)))
             try:
                 await asyncio.to_thread(hash_file, path, digest)
-            except Exception as err:  # safetensors raises several types for a bad file
+            except Exception as err:  # noqa: BLE001 - safetensors raises several types
                 raise OpError("INVALID_ARGUMENT", f"cannot parse {name}: {err}") from None
             done += size
             emit(wire.progress(request_id, "load", done, total, clip(name)))

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
 
-from control_service.config import EngineConfig, LinkConfig, ServiceConfig
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.gen.control.v1 import control_pb2_grpc
-from control_service.server import ControlServer, LinkFactory
-from control_service.engine_link import EngineLink
+from control_service.server import ControlServer
 
 
 @dataclasses.dataclass
@@ -41,8 +39,6 @@ class Service:
 
 
 StartService = Callable[..., Awaitable[Service]]
-
-
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

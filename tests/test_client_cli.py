@@ -167,7 +167,7 @@ def test_python_dash_m_reports_bad_configuration_in_one_line() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "control_service", "serve", "--engine", "tcp://h:1",
          "--max-timeout", "5"],
-        capture_output=True, text=True, timeout=60, env=env, cwd=REPO,
+        capture_output=True, text=True, timeout=60, env=env, cwd=REPO, check=False,
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr == "control-service serve: error: need 0 < default timeout <= max timeout\n"
@@ -606,7 +606,7 @@ async def test_embedded_engine_never_ready_times_out(fake_engine: tuple[str, ...
     engines = EmbeddedEngines(
         1, extra_args=["--mode", "silent"], ready_timeout_s=0.5, command=fake_engine
     )
-    with pytest.raises(ControlError, match="not ready within 0.5s"):
+    with pytest.raises(ControlError, match=r"not ready within 0\.5s"):
         await engines.start()
     assert engines.returncodes == (0,)  # stopped with SIGTERM after the timeout
 
@@ -644,7 +644,7 @@ async def test_real_engine_stub_serves_over_ipc_and_exits_cleanly_on_sigterm() -
 def test_demo_runs_two_cycles_end_to_end() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "control_service", "demo", "--log-level", "error"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout

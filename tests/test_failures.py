@@ -108,7 +108,8 @@ async def test_silent_engine_deadline_cancel_and_late_reply(
     loop = asyncio.get_running_loop()
     started = loop.time()
     err, _ = await service.failed(
-        "Pause", pb.PauseRequest(request_id="late-1", timeout=Duration(nanos=300_000_000)),
+        "Pause",
+        pb.PauseRequest(request_id="late-1", timeout=Duration(nanos=300_000_000)),
         timeout=10,
     )
     assert err.code() == Code.DEADLINE_EXCEEDED
@@ -132,7 +133,9 @@ async def test_retry_attaches_to_running_operation(
     stub = start_stub()
     service = await start_service([stub.endpoint])
     stub.knob(reply_delay=0.5)
-    first = asyncio.ensure_future(service.events("Pause", pb.PauseRequest(request_id="r1"), timeout=10))
+    first = asyncio.ensure_future(
+        service.events("Pause", pb.PauseRequest(request_id="r1"), timeout=10)
+    )
     await wait_stub(stub, "r1", "pause")
     second = await service.events("Pause", pb.PauseRequest(request_id="r1"), timeout=10)
     first_events = await first
@@ -204,7 +207,9 @@ async def test_client_cancel_closes_slot_and_cancels_at_engine(
     assert service.server.open_slots == 1
     call.cancel()
     await wait_stub(stub, "c1", "cancel")
-    await eventually(lambda: service.server.open_slots == 0 and not service.server.dispatcher.running)
+    await eventually(
+        lambda: service.server.open_slots == 0 and not service.server.dispatcher.running
+    )
     stub.knob(silent=False)
     events = await service.events("Resume", pb.ResumeRequest(request_id="c2"), timeout=10)
     assert events[-1].HasField("result"), "the engine is free for the next mutation"
@@ -213,7 +218,9 @@ async def test_client_cancel_closes_slot_and_cancels_at_engine(
 # --------------------------------------------------------------------------------- 4. bounds
 
 
-async def test_oversized_request_refused_by_grpc(start_service: StartService, start_stub: Stubs) -> None:
+async def test_oversized_request_refused_by_grpc(
+    start_service: StartService, start_stub: Stubs
+) -> None:
     stub = start_stub()
     service = await start_service([stub.endpoint])
     err, _ = await service.failed(

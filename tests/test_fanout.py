@@ -5,7 +5,7 @@ exactly which engines failed and how."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +29,9 @@ def stubs() -> Iterator[dict[str, StubProcess]]:
     with ThreadPoolExecutor(8) as pool:
         list(
             pool.map(
-                lambda item: item[1].start("--bind", f"tcp://127.0.0.{item[0] + 2}:0", "--name", NAMES[item[0]]),
+                lambda item: item[1].start(
+                    "--bind", f"tcp://127.0.0.{item[0] + 2}:0", "--name", NAMES[item[0]]
+                ),
                 enumerate(procs.values()),
             )
         )
@@ -80,7 +82,9 @@ async def test_one_engine_failing_update_is_named_and_skew_reported(
     assert err.code() == Code.NOT_FOUND
     assert err.details().startswith("1 of 8 engines failed: e3: NOT_FOUND: no such checkpoint")
     assert set(results(events)) == set(NAMES) - {"e3"}
-    assert [(e.engine, e.error.code) for e in events if e.HasField("error")] == [("e3", "NOT_FOUND")]
+    assert [(e.engine, e.error.code) for e in events if e.HasField("error")] == [
+        ("e3", "NOT_FOUND")
+    ]
     error = from_rpc_error(err)
     assert [(f.engine, f.code) for f in error.failures] == [("e3", Code.NOT_FOUND)]
     status = await service.stub.GetStatus(pb.GetStatusRequest(), timeout=10)
@@ -94,7 +98,9 @@ async def test_killed_engine_reported_unavailable_others_unaffected(
 ) -> None:
     stubs["e5"].knob(silent=True)
     loop = asyncio.get_running_loop()
-    call = service.stub.Pause(pb.PauseRequest(request_id="fan-1", timeout=Duration(seconds=60)), timeout=30)
+    call = service.stub.Pause(
+        pb.PauseRequest(request_id="fan-1", timeout=Duration(seconds=60)), timeout=30
+    )
     events: list[pb.ControlEvent] = []
     live_done = asyncio.Event()
 
@@ -122,11 +128,19 @@ async def test_killed_engine_reported_unavailable_others_unaffected(
 async def test_subset_call_touches_only_named_engines(
     service: Service, stubs: dict[str, StubProcess]
 ) -> None:
-    events = await service.events("Pause", pb.PauseRequest(request_id="sub-1", engines=["e6", "e1"]), timeout=10)
+    events = await service.events(
+        "Pause", pb.PauseRequest(request_id="sub-1", engines=["e6", "e1"]), timeout=10
+    )
     assert set(results(events)) == {"e1", "e6"}
     for name in ("e1", "e6"):
-        await asyncio.to_thread(stubs[name].wait_event, lambda e: e.get("request_id") == "sub-1", 10.0)
-    asked = {name for name, stub in stubs.items() if any(r["request_id"] == "sub-1" for r in stub.requests())}
+        await asyncio.to_thread(
+            stubs[name].wait_event, lambda e: e.get("request_id") == "sub-1", 10.0
+        )
+    asked = {
+        name
+        for name, stub in stubs.items()
+        if any(r["request_id"] == "sub-1" for r in stub.requests())
+    }
     assert asked == {"e1", "e6"}
     status = await service.stub.GetStatus(pb.GetStatusRequest(engines=["e1", "e2"]), timeout=10)
     assert [(s.engine, s.state.paused) for s in status.engines] == [("e1", True), ("e2", False)]

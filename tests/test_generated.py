@@ -26,8 +26,9 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
         if not committed.exists() or committed.read_bytes() != path.read_bytes():
             stale.append(str(relative))
     committed_files = {
-        p.relative_to(ROOT) for p in (ROOT / "control_service" / "gen").rglob("*") if p.is_file()
-        and "__pycache__" not in p.parts
+        p.relative_to(ROOT)
+        for p in (ROOT / "control_service" / "gen").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
     }
     extra = committed_files - {p.relative_to(tmp_path) for p in fresh}
     assert not stale and not extra, (

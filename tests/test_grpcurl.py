@@ -71,14 +71,18 @@ async def test_each_rpc_from_json(service: Service, tmp_path: Path) -> None:
 
     write_checkpoint(tmp_path / "ckpt")
     m = "control.v1.ControlService/"
-    code, out = await grpcurl(service, m + "Pause", data={"request_id": "g-1", "mode": "PAUSE_MODE_ABORT"})
+    code, out = await grpcurl(
+        service, m + "Pause", data={"request_id": "g-1", "mode": "PAUSE_MODE_ABORT"}
+    )
     assert code == 0, out
     events = _json_stream(out)
     assert events, out
     assert events[-1]["request_id"] == "g-1" and events[-1]["result"]["state"]["paused"] is True
 
     code, out = await grpcurl(
-        service, m + "UpdateWeights", data={"uri": str(tmp_path / "ckpt"), "version": "7", "timeout": "30s"}
+        service,
+        m + "UpdateWeights",
+        data={"uri": str(tmp_path / "ckpt"), "version": "7", "timeout": "30s"},
     )
     assert code == 0, out
     events = _json_stream(out)
@@ -91,7 +95,11 @@ async def test_each_rpc_from_json(service: Service, tmp_path: Path) -> None:
     code, out = await grpcurl(service, m + "GetStatus")
     assert code == 0, out
     (engine,) = json.loads(out)["engines"]
-    assert engine["engine"] == "engine" and engine["reachable"] and engine["state"]["weight_version"] == "7"
+    assert (
+        engine["engine"] == "engine"
+        and engine["reachable"]
+        and engine["state"]["weight_version"] == "7"
+    )
 
 
 async def test_failure_shows_code_and_engine_message(service: Service) -> None:
@@ -109,14 +117,14 @@ async def test_readme_grpcurl_session_as_written(service: Service, tmp_path: Pat
     for line in lines:
         if "control-service serve" in line or "pip install" in line:
             continue  # the fixture runs the service; the test environment has grpcurl
-        line = (
+        command = (
             line.replace(".venv/bin/grpcurl", GRPCURL or "grpcurl")
             .replace(".venv/bin/python", sys.executable)
             .replace("127.0.0.1:50051", service.target)
             .replace("/tmp/ckpt-1", str(checkpoint))
         )
-        code, out = await run(["bash", "-c", line])
-        assert code == 0, f"README line failed: {line}\n{out}"
+        code, out = await run(["bash", "-c", command])
+        assert code == 0, f"README line failed: {command}\n{out}"
     status = await service.stub.GetStatus(pb.GetStatusRequest(), timeout=10)
     assert status.engines[0].state.weight_version == "1"
 

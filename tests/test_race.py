@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-
 from control_service import wire
 from control_service.engine_link import EngineLink
 from control_service.gen.control.v1 import control_pb2 as pb
-
 from tests.harness import Service, StartService
 from tests.stub_process import StubProcess
 
@@ -37,9 +35,7 @@ async def test_reply_delivered_inside_send_reaches_its_caller(start_service: Sta
     service = await start_service(["inproc://unused"], link_factory=ReplyInsideSendLink)
     link = service.server.links["e0"]
     for i in range(200):
-        events = await service.events(
-            "Pause", pb.PauseRequest(request_id=f"fast-{i}"), timeout=2.0
-        )
+        events = await service.events("Pause", pb.PauseRequest(request_id=f"fast-{i}"), timeout=2.0)
         assert [e.WhichOneof("event") for e in events] == ["result"]
         assert events[0].result.state.weight_version == "v-instant"
     assert link.slots.counters.unmatched == 0, "a reply found no slot: it was sent before opening"

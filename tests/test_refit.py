@@ -47,7 +47,7 @@ async def test_clean_refit_runs_three_steps_in_order(
     final = events[-1]
     assert (final.step, final.engine) == ("refit", "e0")
     assert final.result.state.weight_version == "1" and final.result.state.paused is False
-    update = [e for e in events if e.step == "update_weights" and e.HasField("result")][0]
+    update = next(e for e in events if e.step == "update_weights" and e.HasField("result"))
     assert update.result.bytes_loaded == size
 
 
@@ -107,7 +107,9 @@ async def test_other_mutations_are_refused_while_a_refit_holds_the_engine(
     uri, _ = checkpoint(3)
     stub.knob(reply_delay=0.3)
     refit = asyncio.ensure_future(
-        service.events("Refit", pb.RefitRequest(request_id="rf-h", uri=uri, version="3"), timeout=30)
+        service.events(
+            "Refit", pb.RefitRequest(request_id="rf-h", uri=uri, version="3"), timeout=30
+        )
     )
     await asyncio.to_thread(stub.wait_event, lambda e: e.get("request_id") == "rf-h/pause", 10.0)
     err, _ = await service.failed("Resume", pb.ResumeRequest(), timeout=10)
@@ -133,7 +135,8 @@ async def test_client_refit_and_cli_exit_code(service: Service, checkpoint: Chec
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "control_service", "call", "refit", "/missing", "7",
-        "--target", service.target, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "--target", service.target,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 100 + Code.NOT_FOUND.value[0], out.decode()

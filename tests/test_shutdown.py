@@ -82,7 +82,9 @@ async def test_sigterm_drains_and_exits_zero(start_stub: Callable[..., StubProce
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             service = Service(None, port, channel, control_pb2_grpc.ControlServiceStub(channel))  # type: ignore[arg-type]
-            await eventually_async(lambda: _health_or_none(service), health_pb2.HealthCheckResponse.SERVING, 15)
+            await eventually_async(
+                lambda: _health_or_none(service), health_pb2.HealthCheckResponse.SERVING, 15
+            )
             running = asyncio.ensure_future(
                 service.events("Pause", pb.PauseRequest(request_id="sig-1"), timeout=10)
             )

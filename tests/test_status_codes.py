@@ -95,9 +95,7 @@ async def test_engine_reported_codes_pass_through(
     assert err.code() == Code[code] and f"engine says {code}" in err.details()
 
 
-async def test_deadline_exceeded_silent_engine(
-    service: Service, stub: StubProcess
-) -> None:
+async def test_deadline_exceeded_silent_engine(service: Service, stub: StubProcess) -> None:
     stub.knob(silent=True)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -122,9 +120,7 @@ async def test_client_deadline_is_the_effective_deadline(
     assert 0 < request["timeout_s"] <= 0.3, "the engine must be sent the client's deadline"
 
 
-async def test_aborted_while_another_mutation_runs(
-    service: Service, stub: StubProcess
-) -> None:
+async def test_aborted_while_another_mutation_runs(service: Service, stub: StubProcess) -> None:
     stub.knob(silent=True)
     first = asyncio.ensure_future(
         service.failed("Pause", pb.PauseRequest(request_id="slow-1", timeout=Duration(seconds=2)))

@@ -13,8 +13,9 @@ from control_service import messages, wire
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=20,
 )
 reply_like = st.fixed_dictionaries(
@@ -88,7 +89,10 @@ def test_frame_over_limit_rejected_before_parsing() -> None:
         (b'{"v": 1, "kind": "result"}', "request_id"),
         (b'{"v": 1, "request_id": "r", "kind": "nope"}', "unknown kind"),
         (b'{"v": 1, "request_id": "r", "kind": "progress", "data": {"done": -1}}', "done"),
-        (b'{"v": 1, "request_id": "r", "kind": "result", "data": {"state": {"paused": 1}}}', "paused"),
+        (
+            b'{"v": 1, "request_id": "r", "kind": "result", "data": {"state": {"paused": 1}}}',
+            "paused",
+        ),
         (b'{"v": 1, "request_id": "r", "kind": "error", "data": {"code": "OK"}}', "code"),
     ],
 )
