@@ -14,9 +14,9 @@ async def test_full_queue_drops_oldest_progress_and_keeps_every_terminal() -> No
     sub.push(("e1", 1, wire.error("r", "NOT_FOUND", "x"), ""))
     sub.close()
     got = [event async for event in sub]
-    assert [e[2].kind for e in got] == ["progress", "progress", "progress", "result", "error"]
-    assert [e[1] for e in got[:3]] == [98, 99, 100], "the newest progress is kept"
-    assert sub.dropped == 97
+    assert [e[2].kind for e in got] == ["progress"] * 4 + ["result", "error"]
+    assert [e[1] for e in got[:4]] == [97, 98, 99, 100], "the newest progress is kept"
+    assert sub.dropped == 96
 
 
 async def test_terminals_beyond_the_limit_are_never_dropped() -> None:
