@@ -20,7 +20,7 @@ import grpc
 import structlog
 
 from control_service import wire
-from control_service.errors import EngineFailure
+from control_service.errors import ControlError, EngineFailure
 from control_service.operations import Command, Event, Operation, Outcome, Subscriber
 
 log = structlog.get_logger("control_service.refit")
@@ -92,7 +92,11 @@ class RefitDriver:
             if step_timeout is not None:
                 deadline = min(deadline, loop.time() + step_timeout)
         command = Command(sub_id, step, args, self.command.engines, deadline)
-        op, sub = self._submit(command, self.op)
+        try:
+            op, sub = self._submit(command, self.op)
+        except ControlError as err:  # the step could not start (slot budget, say): it failed
+            failures = tuple(EngineFailure(e, err.code, err.message) for e in command.engines)
+            return StepResult(step, Outcome(err.code, err.message, failures, False), {})
         results: dict[str, dict[str, Any]] = {}
         async for engine, _, reply, _ in sub:
             self._publish(engine, reply, step)

@@ -168,3 +168,15 @@ async def test_engine_silent_during_update_step_times_out_and_policy_resumes(
     final = events[-1]
     assert final.step == "refit" and final.result.state.paused is False
     assert final.result.state.weight_version == "old"
+
+
+async def test_step_that_cannot_start_fails_the_refit_with_its_own_status(
+    start_service: StartService, start_stub: Callable[..., StubProcess], checkpoint: Checkpoint
+) -> None:
+    stub = start_stub()
+    # Two engines, one slot: the pause step cannot open its slots.
+    service = await start_service({"a": stub.endpoint, "b": stub.endpoint}, max_open_slots=1)
+    uri, _ = checkpoint(1)
+    err, _ = await service.failed("Refit", pb.RefitRequest(uri=uri, version="1"), timeout=30)
+    assert err.code() == Code.RESOURCE_EXHAUSTED
+    assert err.details().startswith("pause failed:") and "limit is 1" in err.details()
