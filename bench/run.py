@@ -21,7 +21,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -255,7 +254,9 @@ async def fanout(count: int) -> list[Row]:
                     p50, p99, rate, lost = await measure(call, count, 1)
             finally:
                 service.stop()
-            note = f"{procs} engine process(es) x {links} link(s)" + (f", lost {lost}" if lost else "")
+            note = f"{procs} engine process(es) x {links} link(s)" + (
+                f", lost {lost}" if lost else ""
+            )
             rows.append(Row(f"fan-out: Pause to {n} engine(s), 1 in flight", p50, p99, rate, note))
     finally:
         for engine in engines:
@@ -273,10 +274,12 @@ def table(rows: list[Row], lines: list[str]) -> str:
     out = ["| case | p50 | p99 | calls/s | note |", "|---|---|---|---|---|"]
     out += [f"| {r.name} | {fmt(r.p50_us, ' us')} | {fmt(r.p99_us, ' us')} | {fmt(r.rate)} | {r.note} |"
             for r in rows]  # fmt: skip
-    return "\n".join(out + [""] + lines)
+    return "\n".join([*out, "", *lines])
 
 
-def verdicts(a1: Row, a64: Row, b: Row, br1: Row, br64: Row, mem: dict, fan: list[Row]) -> list[str]:
+def verdicts(
+    a1: Row, a64: Row, b: Row, br1: Row, br64: Row, mem: dict, fan: list[Row]
+) -> list[str]:
     assert a1.p50_us and a1.p99_us and b.p50_us and b.p99_us and br1.p50_us and br1.p99_us
     p50_ratio = br1.p50_us / (a1.p50_us + b.p50_us)
     p99_ratio = br1.p99_us / (a1.p99_us + b.p99_us)
@@ -297,7 +300,9 @@ def verdicts(a1: Row, a64: Row, b: Row, br1: Row, br64: Row, mem: dict, fan: lis
     ]  # fmt: skip
     if len(fan) == 3 and fan[0].p50_us and fan[2].p50_us:
         x = fan[2].p50_us / fan[0].p50_us
-        lines.append(f"- fan-out: 64 engines cost **{x:.1f}x** the p50 of one (target <= 3x: {mark(x <= 3)})")
+        lines.append(
+            f"- fan-out: 64 engines cost **{x:.1f}x** the p50 of one (target <= 3x: {mark(x <= 3)})"
+        )
     return lines
 
 
@@ -327,14 +332,15 @@ async def main(args: argparse.Namespace) -> int:
     (br1, br64), mem = await bridge(n1, n64, soak, warmup)
     fan = await fanout(100 if q else 1000)
     rows = [a1, a64, b, br1, br64, *fan]
-    text = table(rows, verdicts(a1, a64, b, br1, br64, mem, fan) + [""] + environment())
+    text = table(rows, [*verdicts(a1, a64, b, br1, br64, mem, fan), "", *environment()])
     print(text)
     if not q:
         doc = REPO / "docs" / "benchmarks.md"
         doc.write_text(
             "# Benchmarks\n\nThe last run of `.venv/bin/python -m bench.run` (each party in its own "
             "process, loopback, 128-byte payloads; floors measured in the same run).\n\n"
-            + text + "\n"
+            + text
+            + "\n"
         )
     return 0 if mem["lost"] == 0 and mem["open_slots"] == 0 else 1
 
@@ -351,6 +357,8 @@ if __name__ == "__main__":
         else:
             run(role_service(sys.argv[5:], int(sys.argv[4])))
         sys.exit(0)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -43,6 +43,7 @@ class Commands:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.all_engines = tuple(e.name for e in config.engines)
+        self._known = frozenset(self.all_engines)
 
     def pause(self, req: pb.PauseRequest, time_remaining: float | None) -> Command:
         rid = request_id(req.request_id)
@@ -97,6 +98,8 @@ class Commands:
         """The named engines in configured order, or all of them for an empty list."""
         if not names:
             return self.all_engines
+        if len(names) == 1 and names[0] in self._known:
+            return (names[0],)
         unknown = sorted(set(names) - set(self.all_engines))
         if unknown:
             raise ControlError(

@@ -6,6 +6,7 @@ logged: one line when it ends, with its request_id, method, engines, status and 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -107,6 +108,9 @@ def _log_end(
     message: str,
     started: float,
 ) -> None:
+    ok = code is grpc.StatusCode.OK
+    if ok and not log.is_enabled_for(logging.INFO):
+        return  # the reply path pays nothing for a line nobody reads
     fields = dict(
         method=method,
         request_id=request_id,
@@ -114,7 +118,7 @@ def _log_end(
         status=code.name,
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
     )
-    if code is grpc.StatusCode.OK:
+    if ok:
         log.info("call ended", **fields)
     else:
         log.warning("call ended", error=message, **fields)
