@@ -1,0 +1,1 @@
+"""Benchmark (bench.run) and soak (bench.soak) scripts; see the README."""
