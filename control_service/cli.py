@@ -234,6 +234,8 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Callable[[str], Any], str], ...] = (
      "seconds an operation whose callers all left keeps running for a retry to attach"),
     ("--shutdown-grace", ServiceConfig, "shutdown_grace_s", non_negative_float,
      "seconds running calls get to finish on SIGTERM"),
+    ("--metrics-port", ServiceConfig, "metrics_port", non_negative_int,
+     "serve Prometheus /metrics on this HTTP port (0: off)"),
     ("--heartbeat-interval", LinkConfig, "heartbeat_ivl_s", positive_float,
      "seconds between engine heartbeats"),
     ("--heartbeat-timeout", LinkConfig, "heartbeat_timeout_s", positive_float,

@@ -99,6 +99,8 @@ class ServiceConfig:
     # at the engine. 0 cancels at once.
     detach_grace_s: float = 5.0
     shutdown_grace_s: float = 10.0
+    # Prometheus /metrics on this HTTP port; 0 means off.
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         if not self.engines:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from control_service import wire
 from control_service.config import ServiceConfig
 from control_service.engine_link import EngineLink
 from control_service.errors import ControlError, unavailable
+from control_service.metrics import Metrics
 from control_service.operations import Command, Operation, Part, Subscriber
 from control_service.refit import RefitDriver
 
@@ -50,8 +52,11 @@ class EngineReport:
 
 
 class Dispatcher:
-    def __init__(self, config: ServiceConfig, links: dict[str, EngineLink]) -> None:
+    def __init__(
+        self, config: ServiceConfig, links: dict[str, EngineLink], metrics: Metrics | None = None
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.links = links
         self.running: dict[str, Operation] = {}
         # Finished operations whose outcome the engines reported, oldest first, for replay.
@@ -272,8 +277,11 @@ class Dispatcher:
         timeout = self.config.status_timeout_s
         try:
             link.open(rid, waiter)
+            sent = time.perf_counter()
             link.send(wire.Request(rid, "status", {}, timeout))
             reply = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            if self.metrics is not None:
+                self.metrics.engine_rtt.labels(name).observe(time.perf_counter() - sent)
         except ControlError as err:
             link.slots.close(rid)
             return EngineReport(name, link.up, None, err.message)

@@ -24,6 +24,7 @@ from control_service.dispatcher import Dispatcher
 from control_service.engine_link import EngineLink
 from control_service.errors import unavailable
 from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
+from control_service.metrics import Metrics
 from control_service.servicer import ControlServicer
 from control_service.slots import SlotBudget
 
@@ -46,6 +47,7 @@ class ControlServer:
             for e in config.engines
         }
         self.dispatcher: Dispatcher | None = None
+        self.metrics = Metrics(self.links, self.budget)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._zmq = zmq.Context()
@@ -61,7 +63,7 @@ class ControlServer:
     async def start(self) -> int:
         """Bind, connect to the engines, serve. Returns the bound port."""
         c = self.config
-        self.dispatcher = Dispatcher(c, self.links)
+        self.dispatcher = Dispatcher(c, self.links, self.metrics)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", c.max_message_bytes),
@@ -70,7 +72,7 @@ class ControlServer:
             ]
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
-            ControlServicer(self.dispatcher, Commands(c)), server
+            ControlServicer(self.dispatcher, Commands(c), self.metrics), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -86,6 +88,8 @@ class ControlServer:
         for link in self.links.values():
             link.start(self._zmq)
         self._health_task = asyncio.create_task(self._health_loop())
+        if c.metrics_port:
+            self.metrics.serve(c.metrics_port)
         await server.start()
         self._server = server
         log.info("serving", listen=c.listen, port=port, engines=[e.name for e in c.engines])

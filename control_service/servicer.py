@@ -20,6 +20,7 @@ from control_service.dispatcher import Dispatcher
 from control_service.errors import ControlError, to_grpc_status
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.gen.control.v1 import control_pb2_grpc
+from control_service.metrics import Metrics
 from control_service.operations import Command
 
 log = structlog.get_logger("control_service.calls")
@@ -57,16 +58,33 @@ def _relay(method: str, builder: Builder) -> Callable[..., AsyncIterator[pb.Cont
             code, message = err.code, err.message
             await context.abort_with_status(to_grpc_status(err))
         finally:
-            _log_end(method, request_id, engines, code, message, started)
+            self._ended(method, request_id, engines, code, message, started)
 
     handler.__name__ = handler.__qualname__ = method
     return handler
 
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
-    def __init__(self, dispatcher: Dispatcher, commands: Commands) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, commands: Commands, metrics: Metrics | None = None
+    ) -> None:
         self._dispatcher = dispatcher
         self._commands = commands
+        self._metrics = metrics
+
+    def _ended(
+        self,
+        method: str,
+        request_id: str,
+        engines: tuple[str, ...],
+        code: grpc.StatusCode,
+        message: str,
+        started: float,
+    ) -> None:
+        """The one place a call's end is recorded: a metric and (at INFO) a log line."""
+        if self._metrics is not None:
+            self._metrics.call_ended(method, code.name, time.perf_counter() - started)
+        _log_end(method, request_id, engines, code, message, started)
 
     Pause = _relay("Pause", lambda c: c.pause)
     UpdateWeights = _relay("UpdateWeights", lambda c: c.update_weights)
@@ -80,7 +98,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         try:
             engines = self._commands.engines(request.engines)
         except ControlError as err:
-            _log_end("GetStatus", "", (), err.code, err.message, started)
+            self._ended("GetStatus", "", (), err.code, err.message, started)
             await context.abort_with_status(to_grpc_status(err))
         reports = await self._dispatcher.status(engines)
         response = pb.GetStatusResponse(
@@ -96,7 +114,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             ],
             skewed_engines=[r.engine for r in reports if r.skewed],
         )
-        _log_end("GetStatus", "", engines, grpc.StatusCode.OK, "", started)
+        self._ended("GetStatus", "", engines, grpc.StatusCode.OK, "", started)
         return response
 
 
