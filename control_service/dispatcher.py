@@ -31,6 +31,11 @@ from control_service.refit import RefitDriver
 log = structlog.get_logger("control_service.dispatcher")
 
 _CANCEL_TIMEOUT_S = 5.0
+# Outcomes about time or reachability, not about the operation: a retry runs again, even when
+# the engine itself reported them (its own timeout_s can fire as ours does).
+_FRESH = frozenset(
+    {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +243,7 @@ class Dispatcher:
             if self._busy.get(name) is op:
                 del self._busy[name]
         assert op.outcome is not None
-        if op.outcome.engine_reported and op.owner is None:
+        if op.outcome.engine_reported and op.owner is None and op.outcome.code not in _FRESH:
             self._remember(rid, op)
         if not self.running:
             self._idle.set()

@@ -276,6 +276,15 @@ class Server:
     async def _execute_bounded(self, request: wire.Request, emit: Any) -> wire.Reply:
         """The operation under its timeout_s, every way it can end turned into one reply."""
         rid, method = request.request_id, request.method
+        if self.knobs.hang_next == method:  # a stuck engine: not even its own timeout ends it
+            self.knobs.hang_next = None
+            log.info("hang_next: %s %s hangs until cancelled", method, rid)
+            try:
+                await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError:
+                if self._closing:
+                    raise
+                return wire.error(rid, "CANCELLED", f"{method} cancelled")
         try:
             async with asyncio.timeout(request.timeout_s):
                 return await self._execute(request, emit)
@@ -295,10 +304,6 @@ class Server:
 
     async def _execute(self, request: wire.Request, emit: Any) -> wire.Reply:
         rid, args = request.request_id, request.args
-        if self.knobs.hang_next == request.method:
-            self.knobs.hang_next = None
-            log.info("hang_next: %s %s hangs until cancelled", request.method, rid)
-            await asyncio.get_running_loop().create_future()  # a stuck engine, until cancel
         if request.method == "pause":
             return await self.engine.pause(rid, args, emit)
         if request.method == "resume":
