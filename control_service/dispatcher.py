@@ -288,11 +288,11 @@ class Dispatcher:
             if self.metrics is not None:
                 self.metrics.engine_rtt.labels(name).observe(time.perf_counter() - sent)
         except ControlError as err:
-            link.slots.close(rid)
             return EngineReport(name, link.up, None, err.message)
         except TimeoutError:
-            link.slots.close(rid)
             return EngineReport(name, True, None, f"no status reply within {timeout:g}s")
+        finally:
+            link.slots.close(rid)  # on every exit, cancellation of the caller included
         if reply.kind == wire.ERROR:
             return EngineReport(name, True, None, f"{reply.data['code']}: {reply.data['message']}")
         return EngineReport(name, True, reply.data["state"], "")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from control_service.gen.control.v1 import control_pb2 as pb
@@ -236,3 +237,15 @@ async def _health(service: Service, name: str = "control.v1.ControlService") -> 
     health = health_pb2_grpc.HealthStub(service.channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def test_status_caller_cancelled_while_engine_silent_leaks_no_slot(
+    start_service: StartService, start_stub: Stubs
+) -> None:
+    stub = start_stub()
+    service = await start_service([stub.endpoint], status_timeout_s=5.0)
+    stub.knob(silent=True)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.stub.GetStatus(pb.GetStatusRequest(), timeout=0.3)
+    assert info.value.code() == Code.DEADLINE_EXCEEDED
+    await eventually(lambda: service.server.open_slots == 0)
