@@ -37,6 +37,7 @@ from control_service.config import (
     PAUSE_MODES,
     EngineConfig,
     LinkConfig,
+    SecurityConfig,
     ServiceConfig,
     load_engines,
 )
@@ -99,6 +100,18 @@ def _checked(convert: Callable[[str], Any], test: Callable[[Any], bool], what: s
 positive_float = _checked(float, lambda v: v > 0, "a number > 0")
 non_negative_float = _checked(float, lambda v: v >= 0, "a number >= 0")
 positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
+
+
+def boolean(value: str) -> bool:
+    """true/false, yes/no, 1/0 (for flags that env vars must be able to set)."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r}: expected true or false")
+
+
 non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 
 
@@ -236,6 +249,16 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Callable[[str], Any], str], ...] = (
      "seconds running calls get to finish on SIGTERM"),
     ("--metrics-port", ServiceConfig, "metrics_port", non_negative_int,
      "serve Prometheus /metrics on this HTTP port (0: off)"),
+    ("--tls-cert", SecurityConfig, "tls_cert", Path, "PEM server certificate chain: serve TLS"),
+    ("--tls-key", SecurityConfig, "tls_key", Path, "PEM server private key"),
+    ("--tls-client-ca", SecurityConfig, "tls_client_ca", Path,
+     "PEM CA that client certificates must chain to (mutual TLS)"),
+    ("--auth-token", SecurityConfig, "auth_token", text,
+     "require 'authorization: Bearer TOKEN' (prefer the env var or --auth-token-file)"),
+    ("--auth-token-file", SecurityConfig, "auth_token_file", Path,
+     "file holding the bearer token callers must send"),
+    ("--auth-exempt-health", SecurityConfig, "auth_exempt_health", boolean,
+     "true: grpc.health.v1 needs no token (for probes)"),
     ("--heartbeat-interval", LinkConfig, "heartbeat_ivl_s", positive_float,
      "seconds between engine heartbeats"),
     ("--heartbeat-timeout", LinkConfig, "heartbeat_timeout_s", positive_float,
@@ -312,11 +335,15 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
             grpc.StatusCode.INVALID_ARGUMENT,
             "at least one engine is required (--engine or --embedded-engines)",
         )
-    fields: dict[type, dict[str, Any]] = {ServiceConfig: {}, LinkConfig: {}}
+    fields: dict[type, dict[str, Any]] = {ServiceConfig: {}, LinkConfig: {}, SecurityConfig: {}}
     for flag, cls, name, _convert, _help in SERVICE_FLAGS:
         fields[cls][name] = getattr(args, flag.removeprefix("--").replace("-", "_"))
     link = LinkConfig(**fields[LinkConfig])
-    return ServiceConfig(engines=tuple(engines), link=link, **fields[ServiceConfig])
+    security = SecurityConfig(**fields[SecurityConfig])
+    security.token()  # a bad token file fails at start, with the rest of the configuration
+    return ServiceConfig(
+        engines=tuple(engines), link=link, security=security, **fields[ServiceConfig]
+    )
 
 
 # ---------------------------------------------------------------------------------- call flags

@@ -78,10 +78,46 @@ class LinkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """Who may talk to the service: TLS (mutual with a client CA) and a bearer token."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # With it, clients must present a certificate signed by this CA (mutual TLS).
+    tls_client_ca: Path | None = None
+    # Prefer the file or the CONTROL_SERVICE_AUTH_TOKEN variable: a flag shows up in `ps`.
+    auth_token: str | None = None
+    auth_token_file: Path | None = None
+    # Leave grpc.health.v1 open without a token (for probes that cannot send one).
+    auth_exempt_health: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise invalid("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise invalid("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.auth_token is not None and self.auth_token_file is not None:
+            raise invalid("give the token once: --auth-token or --auth-token-file")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca, self.auth_token_file):
+            if path is not None and not path.is_file():
+                raise invalid(f"{path} is not a readable file")
+
+    def token(self) -> str | None:
+        """The bearer token, read once at start; None means no token is required."""
+        token = self.auth_token
+        if self.auth_token_file is not None:
+            token = self.auth_token_file.read_text(encoding="utf-8").strip()
+        if token is not None and len(token) < 16:
+            raise invalid("the auth token must be at least 16 characters")
+        return token
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     engines: tuple[EngineConfig, ...]
     listen: str = "127.0.0.1:50051"
     link: LinkConfig = field(default_factory=LinkConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     default_timeout_s: float = 120.0
     max_timeout_s: float = 900.0
     default_pause_mode: str = "abort"

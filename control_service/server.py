@@ -18,8 +18,9 @@ import zmq
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from control_service.auth import BearerTokenInterceptor
 from control_service.commands import Commands
-from control_service.config import EngineConfig, LinkConfig, ServiceConfig
+from control_service.config import EngineConfig, LinkConfig, SecurityConfig, ServiceConfig
 from control_service.dispatcher import Dispatcher
 from control_service.engine_link import EngineLink
 from control_service.errors import unavailable
@@ -64,12 +65,17 @@ class ControlServer:
         """Bind, connect to the engines, serve. Returns the bound port."""
         c = self.config
         self.dispatcher = Dispatcher(c, self.links, self.metrics)
+        token = c.security.token()
+        interceptors = (
+            [BearerTokenInterceptor(token, c.security.auth_exempt_health)] if token else []
+        )
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", 4 << 20),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
             ControlServicer(self.dispatcher, Commands(c), self.metrics), server
@@ -79,7 +85,11 @@ class ControlServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            port = server.add_insecure_port(c.listen)
+            credentials = server_credentials(c.security)
+            if credentials is None:
+                port = server.add_insecure_port(c.listen)
+            else:
+                port = server.add_secure_port(c.listen, credentials)
         except RuntimeError:
             port = 0
         if port == 0:
@@ -159,6 +169,18 @@ class ControlServer:
         )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+
+
+def server_credentials(security: SecurityConfig) -> grpc.ServerCredentials | None:
+    """TLS from the configured PEM files; with a client CA, clients must present a certificate."""
+    if security.tls_cert is None or security.tls_key is None:
+        return None
+    client_ca = security.tls_client_ca.read_bytes() if security.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(security.tls_key.read_bytes(), security.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 async def serve(config: ServiceConfig) -> None:

@@ -28,7 +28,7 @@ from google.protobuf import json_format
 from control_service import cli, render
 from control_service._client_utils import backoff_s, grpc_deadline
 from control_service.client import ClientConfig, ControlClient, Outcome, TlsConfig
-from control_service.config import LinkConfig, ServiceConfig
+from control_service.config import LinkConfig, SecurityConfig, ServiceConfig
 from control_service.embedded import EmbeddedEngines
 from control_service.errors import ControlError, EngineFailure, to_grpc_status
 from control_service.gen.control.v1 import control_pb2 as pb
@@ -92,8 +92,10 @@ def test_every_service_and_link_field_has_a_serve_flag() -> None:
     wanted = {(ServiceConfig, f.name) for f in dataclasses.fields(ServiceConfig)} - {
         (ServiceConfig, "engines"),
         (ServiceConfig, "link"),
+        (ServiceConfig, "security"),
     }
     wanted |= {(LinkConfig, f.name) for f in dataclasses.fields(LinkConfig)}
+    wanted |= {(SecurityConfig, f.name) for f in dataclasses.fields(SecurityConfig)}
     assert wanted - covered == set(), "add a serve flag for each new config field"
 
 
