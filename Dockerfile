@@ -1,0 +1,32 @@
+# control-service: the control plane sidecar beside an inference engine.
+# Build: docker build -t control-service .
+# Run:   docker run -e CONTROL_SERVICE_ENGINE=engine=tcp://engine:5555 -p 50051:50051 control-service
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protos ./protos
+COPY scripts ./scripts
+COPY control_service ./control_service
+COPY engine_stub ./engine_stub
+# Regenerate the protobuf code in the image (it must match what is committed) and build a wheel.
+RUN pip install --no-cache-dir "grpcio-tools==1.85.1" \
+ && python scripts/gen_protos.py /tmp/gen \
+ && diff -r /tmp/gen/control_service/gen control_service/gen \
+ && pip wheel --no-cache-dir --wheel-dir /wheels ".[fast]"
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 control
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels "control-service[fast]==0.1.0" \
+ && rm -rf /wheels
+USER 10001
+ENV CONTROL_SERVICE_LISTEN=0.0.0.0:50051 \
+    CONTROL_SERVICE_METRICS_PORT=9090 \
+    CONTROL_SERVICE_LOG_FORMAT=json \
+    PYTHONUNBUFFERED=1
+EXPOSE 50051 9090
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["python", "-m", "control_service.healthcheck"]
+# Exec form: SIGTERM reaches the server, which drains calls and exits 0.
+ENTRYPOINT ["control-service", "serve"]
