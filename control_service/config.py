@@ -75,6 +75,16 @@ class LinkConfig:
     max_frame_bytes: int = 1 << 20
     # Outgoing requests queued on the socket at most; past it a send fails with UNAVAILABLE.
     send_hwm: int = 10_000
+    # CURVE: the engines' public key and this service's key pair (zmq.auth certificate files).
+    curve_server_key: Path | None = None
+    curve_client_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.curve_server_key is None) != (self.curve_client_key is None):
+            raise invalid("the CURVE server key and client key go together")
+        for path in (self.curve_server_key, self.curve_client_key):
+            if path is not None and not path.is_file():
+                raise invalid(f"{path} is not a readable file")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 import zmq
+import zmq.auth
 from zmq.utils.monitor import parse_monitor_message
 
 from control_service import wire
@@ -97,6 +98,12 @@ class EngineLink:
         sock.setsockopt(zmq.HEARTBEAT_TTL, int(c.heartbeat_timeout_s * 1000))
         sock.setsockopt(zmq.RECONNECT_IVL, int(c.reconnect_ivl_s * 1000))
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(c.reconnect_ivl_max_s * 1000))
+        if c.curve_server_key is not None and c.curve_client_key is not None:
+            server_public, _ = zmq.auth.load_certificate(c.curve_server_key)
+            public, secret = zmq.auth.load_certificate(c.curve_client_key)
+            sock.curve_serverkey = server_public
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
 
     def close(self, reason: str = "service shutting down") -> None:
         """Fail what is still open, then close the sockets without lingering."""

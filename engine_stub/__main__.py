@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from control_service import wire
@@ -48,6 +49,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ROUTER endpoint: tcp://HOST:PORT (port 0 = any free port) or ipc:///path",
     )
     p.add_argument("--name", default="engine-stub", help="the engine's name in logs")
+    p.add_argument(
+        "--curve-secret-key",
+        type=Path,
+        help="CURVE: this engine's key pair (a zmq.auth .key_secret file); encrypts the link",
+    )
+    p.add_argument(
+        "--curve-allowed-clients",
+        type=Path,
+        help="CURVE: a folder of client public keys (.key files); others are refused",
+    )
     p.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
     )
@@ -89,6 +100,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         bind=args.bind,
         name=args.name,
+        curve_secret_key=args.curve_secret_key,
+        curve_allowed_clients=args.curve_allowed_clients,
         sim=SimConfig(args.requests, args.tokens, args.token_interval),
         knobs=Knobs(
             reply_delay=args.reply_delay, instant=args.instant, silent=args.silent, fail_next=fail

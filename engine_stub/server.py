@@ -23,10 +23,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
 import zmq.asyncio
+import zmq.auth
 
 from control_service import wire
 
@@ -54,6 +56,9 @@ class Knobs:
 class ServerConfig:
     bind: str
     name: str = "engine-stub"
+    # CURVE: this engine's key pair, and the folder of client public keys it accepts.
+    curve_secret_key: Path | None = None
+    curve_allowed_clients: Path | None = None
     sim: SimConfig = field(default_factory=SimConfig)
     knobs: Knobs = field(default_factory=Knobs)
 
@@ -133,6 +138,7 @@ class Server:
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        auth = self._curve(ctx, sock)
         try:
             sock.bind(self.config.bind)
         except zmq.ZMQError as err:
@@ -151,8 +157,29 @@ class Server:
         try:
             return await self._run_until_stopped(stop)
         finally:
+            if auth is not None:
+                auth.stop()
             sock.close(linger=0)
             ctx.term()
+
+    def _curve(self, ctx: zmq.asyncio.Context, sock: zmq.Socket) -> Any:
+        """Encrypt the link, and let in only the allow-listed client keys (a ZAP handler)."""
+        c = self.config
+        if c.curve_secret_key is None:
+            return None
+        from zmq.auth.asyncio import AsyncioAuthenticator
+
+        auth = AsyncioAuthenticator(ctx)
+        auth.start()
+        allowed = (
+            str(c.curve_allowed_clients) if c.curve_allowed_clients else zmq.auth.CURVE_ALLOW_ANY
+        )
+        auth.configure_curve(domain="*", location=allowed)
+        public, secret = zmq.auth.load_certificate(c.curve_secret_key)
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        sock.curve_server = True
+        return auth
 
     async def _run_until_stopped(self, stop: asyncio.Event) -> int:
         loop = asyncio.get_running_loop()
