@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime
 import json
 import os
@@ -86,13 +87,14 @@ async def role_service(endpoints: list[str], links_per_engine: int) -> None:
     while await loop.run_in_executor(None, sys.stdin.readline):
         links = server.links.values()
         print(json.dumps({
-            "rss_kb": _rss_kb(),
+            "rss_kb": rss_kb(),
             "open_slots": server.open_slots,
             "unmatched": sum(link.slots.counters.unmatched for link in links),
         }), flush=True)  # fmt: skip
 
 
-def _rss_kb() -> int:
+def rss_kb() -> int:
+    """This process's resident set size, from /proc (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
@@ -133,37 +135,47 @@ class Row:
     note: str = ""
 
 
-async def measure(call: Callable[[int], Awaitable[bool]], count: int, inflight: int) -> tuple:
-    """p50, p99 (us) and calls/s of `count` calls with `inflight` at a time; lost = False calls."""
+Problems = collections.Counter[str]
+
+
+async def measure(
+    call: Callable[[int], Awaitable[str | None]], count: int, inflight: int
+) -> tuple[float, float, float, Problems]:
+    """p50, p99 (us), calls/s of `count` calls with `inflight` at a time, and what went wrong:
+    'lost' (no outcome at all) or the failed calls' status names. Worker w passes w to `call`."""
     latencies: list[float] = []
-    lost = 0
+    problems: Problems = collections.Counter()
     counter = iter(range(count))
 
-    async def worker() -> None:
-        nonlocal lost
-        for i in counter:
+    async def worker(w: int) -> None:
+        for _ in counter:
             t = time.perf_counter()
-            ok = await call(i)
+            problem = await call(w)
             latencies.append(time.perf_counter() - t)
-            lost += not ok
+            if problem:
+                problems[problem] += 1
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(inflight)))
+    await asyncio.gather(*(worker(w) for w in range(inflight)))
     elapsed = time.perf_counter() - started
     q = statistics.quantiles(latencies, n=100)
-    return q[49] * 1e6, q[98] * 1e6, count / elapsed, lost
+    return q[49] * 1e6, q[98] * 1e6, count / elapsed, problems
 
 
 def grpc_caller(stub: control_pb2_grpc.ControlServiceStub, engines: list[str] | None = None):
-    """A Pause call consuming its stream to the end; True when it ended OK with a Result."""
+    """A Pause consumed to its end, each worker on its own engine (one mutation per engine).
+    None when it ended OK with its Result; 'lost' when no outcome came; else the status name."""
 
-    async def call(i: int) -> bool:
-        targets = [engines[i % len(engines)]] if engines else []
+    async def call(w: int) -> str | None:
+        targets = [engines[w % len(engines)]] if engines else []
+        started = time.perf_counter()
         try:
             events = [e async for e in stub.Pause(pb.PauseRequest(engines=targets), timeout=30)]
-        except grpc.aio.AioRpcError:
-            return False
-        return bool(events) and (events[-1].HasField("result") or events[-1].engine == PAYLOAD)
+        except grpc.aio.AioRpcError as err:
+            timed_out = time.perf_counter() - started >= 29
+            return "lost" if timed_out else err.code().name
+        ok = bool(events) and (events[-1].HasField("result") or events[-1].engine == PAYLOAD)
+        return None if ok else "lost"
 
     return call
 
@@ -191,9 +203,9 @@ async def floor_b(n1: int) -> Row:
     sock.connect(child.info["endpoint"])
     body = PAYLOAD.encode()
 
-    async def call(i: int) -> bool:
+    async def call(w: int) -> str | None:
         await sock.send_multipart([b"", body])
-        return (await sock.recv_multipart())[1] == body
+        return None if (await sock.recv_multipart())[1] == body else "lost"
 
     try:
         await measure(call, 500, 1)
@@ -218,9 +230,11 @@ async def bridge(n1: int, n64: int, soak: int, warmup: int) -> tuple[list[Row], 
             await measure(grpc_caller(stub, names[:1]), warmup, 1)
             await measure(grpc_caller(stub, names), warmup, 64)
             warm = service.ask()
-            p50, p99, rate, lost1 = await measure(grpc_caller(stub, names[:1]), n1, 1)
-            p50_64, p99_64, rate64, lost64 = await measure(grpc_caller(stub, names), n64, 64)
-            _, _, _, lost_soak = await measure(grpc_caller(stub, names), soak, 64)
+            p50, p99, rate, problems = await measure(grpc_caller(stub, names[:1]), n1, 1)
+            p50_64, p99_64, rate64, more = await measure(grpc_caller(stub, names), n64, 64)
+            problems += more
+            _, _, _, more = await measure(grpc_caller(stub, names), soak, 64)
+            problems += more
             end = service.ask()
     finally:
         service.stop()
@@ -234,7 +248,8 @@ async def bridge(n1: int, n64: int, soak: int, warmup: int) -> tuple[list[Row], 
         "end_mb": end["rss_kb"] / 1024,
         "calls": 2 * warmup + n1 + n64 + soak,
         "after_warmup_calls": n1 + n64 + soak,
-        "lost": lost1 + lost64 + lost_soak,
+        "lost": problems.pop("lost", 0),
+        "failed": dict(problems),
         "open_slots": end["open_slots"],
         "unmatched": end["unmatched"],
     }
@@ -254,12 +269,11 @@ async def fanout(count: int) -> list[Row]:
                 async with grpc.aio.insecure_channel(f"127.0.0.1:{service.info['port']}") as ch:
                     call = grpc_caller(control_pb2_grpc.ControlServiceStub(ch))
                     await measure(call, max(count // 10, 20), 1)
-                    p50, p99, rate, lost = await measure(call, count, 1)
+                    p50, p99, rate, problems = await measure(call, count, 1)
             finally:
                 service.stop()
-            note = f"{procs} engine process(es) x {links} link(s)" + (
-                f", lost {lost}" if lost else ""
-            )
+            note = f"{procs} engine process(es) x {links} link(s)"
+            note += f", problems {dict(problems)}" if problems else ""
             rows.append(Row(f"fan-out: Pause to {n} engine(s), 1 in flight", p50, p99, rate, note))
     finally:
         for engine in engines:
@@ -297,7 +311,7 @@ def verdicts(
         f"- p99 ratio bridge / (A + B) = **{p99_ratio:.2f}** (target <= 1.5: {mark(p99_ratio <= 1.5)})",
         f"- calls/s at 64 in flight, bridge / A = **{rate_ratio:.0%}** (target >= 70%: {mark(rate_ratio >= 0.7)})",
         f"- lost replies: **{mem['lost']}**, open slots at the end: **{mem['open_slots']}**, "
-        f"late/unmatched replies: {mem['unmatched']} ({mark(mem['lost'] == 0 and mem['open_slots'] == 0)})",
+        f"late/unmatched replies: {mem['unmatched']}, failed calls: {mem['failed'] or 0} ({mark(mem['lost'] == 0 and mem['open_slots'] == 0)})",
         f"- service RSS: {mem['warm_mb']:.1f} MB after warm-up, {mem['end_mb']:.1f} MB after "
         f"{mem['after_warmup_calls']:,} more calls: growth **{growth:+.2f} MB** (target < 5 MB: {mark(growth < 5)})",
     ]  # fmt: skip

@@ -29,6 +29,7 @@ from google.protobuf.duration_pb2 import Duration
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.run import rss_kb  # noqa: E402
 from control_service.gen.control.v1 import control_pb2 as pb  # noqa: E402
 from control_service.gen.control.v1 import control_pb2_grpc  # noqa: E402
 from tests.stub_process import StubProcess  # noqa: E402
@@ -68,18 +69,11 @@ async def serve(endpoints: list[str]) -> None:
             print(json.dumps({
                 "open_slots": server.open_slots,
                 "running": len(server.dispatcher.running) if server.dispatcher else -1,
-                "rss_kb": _rss_kb(),
+                "rss_kb": rss_kb(),
                 "unmatched": sum(link.slots.counters.unmatched for link in links),
                 "malformed": sum(link.counters.malformed for link in links),
             }), flush=True)  # fmt: skip
     await server.stop(1.0)
-
-
-def _rss_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return -1
 
 
 # ---------------------------------------------------------------------------------- the load

@@ -81,10 +81,25 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         message: str,
         started: float,
     ) -> None:
-        """The one place a call's end is recorded: a metric and (at INFO) a log line."""
+        """The one place a call's end is recorded: a metric, and one log line (failures always;
+        successes at INFO, and the reply path pays nothing for a line nobody reads)."""
+        seconds = time.perf_counter() - started
         if self._metrics is not None:
-            self._metrics.call_ended(method, code.name, time.perf_counter() - started)
-        _log_end(method, request_id, engines, code, message, started)
+            self._metrics.call_ended(method, code.name, seconds)
+        ok = code is grpc.StatusCode.OK
+        if ok and not log.is_enabled_for(logging.INFO):
+            return
+        fields = dict(
+            method=method,
+            request_id=request_id,
+            engine=",".join(engines),
+            status=code.name,
+            duration_ms=round(seconds * 1000, 3),
+        )
+        if ok:
+            log.info("call ended", **fields)
+        else:
+            log.warning("call ended", error=message, **fields)
 
     Pause = _relay("Pause", lambda c: c.pause)
     UpdateWeights = _relay("UpdateWeights", lambda c: c.update_weights)
@@ -116,27 +131,3 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         )
         self._ended("GetStatus", "", engines, grpc.StatusCode.OK, "", started)
         return response
-
-
-def _log_end(
-    method: str,
-    request_id: str,
-    engines: tuple[str, ...],
-    code: grpc.StatusCode,
-    message: str,
-    started: float,
-) -> None:
-    ok = code is grpc.StatusCode.OK
-    if ok and not log.is_enabled_for(logging.INFO):
-        return  # the reply path pays nothing for a line nobody reads
-    fields = dict(
-        method=method,
-        request_id=request_id,
-        engine=",".join(engines),
-        status=code.name,
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
-    )
-    if ok:
-        log.info("call ended", **fields)
-    else:
-        log.warning("call ended", error=message, **fields)

@@ -64,3 +64,12 @@ async def eventually_async(
     while (got := await probe()) != expected:
         assert loop.time() < deadline, f"still {got!r}, wanted {expected!r}, after {timeout}s"
         await asyncio.sleep(0.005)
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a child process that must be told its port."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

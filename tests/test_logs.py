@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 from collections.abc import Callable
 
@@ -12,6 +11,7 @@ import grpc
 
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.gen.control.v1 import control_pb2_grpc
+from tests.harness import free_port
 from tests.stub_process import StubProcess
 
 
@@ -19,9 +19,7 @@ async def test_call_end_lines_are_json_with_their_fields(
     start_stub: Callable[..., StubProcess],
 ) -> None:
     stub = start_stub()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "control_service", "serve", "--listen", f"127.0.0.1:{port}",
         "--engine", f"e0={stub.endpoint}", "--log-format", "json", "--log-level", "info",

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from control_service.gen.control.v1 import control_pb2 as pb
-from tests.harness import Service, StartService, eventually_async
+from tests.harness import Service, StartService, eventually_async, free_port
 from tests.stub_process import StubProcess
 
 Code = grpc.StatusCode
@@ -65,15 +65,12 @@ async def test_call_outliving_grace_ends_unavailable(
 
 async def test_sigterm_drains_and_exits_zero(start_stub: Callable[..., StubProcess]) -> None:
     import signal
-    import socket
     import sys
 
     from control_service.gen.control.v1 import control_pb2_grpc
 
     stub = start_stub("--reply-delay", "0.5")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "control_service", "serve", "--listen", f"127.0.0.1:{port}",
         "--engine", f"e0={stub.endpoint}", "--shutdown-grace", "5", "--log-format", "json",
