@@ -1,1 +1,1 @@
-"""Benchmark (bench.run) and soak (bench.soak) scripts; see the README."""
+"""The benchmark (`python -m bench`, see bench/__main__.py) and the soak (`python -m bench.soak`)."""

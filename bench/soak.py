@@ -29,7 +29,7 @@ from google.protobuf.duration_pb2 import Duration
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.run import rss_kb  # noqa: E402
+from bench.procs import rss_kb  # noqa: E402
 from control_service.gen.control.v1 import control_pb2 as pb  # noqa: E402
 from control_service.gen.control.v1 import control_pb2_grpc  # noqa: E402
 from tests.stub_process import StubProcess  # noqa: E402

@@ -1,0 +1,93 @@
+"""The control service under test, in its own process:
+
+    python -m bench._service NAME=ENDPOINT [NAME=ENDPOINT ...]
+
+Starts `ControlServer` with those engine entries on 127.0.0.1:0 (logging at warning), waits for
+every engine link to be up, then prints `{"port", "pid", "engines"}`. Commands on stdin, one a
+line, each answered by one JSON line:
+
+- `stats`: `rss_kb` (VmRSS from /proc/self/status), `open_slots`, `running` operations, and the
+  slot counters summed over the links (`delivered`, `unmatched`) and `sent`, `send_failures`,
+  `malformed`;
+- `stop`: the same stats (read while still serving, so open slots mean leaked slots), then a
+  graceful stop; the line adds `stopped_open_slots`. The process then exits 0.
+
+SIGTERM (or stdin closing) stops it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+from bench.procs import die_with_parent, emit, rss_kb
+from control_service.aio import run
+from control_service.config import EngineConfig, ServiceConfig
+from control_service.log import configure
+from control_service.server import ControlServer
+
+ENGINES_UP_TIMEOUT_S = 30.0
+
+
+def stats(server: ControlServer) -> dict[str, Any]:
+    links = server.links.values()
+    dispatcher = server.dispatcher
+    return {
+        "rss_kb": rss_kb(),
+        "open_slots": server.open_slots,
+        "running": len(dispatcher.running) if dispatcher is not None else -1,
+        "delivered": sum(link.slots.counters.delivered for link in links),
+        "unmatched": sum(link.slots.counters.unmatched for link in links),
+        "sent": sum(link.counters.sent for link in links),
+        "send_failures": sum(link.counters.send_failures for link in links),
+        "malformed": sum(link.counters.malformed for link in links),
+    }
+
+
+async def serve(entries: list[str]) -> int:
+    configure("warning")
+    engines = tuple(EngineConfig.parse(entry) for entry in entries)
+    server = ControlServer(ServiceConfig(engines=engines, listen="127.0.0.1:0"))
+    port = await server.start()
+    if not await server.wait_engines_up(ENGINES_UP_TIMEOUT_S):
+        down = [name for name, link in server.links.items() if not link.up]
+        emit(error=f"engines not up within {ENGINES_UP_TIMEOUT_S:g}s: {down[:8]}")
+        await server.stop(0)
+        return 1
+    emit(port=port, pid=os.getpid(), engines=[e.name for e in engines])
+
+    loop = asyncio.get_running_loop()
+    commands = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    stopped = asyncio.ensure_future(stop.wait())
+    while True:
+        read = asyncio.ensure_future(commands.readline())
+        await asyncio.wait((read, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if stopped.done():
+            read.cancel()
+            break
+        raw = read.result()
+        command = raw.decode().strip()
+        if command == "stats":
+            emit(**stats(server))
+        elif command == "stop" or not raw:  # b"" is end of input
+            final = stats(server)
+            await server.stop(1.0)
+            emit(**final, stopped_open_slots=server.open_slots)
+            return 0
+        elif command:
+            emit(error=f"unknown command {command!r}")
+    await server.stop(1.0)
+    return 0
+
+
+if __name__ == "__main__":
+    die_with_parent()
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m bench._service NAME=ENDPOINT [NAME=ENDPOINT ...]")
+    sys.exit(run(serve(sys.argv[1:])))

@@ -1,0 +1,242 @@
+"""The measured cases: floors A and B against the bridge (with its RSS run), and the fan-out.
+
+Floors and bridge run interleaved: every server is started first (each in its own process), then
+`rounds` rounds each measure floor A, floor B and the bridge at 1 in flight, then floor A and
+the bridge at 64 in flight, and each row pools its rounds. Noise from the machine (other work
+on the same cores) then lands on floors and bridge alike instead of on whichever ran during it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import zmq
+import zmq.asyncio
+
+from bench import profile
+from bench.floors import ECHO_METHOD, PAYLOAD
+from bench.load import Call, Stats, measure, stream_call
+from bench.procs import BenchError, Child, Children
+from bench.report import FanoutResult, MainResult, Row, ServiceRun, say
+from control_service.gen.control.v1 import control_pb2 as pb
+
+PAUSE_METHOD = "/control.v1.ControlService/Pause"
+FANOUT_PROCESSES = 8
+
+FLOOR_A = "floor A: grpc.aio server-stream echo, 128 B"
+FLOOR_B = "floor B: pyzmq DEALER/ROUTER echo, 128 B"
+BRIDGE = "bridge: Pause via service to instant engine"
+CASES = {"a1": FLOOR_A, "b1": FLOOR_B, "bridge1": BRIDGE, "a64": FLOOR_A, "bridge64": BRIDGE}
+
+
+@dataclass(frozen=True)
+class Counts:
+    calls: int  # measured at 1 in flight: floors A and B, the bridge (over all rounds)
+    calls_inflight: int  # measured at `inflight`: floor A, the bridge (over all rounds)
+    warmup: int  # bridge calls before the RSS baseline (half at 1, half at `inflight`)
+    rss_calls: int  # bridge calls after the baseline, the measured ones included
+    fanout_calls: int  # per fan-out width
+    rounds: int = 5
+    inflight: int = 64
+
+
+Lost = collections.Counter[str]
+
+
+def note(stats: Stats) -> str:
+    return f"{stats.lost} failed: {dict(stats.problems)}" if stats.lost else ""
+
+
+# ---------------------------------------------------------------------------------- clients
+
+
+@contextlib.asynccontextmanager
+async def channel(port: int) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        await ch.channel_ready()
+        yield ch
+
+
+def echo_call(ch: grpc.aio.Channel) -> Call:
+    """Floor A: 128 bytes in, the same 128 bytes back as the stream's one message."""
+    return stream_call(ch.unary_stream(ECHO_METHOD), [PAYLOAD], lambda msgs: msgs == [PAYLOAD])
+
+
+@contextlib.contextmanager
+def zmq_echo_call(endpoint: str) -> Iterator[Call]:
+    """Floor B: a DEALER sends [b"", 128 bytes] (the engine protocol's envelope), the ROUTER
+    echoes them. No per-call timeout (it would cost a task per call): `measure` bounds the run."""
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    frames = (b"", PAYLOAD)
+
+    async def call(w: int) -> str | None:
+        await sock.send_multipart(frames)
+        reply = await sock.recv_multipart()
+        return None if reply[-1] == PAYLOAD else "wrong reply"
+
+    try:
+        yield call
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def pause_calls(ch: grpc.aio.Channel, targets: list[list[str]], engines: int) -> Call:
+    """Pause, worker w asking targets[w % len(targets)]; good when the stream ended OK with one
+    Result from each of the `engines` engines asked."""
+    pause = ch.unary_stream(
+        PAUSE_METHOD,
+        request_serializer=pb.PauseRequest.SerializeToString,
+        response_deserializer=pb.ControlEvent.FromString,
+    )
+
+    def check(events: list[Any]) -> bool:
+        return bool(events) and events[-1].HasField("result") and sum(
+            1 for e in events if e.HasField("result")) == engines  # fmt: skip
+
+    return stream_call(pause, [pb.PauseRequest(engines=names) for names in targets], check)
+
+
+# ------------------------------------------------------------------------ floors and bridge
+
+
+async def floors_and_bridge(
+    children: Children, n: Counts, profile_out: Path | None = None
+) -> MainResult:
+    """Floor A's echo server, floor B's ROUTER echo, one instant engine and the service
+    (engine entries l0..l63, all on that engine: worker w always asks l<w>, as one engine runs
+    one mutation at a time) in their own processes; warm-up; the service's RSS baseline; the
+    interleaved rounds; the rest of the RSS run (bridge at 64 in flight); the service's own
+    account of itself (open slots, counters, RSS) as it stops."""
+    grpc_echo, zmq_echo, engine = (children.spawn("bench.floors", "grpc"),
+                                   children.spawn("bench.floors", "zmq"), children.spawn("bench._engine"))  # fmt: skip
+    for child in (grpc_echo, zmq_echo, engine):
+        child.ready()
+    entries = [f"l{i}={engine.info['endpoint']}" for i in range(n.inflight)]
+    service = children.start("bench._service", *entries)
+    lost: Lost = collections.Counter()
+    try:
+        async with channel(grpc_echo.info["port"]) as a_ch, channel(service.info["port"]) as s_ch:
+            with zmq_echo_call(zmq_echo.info["endpoint"]) as b1:
+                a = echo_call(a_ch)
+                names = service.info["engines"]
+                bridge1 = pause_calls(s_ch, [names[:1]], 1)
+                bridge64 = pause_calls(s_ch, [[name] for name in names], 1)
+                # (key, call, share of the counts, in flight); one round runs each once.
+                plan: list[tuple[str, Call, int, int]] = [
+                    ("a1", a, n.calls, 1), ("b1", b1, n.calls, 1), ("bridge1", bridge1, n.calls, 1),
+                    ("a64", a, n.calls_inflight, n.inflight), ("bridge64", bridge64, n.calls_inflight, n.inflight),
+                ]  # fmt: skip
+
+                say(f"  warm-up ({n.warmup:,} bridge calls)")
+                for key, call, _, inflight in plan:
+                    if key.startswith("bridge"):
+                        lost.update((await measure(call, n.warmup // 2, inflight)).problems)
+                    else:
+                        await measure(call, max(n.warmup // 10, 50), inflight)
+                warm = service.ask("stats")
+
+                per_round: list[dict[str, Stats]] = []
+                for r in range(n.rounds):
+                    say(f"  round {r + 1}/{n.rounds}")
+                    got = {
+                        key: await measure(call, total // n.rounds, inflight)
+                        for key, call, total, inflight in plan
+                    }
+                    lost.update(got["bridge1"].problems + got["bridge64"].problems)
+                    per_round.append(got)
+            children.stop(grpc_echo)
+            children.stop(zmq_echo)
+            measured = sum(
+                s.count for got in per_round for k, s in got.items() if k.startswith("bridge")
+            )
+            rest = max(n.rss_calls - measured, 0)
+            say(f"  RSS run: {rest:,} more bridge calls at {n.inflight} in flight")
+            with _maybe_profile(service, profile_out):
+                lost.update((await measure(bridge64, rest, n.inflight)).problems)
+        end = stop_service(children, service)
+    finally:  # the service first, so that it sees no engine go away
+        children.stop(service)
+        children.stop(engine)
+    rows = {}
+    for key, name in CASES.items():
+        stats = Stats.merge([got[key] for got in per_round])
+        rows[key] = Row(name, stats, note(stats))
+    rows["bridge64"].note = (
+        f"{n.inflight} engine entries on 1 engine process; " + rows["bridge64"].note
+    )
+    return MainResult(rows, per_round, ServiceRun(warm, end, measured + rest), lost)
+
+
+def _maybe_profile(service: Child, out: Path | None) -> contextlib.AbstractContextManager[None]:
+    if out is None:
+        return contextlib.nullcontext()
+    say(f"  (profiling the service with py-spy into {out})")
+    return profile.sampling(service.info["pid"], out)
+
+
+def stop_service(children: Children, service: Child) -> dict:
+    """Ask the service to stop; its answer holds its stats from just before stopping."""
+    try:
+        end = service.ask("stop")
+    finally:
+        children.stop(service)
+    if "error" in end:
+        raise BenchError(f"service: {end['error']}")
+    return end
+
+
+# ----------------------------------------------------------------------------------- fan-out
+
+
+async def fanout(children: Children, n: Counts) -> FanoutResult:
+    """Pause fanned out to 1, 8 and 64 engines, 1 in flight, through one service with 64
+    engine entries on 8 instant engine processes (8 entries each): 1 = one entry; 8 = one entry
+    on each process; 64 = every entry (an empty `engines`, i.e. all)."""
+    engines = [children.spawn("bench._engine") for _ in range(FANOUT_PROCESSES)]
+    for engine in engines:
+        engine.ready()
+    per = 64 // FANOUT_PROCESSES
+    entries = [
+        f"e{p}.{j}={engines[p].info['endpoint']}"
+        for p in range(FANOUT_PROCESSES)
+        for j in range(per)
+    ]
+    service = children.start("bench._service", *entries)
+    widths: dict[int, tuple[list[str], str]] = {
+        1: (["e0.0"], "1 entry"),
+        8: (
+            [f"e{p}.0" for p in range(FANOUT_PROCESSES)],
+            f"1 entry on each of {FANOUT_PROCESSES} engine processes",
+        ),
+        64: ([], f"all 64 entries, {per} on each of {FANOUT_PROCESSES} engine processes"),
+    }
+    rows: list[Row] = []
+    lost: Lost = collections.Counter()
+    try:
+        async with channel(service.info["port"]) as ch:
+            for width, (names, layout) in widths.items():
+                say(f"  fan-out to {width}: {n.fanout_calls:,} calls")
+                call = pause_calls(ch, [names], width)
+                warm = await measure(call, max(n.fanout_calls // 10, 20), 1)
+                stats = await measure(call, n.fanout_calls, 1)
+                lost.update(warm.problems + stats.problems)
+                label = "engine" if width == 1 else "engines"
+                rows.append(
+                    Row(f"fan-out: Pause to {width} {label}", stats, f"{layout}; " + note(stats))
+                )
+        end = stop_service(children, service)
+    finally:
+        children.stop(service)
+        for engine in engines:
+            children.stop(engine)
+    return FanoutResult(rows, end, lost)

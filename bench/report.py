@@ -1,0 +1,219 @@
+"""The benchmark's table, its verdicts against the targets, the machine, and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import os
+import platform
+import shlex
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import zmq
+
+from bench.load import Stats
+
+# The targets, as the issue states them.
+P50_RATIO_MAX = 1.15
+P99_RATIO_MAX = 1.5
+RATE_SHARE_MIN = 0.70
+RSS_GROWTH_MAX_MB = 5.0
+FANOUT_P50_MAX = 3.0
+
+
+@dataclass
+class Row:
+    case: str
+    stats: Stats
+    note: str = ""
+
+
+@dataclass
+class ServiceRun:
+    """What the service process said about itself: after warm-up, and at the end."""
+
+    warm: dict
+    end: dict
+    calls_after_warmup: int
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.end["rss_kb"] - self.warm["rss_kb"]) / 1024
+
+
+@dataclass
+class MainResult:
+    """Floors and bridge: rows by key ("a1", "b1", "bridge1", "a64", "bridge64"), pooled over
+    rounds; the rounds themselves; the service's account; lost replies by reason."""
+
+    rows: dict[str, Row]
+    per_round: list[dict[str, Stats]]
+    service: ServiceRun
+    lost: collections.Counter[str]
+
+
+@dataclass
+class FanoutResult:
+    rows: list[Row]  # 1, 8, 64 engines
+    end: dict  # the fan-out service's account
+    lost: collections.Counter[str]
+
+
+def _us(v: float) -> str:
+    return f"{v:,.0f} us"
+
+
+def table(rows: list[Row]) -> list[str]:
+    out = [
+        "| case | in flight | calls | p50 | p99 | calls/s | note |",
+        "|---|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in rows:
+        s = r.stats
+        out.append(
+            f"| {r.case} | {s.inflight} | {s.count:,} | {_us(s.p50_us)} | {_us(s.p99_us)} | {s.rate:,.0f} | {r.note.strip('; ')} |"
+        )
+    return out
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**MISSED**"
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return (
+        f"per round {format(min(values), fmt)}-{format(max(values), fmt)}"
+        if len(values) > 1
+        else ""
+    )
+
+
+def verdicts(main: MainResult | None, fan: FanoutResult | None) -> list[str]:
+    """One line per target, each marked met or MISSED."""
+    lines: list[str] = []
+
+    def add(ok: bool, text: str) -> None:
+        lines.append(f"- {text}: {_mark(ok)}")
+
+    if main is not None:
+        r = {k: row.stats for k, row in main.rows.items()}
+        a1, b1, br1, a64, br64 = r["a1"], r["b1"], r["bridge1"], r["a64"], r["bridge64"]
+        rounds = main.per_round
+        p50 = br1.p50_us / (a1.p50_us + b1.p50_us)
+        p99 = br1.p99_us / (a1.p99_us + b1.p99_us)
+        share = br64.rate / a64.rate
+        p50s = _spread(
+            [g["bridge1"].p50_us / (g["a1"].p50_us + g["b1"].p50_us) for g in rounds], ".2f"
+        )
+        p99s = _spread(
+            [g["bridge1"].p99_us / (g["a1"].p99_us + g["b1"].p99_us) for g in rounds], ".2f"
+        )
+        shares = _spread([g["bridge64"].rate / g["a64"].rate for g in rounds], ".0%")
+        add(
+            p50 <= P50_RATIO_MAX,
+            f"p50 ratio, bridge / (floor A + floor B) = {br1.p50_us:,.0f} / ({a1.p50_us:,.0f} + {b1.p50_us:,.0f}) = **{p50:.2f}** ({p50s}; target <= {P50_RATIO_MAX})",
+        )
+        add(
+            p99 <= P99_RATIO_MAX,
+            f"p99 ratio, bridge / (floor A + floor B) = {br1.p99_us:,.0f} / ({a1.p99_us:,.0f} + {b1.p99_us:,.0f}) = **{p99:.2f}** ({p99s}; target <= {P99_RATIO_MAX})",
+        )
+        add(
+            share >= RATE_SHARE_MIN,
+            f"calls/s at {br64.inflight} in flight, bridge / floor A = {br64.rate:,.0f} / {a64.rate:,.0f} = **{share:.0%}** ({shares}; target >= {RATE_SHARE_MIN:.0%})",
+        )
+    lost = (main.lost if main else collections.Counter()) + (
+        fan.lost if fan else collections.Counter()
+    )
+    slots = (main.service.end["open_slots"] if main else 0) + (fan.end["open_slots"] if fan else 0)
+    reasons = (
+        "; by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(lost.items())) if lost else ""
+    )
+    add(
+        sum(lost.values()) == 0 and slots == 0,
+        f"lost replies: **{sum(lost.values())}**, open slots at the end: **{slots}** (every bridge and fan-out call, warm-up included{reasons}; target 0 and 0)",
+    )
+    if main is not None:
+        svc = main.service
+        add(
+            svc.growth_mb < RSS_GROWTH_MAX_MB,
+            f"service RSS {svc.warm['rss_kb'] / 1024:.1f} MB after warm-up, {svc.end['rss_kb'] / 1024:.1f} MB after {svc.calls_after_warmup:,} more calls: growth **{svc.growth_mb:+.2f} MB** (target < {RSS_GROWTH_MAX_MB:g} MB)",
+        )
+        e = svc.end
+        lines.append(
+            f"- the service's own count at the end: {e['sent']:,} requests sent, {e['delivered']:,} replies delivered, {e['unmatched']} late/unmatched, {e['malformed']} malformed, {e['send_failures']} send failures, {e['running']} operations running"
+        )
+    if fan is not None and len(fan.rows) == 3:
+        one, wide = fan.rows[0].stats, fan.rows[2].stats
+        x50, x99 = wide.p50_us / one.p50_us, wide.p99_us / one.p99_us
+        add(
+            x50 <= FANOUT_P50_MAX,
+            f"fan-out: Pause to 64 engines costs **{x50:.1f}x** the p50 of one engine (p99 {x99:.1f}x; target <= {FANOUT_P50_MAX:g}x)",
+        )
+    return lines
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(argv: list[str], load: tuple[float, float, float]) -> list[str]:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        cpu = next(
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.splitlines()
+            if ln.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown"
+    packages = ", ".join(
+        f"{p} {v}"
+        for p in ("grpcio", "pyzmq", "protobuf", "orjson", "uvloop")
+        if (v := _version(p))
+    )
+    loop = "uvloop" if _version("uvloop") else "asyncio"
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [
+        f"- command: `{shlex.join(['.venv/bin/python', '-m', 'bench', *argv])}`",
+        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; nproc: {nproc}; CPU: {cpu}; load average before the run: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)",
+        f"- Python {platform.python_version()}, {packages}, libzmq {zmq.zmq_version()}; event loop: {loop} in every process",
+    ]
+
+
+def rows(main: MainResult | None, fan: FanoutResult | None) -> list[Row]:
+    out = [main.rows[k] for k in ("a1", "a64", "b1", "bridge1", "bridge64")] if main else []
+    return out + (fan.rows if fan else [])
+
+
+def render(
+    main: MainResult | None, fan: FanoutResult | None, notes: list[str], env: list[str]
+) -> str:
+    """The whole report: markdown, readable as plain text."""
+    return "\n".join([*table(rows(main, fan)), "", *verdicts(main, fan), "", *notes, "", *env])
+
+
+DOC_HEAD = """# Benchmarks
+
+The last full run of `.venv/bin/python -m bench` (see `bench/__main__.py` for what it measures
+and how). Every party runs in its own process on loopback: the load generator (a grpc.aio
+client; `in flight` = concurrent workers, each starting its next call when its last ended), the
+floor A echo server, the floor B ROUTER echo, the control service and the instant engine(s).
+Floors and bridge are measured in the same run by the same client code path. p50/p99 are
+nearest-rank percentiles of per-call latency at the client.
+
+"""
+
+
+def write_doc(path: Path, text: str) -> None:
+    path.write_text(DOC_HEAD + text + "\n")
+
+
+def say(text: str = "") -> None:
+    """Progress on stderr, so stdout carries only the report."""
+    print(text, file=sys.stderr, flush=True)
