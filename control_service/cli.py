@@ -112,6 +112,9 @@ def boolean(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"{value!r}: expected true or false")
 
 
+boolean.metavar = "BOOL"  # type: ignore[attr-defined]
+
+
 non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 
 
@@ -160,6 +163,8 @@ class Option:
     env: bool = True
     repeat: bool = False
     metavar: str | None = None
+    # The value of the bare flag (`--auth-exempt-health` means true); None: a value is required.
+    const: Any = None
 
     @property
     def dest(self) -> str:
@@ -180,6 +185,7 @@ class Option:
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     """Add the flags with default None, so that "not given" can fall back to env, then default."""
     for option in options:
+        bare = {} if option.const is None else {"nargs": "?", "const": option.const}
         parser.add_argument(
             option.flag,
             dest=option.dest,
@@ -188,6 +194,7 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
             action="append" if option.repeat else "store",
             metavar=option.metavar or getattr(option.type, "metavar", None),
             help=option.help_text(),
+            **bare,
         )
     parser.set_defaults(_options=[*(parser.get_default("_options") or ()), *options])
 
@@ -258,7 +265,7 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Callable[[str], Any], str], ...] = (
     ("--auth-token-file", SecurityConfig, "auth_token_file", Path,
      "file holding the bearer token callers must send"),
     ("--auth-exempt-health", SecurityConfig, "auth_exempt_health", boolean,
-     "true: grpc.health.v1 needs no token (for probes)"),
+     "grpc.health.v1 needs no token (for probes); bare flag or true/false"),
     ("--engine-curve-server-key", LinkConfig, "curve_server_key", Path,
      "CURVE: the engines' public key file; encrypts the engine link"),
     ("--engine-curve-client-key", LinkConfig, "curve_client_key", Path,
@@ -311,7 +318,8 @@ def configure_logging(args: argparse.Namespace) -> None:
 def serve_options() -> list[Option]:
     options = [*ENGINE_OPTIONS, *log_options("info", env=True)]
     for flag, cls, name, convert, help_ in SERVICE_FLAGS:
-        options.append(Option(flag, convert, _default(cls, name), help_))
+        const = True if convert is boolean else None  # a bare boolean flag means true
+        options.append(Option(flag, convert, _default(cls, name), help_, const=const))
     return options
 
 

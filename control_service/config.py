@@ -7,8 +7,11 @@ Defaults are the ones an RL loop wants: fail fast on a dead engine (heartbeats w
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import zmq.auth
 
 from control_service.errors import ControlError, invalid
 
@@ -85,6 +88,11 @@ class LinkConfig:
         for path in (self.curve_server_key, self.curve_client_key):
             if path is not None and not path.is_file():
                 raise invalid(f"{path} is not a readable file")
+        if self.curve_server_key is not None and self.curve_client_key is not None:
+            # Checked here so a wrong file is a one-line configuration error at start, not a
+            # traceback from the socket options when the link first connects.
+            _curve_keys(self.curve_server_key, need_secret=False)
+            _curve_keys(self.curve_client_key, need_secret=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,9 @@ class SecurityConfig:
         for path in (self.tls_cert, self.tls_key, self.tls_client_ca, self.auth_token_file):
             if path is not None and not path.is_file():
                 raise invalid(f"{path} is not a readable file")
+        if self.tls_cert is not None and self.tls_key is not None:
+            # gRPC reports a bad PEM only as "cannot bind": check the files the same way here.
+            _check_tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     def token(self) -> str | None:
         """The bearer token, read once at start; None means no token is required."""
@@ -120,6 +131,37 @@ class SecurityConfig:
         if token is not None and len(token) < 16:
             raise invalid("the auth token must be at least 16 characters")
         return token
+
+
+def _curve_keys(path: Path, need_secret: bool) -> None:
+    """Refuse a file that is not a zmq.auth certificate (or lacks the secret key we need)."""
+    try:
+        _public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as err:
+        raise invalid(f"{path}: not a zmq.auth CURVE key file ({err})") from None
+    if need_secret and secret is None:
+        raise invalid(f"{path}: has no secret key (give the .key_secret file)")
+
+
+def _no_password() -> str:
+    return ""  # an encrypted key fails to load instead of prompting on a terminal
+
+
+def _check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
+    """Load the PEM files as a TLS server would: a certificate chain with its matching key, and
+    the client CA's certificates; any problem is a one-line reason."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except (OSError, ssl.SSLError) as err:
+        raise invalid(
+            f"{cert} / {key}: need a PEM certificate chain and its matching unencrypted key ({err})"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as err:
+            raise invalid(f"{client_ca}: not PEM CA certificates ({err})") from None
 
 
 @dataclass(frozen=True, slots=True)
