@@ -28,6 +28,7 @@ from control_service.gen.control.v1 import control_pb2 as pb
 
 PAUSE_METHOD = "/control.v1.ControlService/Pause"
 FANOUT_PROCESSES = 8
+RSS_STEPS = 4
 
 FLOOR_A = "floor A: grpc.aio server-stream echo, 128 B"
 FLOOR_B = "floor B: pyzmq DEALER/ROUTER echo, 128 B"
@@ -131,38 +132,47 @@ async def floors_and_bridge(
                 names = service.info["engines"]
                 bridge1 = pause_calls(s_ch, [names[:1]], 1)
                 bridge64 = pause_calls(s_ch, [[name] for name in names], 1)
-                # (key, call, share of the counts, in flight); one round runs each once.
-                plan: list[tuple[str, Call, int, int]] = [
-                    ("a1", a, n.calls, 1), ("b1", b1, n.calls, 1), ("bridge1", bridge1, n.calls, 1),
-                    ("a64", a, n.calls_inflight, n.inflight), ("bridge64", bridge64, n.calls_inflight, n.inflight),
+                # (key, call, calls over all rounds, in flight, whose CPU time to count)
+                a_cpu = {"client": "self", "server": grpc_echo.proc.pid}
+                b_cpu = {"client": "self", "server": zmq_echo.proc.pid}
+                s_cpu = {"client": "self", "server": service.info["pid"], "engine": engine.proc.pid}
+                plan: list[tuple[str, Call, int, int, dict[str, int | str]]] = [
+                    ("a1", a, n.calls, 1, a_cpu), ("b1", b1, n.calls, 1, b_cpu),
+                    ("bridge1", bridge1, n.calls, 1, s_cpu),
+                    ("a64", a, n.calls_inflight, n.inflight, a_cpu),
+                    ("bridge64", bridge64, n.calls_inflight, n.inflight, s_cpu),
                 ]  # fmt: skip
 
                 say(f"  warm-up ({n.warmup:,} bridge calls)")
-                for key, call, _, inflight in plan:
+                for key, call, _, inflight, _ in plan:
                     if key.startswith("bridge"):
                         lost.update((await measure(call, n.warmup // 2, inflight)).problems)
                     else:
                         await measure(call, max(n.warmup // 10, 50), inflight)
-                warm = service.ask("stats")
+                rss = [service.ask("stats")["rss_kb"]]
 
                 per_round: list[dict[str, Stats]] = []
                 for r in range(n.rounds):
                     say(f"  round {r + 1}/{n.rounds}")
                     got = {
-                        key: await measure(call, total // n.rounds, inflight)
-                        for key, call, total, inflight in plan
+                        key: await measure(call, total // n.rounds, inflight, cpu)
+                        for key, call, total, inflight, cpu in plan
                     }
                     lost.update(got["bridge1"].problems + got["bridge64"].problems)
                     per_round.append(got)
             children.stop(grpc_echo)
             children.stop(zmq_echo)
+            rss.append(service.ask("stats")["rss_kb"])
             measured = sum(
                 s.count for got in per_round for k, s in got.items() if k.startswith("bridge")
             )
             rest = max(n.rss_calls - measured, 0)
             say(f"  RSS run: {rest:,} more bridge calls at {n.inflight} in flight")
             with _maybe_profile(service, profile_out):
-                lost.update((await measure(bridge64, rest, n.inflight)).problems)
+                for part in range(RSS_STEPS):  # RSS after each step: a leak climbs, a peak does not
+                    count = rest // RSS_STEPS + (rest % RSS_STEPS if part == 0 else 0)
+                    lost.update((await measure(bridge64, count, n.inflight)).problems)
+                    rss.append(service.ask("stats")["rss_kb"])
         end = stop_service(children, service)
     finally:  # the service first, so that it sees no engine go away
         children.stop(service)
@@ -174,7 +184,7 @@ async def floors_and_bridge(
     rows["bridge64"].note = (
         f"{n.inflight} engine entries on 1 engine process; " + rows["bridge64"].note
     )
-    return MainResult(rows, per_round, ServiceRun(warm, end, measured + rest), lost)
+    return MainResult(rows, per_round, ServiceRun(rss, end, measured + rest), lost)
 
 
 def _maybe_profile(service: Child, out: Path | None) -> contextlib.AbstractContextManager[None]:

@@ -20,6 +20,8 @@ from typing import Any
 
 import grpc
 
+from bench.procs import cpu_s
+
 # A call returns None when it ended well, else the reason it did not (a status name, ...).
 Call = Callable[[int], Awaitable[str | None]]
 CALL_TIMEOUT_S = 10.0
@@ -33,6 +35,7 @@ class Stats:
     elapsed_s: float
     inflight: int
     problems: collections.Counter[str] = field(default_factory=collections.Counter)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # process role -> CPU seconds used
 
     @property
     def count(self) -> int:
@@ -60,7 +63,12 @@ class Stats:
         problems: collections.Counter[str] = collections.Counter()
         for run in runs:
             problems.update(run.problems)
-        return cls(latencies, sum(r.elapsed_s for r in runs), runs[0].inflight, problems)
+        cpu = {role: sum(r.cpu_s.get(role, 0.0) for r in runs) for role in runs[0].cpu_s}
+        return cls(latencies, sum(r.elapsed_s for r in runs), runs[0].inflight, problems, cpu)
+
+    def cpu_us_per_call(self, role: str) -> float | None:
+        seconds = self.cpu_s.get(role)
+        return None if seconds is None else seconds / self.count * 1e6
 
     @property
     def p50_us(self) -> float:
@@ -71,9 +79,13 @@ class Stats:
         return self.percentile_us(99)
 
 
-async def measure(call: Call, count: int, inflight: int = 1) -> Stats:
+async def measure(
+    call: Call, count: int, inflight: int = 1, cpu_of: dict[str, int | str] | None = None
+) -> Stats:
     """Run `count` calls, `inflight` at a time; worker w (0..inflight-1) passes w to `call`.
-    The whole run is bounded (a call that never ends fails the run, it does not hang it)."""
+    The whole run is bounded (a call that never ends fails the run, it does not hang it).
+    `cpu_of` (role -> pid, "self" for this process): CPU time each used during the run."""
+    cpu_of = cpu_of or {}
     latencies: list[int] = []
     problems: collections.Counter[str] = collections.Counter()
     tickets = iter(range(count))
@@ -88,12 +100,14 @@ async def measure(call: Call, count: int, inflight: int = 1) -> Stats:
                 problems[problem] += 1
 
     bound = 120.0 + count / 200  # generous: only a hang can reach it
+    cpu_before = {role: cpu_s(pid) for role, pid in cpu_of.items()}
     started = time.perf_counter()
     async with asyncio.timeout(bound):
         await asyncio.gather(*(worker(w) for w in range(min(inflight, count))))
     elapsed = time.perf_counter() - started
+    cpu = {role: cpu_s(pid) - cpu_before[role] for role, pid in cpu_of.items()}
     latencies.sort()
-    return Stats(latencies, elapsed, inflight, problems)
+    return Stats(latencies, elapsed, inflight, problems, cpu)
 
 
 def stream_call(

@@ -53,6 +53,19 @@ def rss_kb(pid: int | str = "self") -> int:
     return -1
 
 
+def cpu_s(pid: int | str = "self") -> float:
+    """CPU time (user + system, every thread) a process has used, from /proc/<pid>/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat.rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
 def emit(**fields: Any) -> None:
     """In a child: one JSON line on stdout, flushed."""
     sys.stdout.write(json.dumps(fields) + "\n")

@@ -33,15 +33,16 @@ class Row:
 
 @dataclass
 class ServiceRun:
-    """What the service process said about itself: after warm-up, and at the end."""
+    """What the service process said about itself: its RSS after warm-up and at steps of the
+    calls after it (the last one at the end), and its stats as it stopped."""
 
-    warm: dict
+    rss_kb: list[int]
     end: dict
     calls_after_warmup: int
 
     @property
     def growth_mb(self) -> float:
-        return (self.end["rss_kb"] - self.warm["rss_kb"]) / 1024
+        return (self.rss_kb[-1] - self.rss_kb[0]) / 1024
 
 
 @dataclass
@@ -76,6 +77,24 @@ def table(rows: list[Row]) -> list[str]:
         out.append(
             f"| {r.case} | {s.inflight} | {s.count:,} | {_us(s.p50_us)} | {_us(s.p99_us)} | {s.rate:,.0f} | {r.note.strip('; ')} |"
         )
+    return out
+
+
+def cpu_table(main: MainResult) -> list[str]:
+    """CPU time per call of each process in a row (every thread: gRPC's and ZMQ's included)."""
+    out = [
+        "CPU time per call, each process (user + system, all threads, from /proc/<pid>/stat):",
+        "",
+        "| case | in flight | load generator | server (echo server or service) | engine | all |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for key in ("a1", "b1", "bridge1", "a64", "bridge64"):
+        row = main.rows[key]
+        s = row.stats
+        roles = [s.cpu_us_per_call(role) for role in ("client", "server", "engine")]
+        cells = ["—" if v is None else f"{v:,.0f} us" for v in roles]
+        total = sum(v for v in roles if v is not None)
+        out.append(f"| {row.case} | {s.inflight} | {' | '.join(cells)} | {total:,.0f} us |")
     return out
 
 
@@ -139,7 +158,7 @@ def verdicts(main: MainResult | None, fan: FanoutResult | None) -> list[str]:
         svc = main.service
         add(
             svc.growth_mb < RSS_GROWTH_MAX_MB,
-            f"service RSS {svc.warm['rss_kb'] / 1024:.1f} MB after warm-up, {svc.end['rss_kb'] / 1024:.1f} MB after {svc.calls_after_warmup:,} more calls: growth **{svc.growth_mb:+.2f} MB** (target < {RSS_GROWTH_MAX_MB:g} MB)",
+            f"service RSS {svc.rss_kb[0] / 1024:.1f} MB after warm-up, {svc.rss_kb[-1] / 1024:.1f} MB after {svc.calls_after_warmup:,} more calls: growth **{svc.growth_mb:+.2f} MB** (steps: {' -> '.join(f'{kb / 1024:.1f}' for kb in svc.rss_kb)} MB; target < {RSS_GROWTH_MAX_MB:g} MB)",
         )
         e = svc.end
         lines.append(
@@ -195,7 +214,10 @@ def render(
     main: MainResult | None, fan: FanoutResult | None, notes: list[str], env: list[str]
 ) -> str:
     """The whole report: markdown, readable as plain text."""
-    return "\n".join([*table(rows(main, fan)), "", *verdicts(main, fan), "", *notes, "", *env])
+    cpu = [*cpu_table(main), ""] if main else []
+    return "\n".join(
+        [*table(rows(main, fan)), "", *verdicts(main, fan), "", *cpu, *notes, "", *env]
+    )
 
 
 DOC_HEAD = """# Benchmarks
