@@ -8,8 +8,10 @@ status probes (GetStatus and each Refit's final probe), off the mutating calls' 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -40,14 +42,24 @@ class Metrics:
             buckets=_RTT_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.registry.register(_LinkCollector(links, budget))
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
 
     def call_ended(self, method: str, status: str, seconds: float) -> None:
         self.calls.labels(method, status).inc()
         self.latency.labels(method).observe(seconds)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Expose /metrics over HTTP from a daemon thread."""
-        start_http_server(port, addr=addr, registry=self.registry)
+        """Expose /metrics over HTTP from a daemon thread (OSError if the port is taken)."""
+        self._http = start_http_server(port, addr=addr, registry=self.registry)
+
+    def close(self) -> None:
+        """Stop serving /metrics and free the port (a stopped server must not hold it)."""
+        if self._http is not None:
+            server, thread = self._http
+            self._http = None
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
 
 
 class _LinkCollector(Collector):

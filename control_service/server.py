@@ -2,6 +2,8 @@
 
 Health: the overall service "" and control.v1.ControlService are SERVING only while every engine
 link is up, so a readiness probe (Kubernetes' gRPC probe, grpcurl) sees engine loss at once.
+"liveness" is SERVING from start to shutdown whatever the engines do: a gRPC liveness probe on it
+proves the event loop answers, without restarting the sidecar because its engine is down.
 Shutdown: health goes NOT_SERVING, new calls are refused, running ones get the grace period to
 finish, then end with UNAVAILABLE; no slot is left open.
 """
@@ -34,6 +36,7 @@ log = structlog.get_logger("control_service.server")
 # After the drain, how long handlers get to write their final status before gRPC cancels them.
 _STATUS_FLUSH_S = 1.0
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
+LIVENESS = "liveness"  # a health service name for liveness probes: up while the process serves
 LinkFactory = Callable[
     [EngineConfig, LinkConfig, SlotBudget, Callable[[EngineLink], None]], EngineLink
 ]
@@ -94,12 +97,16 @@ class ControlServer:
             port = 0
         if port == 0:
             raise unavailable(f"cannot listen on {c.listen} (address in use or not local)")
+        if c.metrics_port:
+            try:
+                self.metrics.serve(c.metrics_port)
+            except OSError as err:  # before any engine is connected: nothing to undo
+                raise unavailable(f"cannot serve metrics on port {c.metrics_port}: {err}") from None
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._publish_health()
         for link in self.links.values():
             link.start(self._zmq)
         self._health_task = asyncio.create_task(self._health_loop())
-        if c.metrics_port:
-            self.metrics.serve(c.metrics_port)
         await server.start()
         self._server = server
         log.info("serving", listen=c.listen, port=port, engines=[e.name for e in c.engines])
@@ -124,6 +131,7 @@ class ControlServer:
         for link in self.links.values():
             link.close()
         self._zmq.term()
+        await asyncio.to_thread(self.metrics.close)  # shutdown() waits out the serve loop's poll
         log.info("stopped", open_slots=self.budget.open)
 
     async def wait_for_termination(self) -> None:

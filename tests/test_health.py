@@ -1,5 +1,6 @@
 """Health: SERVING for "" and control.v1.ControlService only while every engine link is up;
-Watch streams each change (engine lost, engine back, shutdown)."""
+Watch streams each change (engine lost, engine back, shutdown). "liveness" ignores the engine and
+turns NOT_SERVING only at shutdown."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness import StartService
@@ -34,13 +36,25 @@ async def test_health_follows_the_engine_and_shutdown(
         async for reply in watch:
             await seen.put(reply.status)
 
+    liveness: list[int] = []
+
+    async def read_liveness() -> None:
+        try:
+            async for reply in health.Watch(health_pb2.HealthCheckRequest(service="liveness")):
+                liveness.append(reply.status)
+        except grpc.aio.AioRpcError:
+            pass  # the server stopped
+
     reader = asyncio.ensure_future(read())
+    liveness_reader = asyncio.ensure_future(read_liveness())
     assert await asyncio.wait_for(seen.get(), 5) == SERVING
 
     stub.kill()
     assert await asyncio.wait_for(seen.get(), 5) == NOT_SERVING
     check = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert check.status == NOT_SERVING, "the overall service follows the engine too"
+    check = await health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
+    assert check.status == SERVING, "liveness does not follow the engine"
 
     start_stub("--bind", endpoint)
     assert await asyncio.wait_for(seen.get(), 10) == SERVING
@@ -49,3 +63,5 @@ async def test_health_follows_the_engine_and_shutdown(
     assert await asyncio.wait_for(seen.get(), 5) == NOT_SERVING
     await stopping
     reader.cancel()
+    await asyncio.wait_for(liveness_reader, 5)
+    assert liveness == [SERVING, NOT_SERVING], "liveness changes at shutdown only"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import urllib.request
 from collections.abc import Callable
 
+import pytest
 from google.protobuf.duration_pb2 import Duration
 from prometheus_client.parser import text_string_to_metric_families
 
+from control_service.errors import ControlError
 from control_service.gen.control.v1 import control_pb2 as pb
 from tests.harness import StartService, eventually, free_port
 from tests.stub_process import StubProcess
@@ -55,3 +58,18 @@ async def test_scrape_after_calls(
     assert m[("control_engine_malformed_frames_total", (("engine", "e0"),))] == 1
     assert m[("control_engine_late_replies_total", (("engine", "e0"),))] == 1
     assert m[("control_engine_rtt_seconds_count", (("engine", "e0"),))] == 1
+
+    await service.server.stop(grace=1.0)
+    with pytest.raises(OSError):  # the stopped server no longer holds the metrics port
+        await scrape(port)
+
+
+async def test_metrics_port_in_use_fails_the_start(
+    start_service: StartService, start_stub: Callable[..., StubProcess]
+) -> None:
+    stub = start_stub()
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        with pytest.raises(ControlError, match="cannot serve metrics on port"):
+            await start_service({"e0": stub.endpoint}, metrics_port=taken.getsockname()[1])
