@@ -43,10 +43,16 @@ class Metrics:
         )  # fmt: skip
         self.registry.register(_LinkCollector(links, budget))
         self._http: tuple[WSGIServer, threading.Thread] | None = None
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def call_ended(self, method: str, status: str, seconds: float) -> None:
-        self.calls.labels(method, status).inc()
-        self.latency.labels(method).observe(seconds)
+        """Count one finished call and observe its duration (once per call, at its end)."""
+        children = self._children.get((method, status))
+        if children is None:  # labels() costs more than the observation itself: look up once
+            children = (self.calls.labels(method, status), self.latency.labels(method))
+            self._children[(method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose /metrics over HTTP from a daemon thread (OSError if the port is taken)."""
