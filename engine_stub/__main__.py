@@ -41,6 +41,25 @@ def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return check
 
 
+def _curve_secret(text: str) -> Path:
+    """A zmq.auth key pair file with its secret key (checked now, not as a socket traceback)."""
+    import zmq.auth
+
+    try:
+        _public, secret = zmq.auth.load_certificate(text)
+    except (OSError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"{text}: not a zmq.auth key file ({err})") from None
+    if secret is None:
+        raise argparse.ArgumentTypeError(f"{text}: no secret key (give the .key_secret file)")
+    return Path(text)
+
+
+def _folder(text: str) -> Path:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return Path(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine_stub", description=__doc__)
     p.add_argument(
@@ -51,12 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default="engine-stub", help="the engine's name in logs")
     p.add_argument(
         "--curve-secret-key",
-        type=Path,
+        type=_curve_secret,
         help="CURVE: this engine's key pair (a zmq.auth .key_secret file); encrypts the link",
     )
     p.add_argument(
         "--curve-allowed-clients",
-        type=Path,
+        type=_folder,
         help="CURVE: a folder of client public keys (.key files); others are refused",
     )
     p.add_argument(
@@ -92,7 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the next pause/update_weights/resume fails with this gRPC status",
     )
     knobs.add_argument("--silent", action="store_true", help="receive requests, never reply")
-    return p.parse_args(argv)  # fmt: skip
+    args = p.parse_args(argv)
+    if args.curve_allowed_clients is not None and args.curve_secret_key is None:
+        p.error("--curve-allowed-clients needs --curve-secret-key")
+    return args  # fmt: skip
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 import zmq.auth
 
 from control_service.config import LinkConfig
 from control_service.gen.control.v1 import control_pb2 as pb
+from engine_stub.__main__ import parse_args as engine_stub_args
 from tests.harness import StartService
 from tests.stub_process import EngineClient, StubProcess
 
@@ -46,3 +48,26 @@ async def test_curve_link_with_right_and_wrong_keys(
     with EngineClient(stub.endpoint) as plain:
         plain.send("status")
         assert plain.nothing_within(1.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (("--curve-secret-key", "engine_public"), "no secret key"),
+        (("--curve-secret-key", "garbage"), "not a zmq.auth key file"),
+        (("--curve-secret-key", "engine", "--curve-allowed-clients", "nowhere"), "not a folder"),
+        (("--curve-allowed-clients", "allowed"), "needs --curve-secret-key"),
+    ],
+)
+def test_engine_stub_refuses_bad_curve_flags_with_one_line(
+    flags: tuple[str, ...], reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    k = keys(tmp_path)
+    (tmp_path / "garbage").write_text("no keys here\n")
+    named = {**k, "garbage": tmp_path / "garbage", "allowed": tmp_path / "allowed",
+             "nowhere": tmp_path / "nowhere"}  # fmt: skip
+    argv = [str(named.get(f, f)) for f in flags]
+    with pytest.raises(SystemExit) as info:
+        engine_stub_args(argv)
+    assert info.value.code == 2
+    assert reason in capsys.readouterr().err
