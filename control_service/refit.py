@@ -58,7 +58,9 @@ class RefitDriver:
         try:
             outcome = await self._steps()
         except Exception as err:  # a bug here must not strand the caller or the engines
-            log.exception("refit failed unexpectedly", request_id=self.command.request_id)
+            c = self.command  # every line about a call names its request_id, method and engine
+            log.exception("refit failed unexpectedly", request_id=c.request_id, method="Refit",
+                          engine=",".join(c.engines))  # fmt: skip
             outcome = Outcome(grpc.StatusCode.INTERNAL, f"refit failed: {err!r}", (), False)
         self.op.complete(outcome, await self._final_states())
 
