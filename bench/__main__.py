@@ -112,6 +112,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         fanout_calls=args.fanout_calls or base.fanout_calls,
         rounds=args.rounds or base.rounds,
     )
+    c = args.counts
+    if min(c.calls, c.calls_inflight, c.warmup, c.rss_calls, c.fanout_calls, c.rounds) < 0:
+        p.error("counts must not be negative")
+    if min(c.calls, c.calls_inflight) < 2 * c.rounds or c.fanout_calls < 2:
+        p.error("too few calls: each round needs at least 2 calls of each kind")
     if args.doc is None and not args.quick and not args.profile:
         args.doc = DOC
     return args

@@ -28,10 +28,14 @@ def py_spy() -> str | None:
 
 @contextlib.contextmanager
 def sampling(pid: int, out: Path, rate: int = 250) -> Iterator[None]:
-    """py-spy record on `pid` for the duration of the block."""
+    """py-spy record on `pid` for the duration of the block. Python frames only: time in C
+    (uvloop, gRPC's Cython and C core, libzmq) counts as the innermost Python frame's self time,
+    so the event loop's own `run` holds what its C callbacks cost. (py-spy --native splits
+    that further, but stops the process for each sample and over-counts system calls.)"""
     exe = py_spy()
     if exe is None:
         raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    out.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
          "--nonblocking", "--output", str(out)],
@@ -50,19 +54,31 @@ def sampling(pid: int, out: Path, rate: int = 250) -> Iterator[None]:
             raise RuntimeError(f"py-spy wrote nothing: {err.strip()[-500:]}")
 
 
-def _name(frame: str) -> str:
+def _name(frame: str) -> tuple[str, str]:
+    """("function (file)", file) of one collapsed-stack frame."""
     m = _FRAME.match(frame)
     if not m:
-        return frame
+        return frame, ""
     file = m["file"]
-    for marker in ("site-packages/", "lib/python3."):
+    for marker in ("site-packages/", "lib/python3.11/", "lib/python3."):
         if marker in file:
             file = file.split(marker, 1)[1]
-    return f"{m['func']} ({Path(file).name if '/' in file else file})"
+    return f"{m['func']} ({file})", file
+
+
+def _own_module(file: str) -> bool:
+    """A frame of the service's own code (py-spy may show control_service files bare)."""
+    return file.startswith("control_service/") or file in _SERVICE_FILES
+
+
+# py-spy may name the service's files bare; aio.py only starts the loop (it is on every stack).
+_SERVICE = Path(__file__).resolve().parent.parent / "control_service"
+_SERVICE_FILES = {p.name for p in _SERVICE.glob("*.py")} - {"aio.py"}
 
 
 def summarize(path: Path, top: int = 15) -> list[str]:
-    """The `top` functions by self samples and by total samples, as markdown lines."""
+    """Markdown: the `top` functions by self samples (any code), and the service's own
+    functions by total samples (anywhere on the stack: the inclusive cost of each step)."""
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
@@ -73,13 +89,14 @@ def summarize(path: Path, top: int = 15) -> list[str]:
         n = int(count)
         samples += n
         frames = [_name(f) for f in stack.split(";")]
-        own[frames[-1]] += n
-        for name in set(frames):
+        own[frames[-1][0]] += n
+        for name in {name for name, file in frames if _own_module(file)}:
             total[name] += n
     if not samples:
         return ["(no samples)"]
-    out = [f"{samples:,} busy samples", "", "| self | function |", "|--:|---|"]
+    out = [f"{samples:,} samples of the busy service (idle time is not sampled)", ""]
+    out += ["| self | function (innermost Python frame) |", "|--:|---|"]
     out += [f"| {n / samples:.1%} | {name} |" for name, n in own.most_common(top)]
-    out += ["", "| total | function |", "|--:|---|"]
+    out += ["", "| total | the service's own functions, inclusive |", "|--:|---|"]
     out += [f"| {n / samples:.1%} | {name} |" for name, n in total.most_common(top)]
     return out
