@@ -29,6 +29,7 @@ from control_service.slots import ReplySink, SlotBudget, SlotTable
 
 log = structlog.get_logger("control_service.engine_link")
 
+_HANDSHAKE = "handshake"
 _MONITOR_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
@@ -193,11 +194,21 @@ class EngineLink:
             self._set_up()
         elif event == zmq.EVENT_DISCONNECTED:
             self.counters.disconnects += 1
-            self._set_down("connection lost (engine exited or missed heartbeats)")
+            # A failed handshake is followed by DISCONNECTED: keep the reason that explains it.
+            if self.up or not self.down_reason.startswith(_HANDSHAKE):
+                self._set_down("connection lost (engine exited or missed heartbeats)")
         elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            self._set_down("handshake refused (authentication failed)")
+            self._handshake_failed(f"{_HANDSHAKE} refused: the engine does not accept our key")
         elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-            self._set_down("handshake failed")
+            self._handshake_failed(f"{_HANDSHAKE} failed: wrong CURVE server key or security mode")
+
+    def _handshake_failed(self, reason: str) -> None:
+        """The link never comes up and no call fails with it, so say it once in the log: an
+        operator with mismatched keys otherwise sees nothing but an unreachable engine."""
+        if reason != self.down_reason:
+            log.warning("engine handshake failed", engine=self.name, endpoint=self.endpoint,
+                        reason=reason)  # fmt: skip
+        self._set_down(reason)
 
     def _set_up(self) -> None:
         if not self.up:

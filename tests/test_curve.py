@@ -43,6 +43,16 @@ async def test_curve_link_with_right_and_wrong_keys(
     assert not await intruder.server.wait_engines_up(1.5), "a refused key never comes up"
     err, _ = await intruder.failed("Resume", pb.ResumeRequest(), timeout=5)
     assert err.code() == grpc.StatusCode.UNAVAILABLE
+    status = await intruder.stub.GetStatus(pb.GetStatusRequest(), timeout=5)
+    assert not status.engines[0].reachable
+    assert "handshake refused" in status.engines[0].error, "the operator is told why"
+
+    # The right client key but another server's public key: the engine cannot prove it is the
+    # engine, so the service never talks to it.
+    spoofed = LinkConfig(curve_server_key=k["intruder_public"], curve_client_key=k["service"])
+    fooled = await start_service([stub.endpoint], link=spoofed, wait_up=False)
+    assert not await fooled.server.wait_engines_up(1.5), "a wrong server key never comes up"
+    assert fooled.server.links["e0"].down_reason.startswith("handshake failed")
 
     # A plain (unencrypted) peer gets nothing either: no reply to a well-formed request.
     with EngineClient(stub.endpoint) as plain:
