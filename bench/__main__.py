@@ -1,7 +1,7 @@
 """The bridge against its floors, in one run, each party in its own process, on loopback.
 
-    .venv/bin/python -m bench              # full run (about 2 minutes on 2 cores); writes docs/benchmarks.md
-    .venv/bin/python -m bench --quick      # smoke run: every row, small counts (~20 s); writes nothing
+    .venv/bin/python -m bench              # full run (75-90 s on 2 cores); writes docs/benchmarks.md
+    .venv/bin/python -m bench --quick      # smoke run: every row, small counts (~6 s); writes nothing
     .venv/bin/python -m bench --no-fanout  # without the fan-out section (or --fanout-only)
 
 Rows: floor A (a raw grpc.aio server-streaming echo of one 128-byte message), floor B (a raw
@@ -36,7 +36,7 @@ DOC = REPO / "docs" / "benchmarks.md"
 FULL = cases.Counts(
     calls=5_000,
     calls_inflight=20_000,
-    warmup=5_000,
+    warmup=10_000,
     rss_calls=100_000,
     fanout_calls=1_000,
     rounds=5,
@@ -126,14 +126,14 @@ async def measure_all(
     args: argparse.Namespace, children: Children
 ) -> tuple[MainResult | None, FanoutResult | None]:
     n: cases.Counts = args.counts
-    main = fan = None
+    core = fan = None
     if not args.fanout_only:
         say(f"floors A and B and the bridge, {n.rounds} interleaved rounds")
-        main = await cases.floors_and_bridge(children, n, args.profile)
+        core = await cases.floors_and_bridge(children, n, args.profile)
     if not args.no_fanout:
         say("fan-out: Pause to 1, 8, 64 engines")
         fan = await cases.fanout(children, n)
-    return main, fan
+    return core, fan
 
 
 NOTES = [
@@ -141,6 +141,8 @@ NOTES = [
     "every row once); each row pools its rounds, and `per round` gives the range of a ratio over the rounds.",
     "- The bridge's engine is `engine_stub --instant`, run by bench/_engine.py, which only mutes the stub's per-request "
     "stdout line; at 64 in flight the service has 64 engine entries l0..l63 on that one engine process and worker w always calls l<w>.",
+    "- RSS: the service's VmRSS after the warm-up (by default 10,000 bridge calls, most at 64 in flight), after the rounds, "
+    "and after each quarter of the rest of the 100,000 calls (the measured ones count among them).",
     "- Fan-out: one service with 64 engine entries on 8 instant engine processes (8 entries each); 1 engine = one entry, "
     "8 engines = one entry on each process, 64 engines = all entries (a Pause with an empty `engines` list).",
 ]
@@ -154,22 +156,22 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with Children() as children:
-            main, fan = run(measure_all(args, children))
+            core, fan = run(measure_all(args, children))
     except BenchError as err:
         print(f"benchmark failed: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; every child process stopped", file=sys.stderr)
         return 130
-    text = render(main, fan, NOTES, environment(argv, load))
+    text = render(core, fan, NOTES, environment(argv, load))
     print(text)
-    if args.profile is not None and main is not None:
+    if args.profile is not None and core is not None:
         print("\n## Service profile (py-spy, bridge at 64 in flight)\n")
         print("\n".join(profile.summarize(args.profile)))
     if args.doc is not None:
         write_doc(args.doc, text)
         say(f"wrote {args.doc}")
-    lost = (sum(main.lost.values()) + main.service.end["open_slots"]) if main else 0
+    lost = (sum(core.lost.values()) + core.service.end["open_slots"]) if core else 0
     lost += (sum(fan.lost.values()) + fan.end["open_slots"]) if fan else 0
     return 0 if lost == 0 else 1
 

@@ -18,9 +18,11 @@ SIGTERM (or stdin closing) stops it too.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
+import tracemalloc
 from typing import Any
 
 from bench.procs import die_with_parent, emit, rss_kb
@@ -44,6 +46,9 @@ def stats(server: ControlServer) -> dict[str, Any]:
         "sent": sum(link.counters.sent for link in links),
         "send_failures": sum(link.counters.send_failures for link in links),
         "malformed": sum(link.counters.malformed for link in links),
+        # Python's own allocations, when run with PYTHONTRACEMALLOC=1 (a diagnostic: slow)
+        "traced_kb": tracemalloc.get_traced_memory()[0] // 1024 if tracemalloc.is_tracing() else -1,
+        "gc_objects": len(gc.get_objects()),
     }
 
 

@@ -40,7 +40,7 @@ CASES = {"a1": FLOOR_A, "b1": FLOOR_B, "bridge1": BRIDGE, "a64": FLOOR_A, "bridg
 class Counts:
     calls: int  # measured at 1 in flight: floors A and B, the bridge (over all rounds)
     calls_inflight: int  # measured at `inflight`: floor A, the bridge (over all rounds)
-    warmup: int  # bridge calls before the RSS baseline (half at 1, half at `inflight`)
+    warmup: int  # bridge calls before the RSS baseline (a tenth at 1, the rest at `inflight`)
     rss_calls: int  # bridge calls after the baseline, the measured ones included
     fanout_calls: int  # per fan-out width
     rounds: int = 5
@@ -110,16 +110,28 @@ def pause_calls(ch: grpc.aio.Channel, targets: list[list[str]], engines: int) ->
 # ------------------------------------------------------------------------ floors and bridge
 
 
+@dataclass(frozen=True)
+class Step:
+    """One row's share of a round: `total` calls over all rounds, `inflight` at a time."""
+
+    key: str  # "a1", "b1", "bridge1", "a64", "bridge64"
+    call: Call
+    total: int
+    inflight: int
+    cpu_of: dict[str, int | str]  # role -> pid whose CPU time to count
+
+
 async def floors_and_bridge(
     children: Children, n: Counts, profile_out: Path | None = None
 ) -> MainResult:
     """Floor A's echo server, floor B's ROUTER echo, one instant engine and the service
     (engine entries l0..l63, all on that engine: worker w always asks l<w>, as one engine runs
-    one mutation at a time) in their own processes; warm-up; the service's RSS baseline; the
-    interleaved rounds; the rest of the RSS run (bridge at 64 in flight); the service's own
+    one mutation at a time), each in its own process; warm-up; the service's RSS baseline; the
+    interleaved rounds; the rest of the RSS run (the bridge at 64 in flight); the service's own
     account of itself (open slots, counters, RSS) as it stops."""
-    grpc_echo, zmq_echo, engine = (children.spawn("bench.floors", "grpc"),
-                                   children.spawn("bench.floors", "zmq"), children.spawn("bench._engine"))  # fmt: skip
+    grpc_echo = children.spawn("bench.floors", "grpc")
+    zmq_echo = children.spawn("bench.floors", "zmq")
+    engine = children.spawn("bench._engine")
     for child in (grpc_echo, zmq_echo, engine):
         child.ready()
     entries = [f"l{i}={engine.info['endpoint']}" for i in range(n.inflight)]
@@ -128,44 +140,28 @@ async def floors_and_bridge(
     try:
         async with channel(grpc_echo.info["port"]) as a_ch, channel(service.info["port"]) as s_ch:
             with zmq_echo_call(zmq_echo.info["endpoint"]) as b1:
-                a = echo_call(a_ch)
                 names = service.info["engines"]
-                bridge1 = pause_calls(s_ch, [names[:1]], 1)
-                bridge64 = pause_calls(s_ch, [[name] for name in names], 1)
-                # (key, call, calls over all rounds, in flight, whose CPU time to count)
                 a_cpu = {"client": "self", "server": grpc_echo.proc.pid}
                 b_cpu = {"client": "self", "server": zmq_echo.proc.pid}
                 s_cpu = {"client": "self", "server": service.info["pid"], "engine": engine.proc.pid}
-                plan: list[tuple[str, Call, int, int, dict[str, int | str]]] = [
-                    ("a1", a, n.calls, 1, a_cpu), ("b1", b1, n.calls, 1, b_cpu),
-                    ("bridge1", bridge1, n.calls, 1, s_cpu),
-                    ("a64", a, n.calls_inflight, n.inflight, a_cpu),
-                    ("bridge64", bridge64, n.calls_inflight, n.inflight, s_cpu),
-                ]  # fmt: skip
-
+                a = echo_call(a_ch)
+                bridge1 = pause_calls(s_ch, [names[:1]], 1)
+                bridge64 = pause_calls(s_ch, [[name] for name in names], 1)
+                plan = [
+                    Step("a1", a, n.calls, 1, a_cpu),
+                    Step("b1", b1, n.calls, 1, b_cpu),
+                    Step("bridge1", bridge1, n.calls, 1, s_cpu),
+                    Step("a64", a, n.calls_inflight, n.inflight, a_cpu),
+                    Step("bridge64", bridge64, n.calls_inflight, n.inflight, s_cpu),
+                ]
                 say(f"  warm-up ({n.warmup:,} bridge calls)")
-                for key, call, _, inflight, _ in plan:
-                    if key.startswith("bridge"):
-                        lost.update((await measure(call, n.warmup // 2, inflight)).problems)
-                    else:
-                        await measure(call, max(n.warmup // 10, 50), inflight)
+                await _warm_up(plan, n.warmup, lost)
                 rss = [service.ask("stats")["rss_kb"]]
-
-                per_round: list[dict[str, Stats]] = []
-                for r in range(n.rounds):
-                    say(f"  round {r + 1}/{n.rounds}")
-                    got = {
-                        key: await measure(call, total // n.rounds, inflight, cpu)
-                        for key, call, total, inflight, cpu in plan
-                    }
-                    lost.update(got["bridge1"].problems + got["bridge64"].problems)
-                    per_round.append(got)
+                per_round = [await _round(plan, r, n.rounds, lost) for r in range(n.rounds)]
             children.stop(grpc_echo)
             children.stop(zmq_echo)
             rss.append(service.ask("stats")["rss_kb"])
-            measured = sum(
-                s.count for got in per_round for k, s in got.items() if k.startswith("bridge")
-            )
+            measured = sum(got[k].count for got in per_round for k in ("bridge1", "bridge64"))
             rest = max(n.rss_calls - measured, 0)
             say(f"  RSS run: {rest:,} more bridge calls at {n.inflight} in flight")
             with _maybe_profile(service, profile_out):
@@ -185,6 +181,29 @@ async def floors_and_bridge(
         f"{n.inflight} engine entries on 1 engine process; " + rows["bridge64"].note
     )
     return MainResult(rows, per_round, ServiceRun(rss, end, measured + rest), lost)
+
+
+async def _warm_up(plan: list[Step], bridge_calls: int, lost: Lost) -> None:
+    """Every step once. The bridge gets a tenth of `bridge_calls` at 1 in flight and the rest
+    at 64, which is what fills the service's allocators: its RSS climbs over the first ~20,000
+    calls, then flattens (the RSS steps in the report show it). The floors get a tenth each."""
+    for step in plan:
+        if step.key == "bridge1":
+            lost.update((await measure(step.call, bridge_calls // 10, 1)).problems)
+        elif step.key == "bridge64":
+            count = bridge_calls - bridge_calls // 10
+            lost.update((await measure(step.call, count, step.inflight)).problems)
+        else:
+            await measure(step.call, max(bridge_calls // 10, 50), step.inflight)
+
+
+async def _round(plan: list[Step], r: int, rounds: int, lost: Lost) -> dict[str, Stats]:
+    say(f"  round {r + 1}/{rounds}")
+    got = {}
+    for step in plan:
+        got[step.key] = await measure(step.call, step.total // rounds, step.inflight, step.cpu_of)
+    lost.update(got["bridge1"].problems + got["bridge64"].problems)
+    return got
 
 
 def _maybe_profile(service: Child, out: Path | None) -> contextlib.AbstractContextManager[None]:

@@ -222,12 +222,15 @@ def render(
 
 DOC_HEAD = """# Benchmarks
 
-The last full run of `.venv/bin/python -m bench` (see `bench/__main__.py` for what it measures
-and how). Every party runs in its own process on loopback: the load generator (a grpc.aio
-client; `in flight` = concurrent workers, each starting its next call when its last ended), the
-floor A echo server, the floor B ROUTER echo, the control service and the instant engine(s).
-Floors and bridge are measured in the same run by the same client code path. p50/p99 are
-nearest-rank percentiles of per-call latency at the client.
+The last full run of `.venv/bin/python -m bench` (about 70 s on 2 cores; `--quick` for a smoke
+run, `--help` for the counts; `bench/__main__.py` says what is measured and how). Every party
+runs in its own process on loopback: the load generator (a grpc.aio client; `in flight` =
+concurrent workers, each starting its next call when its last one ended), the floor A echo
+server, the floor B ROUTER echo, the control service and the instant engine(s). Floors and
+bridge are measured in the same run, by the same client code path, in interleaved rounds.
+p50/p99 are nearest-rank percentiles of per-call latency at the client. On a shared 2-core
+machine other work moves the numbers from run to run, the floors' with them: the ratios and
+their per-round ranges are steadier than the absolute figures.
 
 """
 
