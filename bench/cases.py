@@ -21,7 +21,7 @@ import zmq.asyncio
 
 from bench import profile
 from bench.floors import ECHO_METHOD, PAYLOAD
-from bench.load import Call, Stats, measure, stream_call
+from bench.load import Call, Pids, Stats, measure, stream_call
 from bench.procs import BenchError, Child, Children
 from bench.report import FanoutResult, MainResult, Row, ServiceRun, say
 from control_service.gen.control.v1 import control_pb2 as pb
@@ -118,7 +118,7 @@ class Step:
     call: Call
     total: int
     inflight: int
-    cpu_of: dict[str, int | str]  # role -> pid whose CPU time to count
+    cpu_of: dict[str, Pids]  # role -> the processes whose CPU time to count
 
 
 async def floors_and_bridge(
@@ -141,9 +141,11 @@ async def floors_and_bridge(
         async with channel(grpc_echo.info["port"]) as a_ch, channel(service.info["port"]) as s_ch:
             with zmq_echo_call(zmq_echo.info["endpoint"]) as b1:
                 names = service.info["engines"]
-                a_cpu = {"client": "self", "server": grpc_echo.proc.pid}
-                b_cpu = {"client": "self", "server": zmq_echo.proc.pid}
-                s_cpu = {"client": "self", "server": service.info["pid"], "engine": engine.proc.pid}
+                a_cpu: dict[str, Pids] = {"client": ("self",), "server": (grpc_echo.proc.pid,)}
+                b_cpu: dict[str, Pids] = {"client": ("self",), "server": (zmq_echo.proc.pid,)}
+                s_cpu: dict[str, Pids] = {
+                    "client": ("self",), "server": (service.info["pid"],), "engine": (engine.proc.pid,)
+                }  # fmt: skip
                 a = echo_call(a_ch)
                 bridge1 = pause_calls(s_ch, [names[:1]], 1)
                 bridge64 = pause_calls(s_ch, [[name] for name in names], 1)
@@ -251,13 +253,17 @@ async def fanout(children: Children, n: Counts) -> FanoutResult:
     }
     rows: list[Row] = []
     lost: Lost = collections.Counter()
+    cpu: dict[str, Pids] = {
+        "client": ("self",), "server": (service.info["pid"],),
+        "engine": tuple(engine.proc.pid for engine in engines),
+    }  # fmt: skip
     try:
         async with channel(service.info["port"]) as ch:
             for width, (names, layout) in widths.items():
                 say(f"  fan-out to {width}: {n.fanout_calls:,} calls")
                 call = pause_calls(ch, [names], width)
                 warm = await measure(call, max(n.fanout_calls // 10, 20), 1)
-                stats = await measure(call, n.fanout_calls, 1)
+                stats = await measure(call, n.fanout_calls, 1, cpu)
                 lost.update(warm.problems + stats.problems)
                 label = "engine" if width == 1 else "engines"
                 rows.append(

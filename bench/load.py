@@ -24,6 +24,8 @@ from bench.procs import cpu_s
 
 # A call returns None when it ended well, else the reason it did not (a status name, ...).
 Call = Callable[[int], Awaitable[str | None]]
+# The processes a role's CPU time is summed over: their pids ("self" for this process).
+Pids = tuple[int | str, ...]
 CALL_TIMEOUT_S = 10.0
 
 
@@ -80,11 +82,11 @@ class Stats:
 
 
 async def measure(
-    call: Call, count: int, inflight: int = 1, cpu_of: dict[str, int | str] | None = None
+    call: Call, count: int, inflight: int = 1, cpu_of: dict[str, Pids] | None = None
 ) -> Stats:
     """Run `count` calls, `inflight` at a time; worker w (0..inflight-1) passes w to `call`.
     The whole run is bounded (a call that never ends fails the run, it does not hang it).
-    `cpu_of` (role -> pid, "self" for this process): CPU time each used during the run."""
+    `cpu_of` (role -> pids, "self" for this process): CPU time each role used during the run."""
     cpu_of = cpu_of or {}
     latencies: list[int] = []
     problems: collections.Counter[str] = collections.Counter()
@@ -100,12 +102,12 @@ async def measure(
                 problems[problem] += 1
 
     bound = 120.0 + count / 200  # generous: only a hang can reach it
-    cpu_before = {role: cpu_s(pid) for role, pid in cpu_of.items()}
+    cpu_before = {role: _cpu(pids) for role, pids in cpu_of.items()}
     started = time.perf_counter()
     async with asyncio.timeout(bound):
         await asyncio.gather(*(worker(w) for w in range(min(inflight, count))))
     elapsed = time.perf_counter() - started
-    cpu = {role: cpu_s(pid) - cpu_before[role] for role, pid in cpu_of.items()}
+    cpu = {role: _cpu(pids) - cpu_before[role] for role, pids in cpu_of.items()}
     latencies.sort()
     return Stats(latencies, elapsed, inflight, problems, cpu)
 
@@ -127,3 +129,7 @@ def stream_call(
         return None if check(messages) else "no result"
 
     return call
+
+
+def _cpu(pids: Pids) -> float:
+    return sum(cpu_s(pid) for pid in pids)

@@ -80,16 +80,16 @@ def table(rows: list[Row]) -> list[str]:
     return out
 
 
-def cpu_table(main: MainResult) -> list[str]:
+def cpu_table(rows: list[Row]) -> list[str]:
     """CPU time per call of each process in a row (every thread: gRPC's and ZMQ's included)."""
     out = [
-        "CPU time per call, each process (user + system, all threads, from /proc/<pid>/stat):",
+        "CPU time per call, by process (user + system, all threads, from /proc/<pid>/stat; "
+        "engine = the sum over the engine processes):",
         "",
         "| case | in flight | load generator | server (echo server or service) | engine | all |",
         "|---|--:|--:|--:|--:|--:|",
     ]
-    for key in ("a1", "b1", "bridge1", "a64", "bridge64"):
-        row = main.rows[key]
+    for row in rows:
         s = row.stats
         roles = [s.cpu_us_per_call(role) for role in ("client", "server", "engine")]
         cells = ["—" if v is None else f"{v:,.0f} us" for v in roles]
@@ -214,7 +214,8 @@ def render(
     main: MainResult | None, fan: FanoutResult | None, notes: list[str], env: list[str]
 ) -> str:
     """The whole report: markdown, readable as plain text."""
-    cpu = [*cpu_table(main), ""] if main else []
+    measured = [r for r in rows(main, fan) if r.stats.cpu_s]
+    cpu = [*cpu_table(measured), ""] if measured else []
     return "\n".join(
         [*table(rows(main, fan)), "", *verdicts(main, fan), "", *cpu, *notes, "", *env]
     )
