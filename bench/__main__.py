@@ -5,15 +5,16 @@
     .venv/bin/python -m bench --no-fanout  # without the fan-out section (or --fanout-only)
 
 Rows: floor A (a raw grpc.aio server-streaming echo of one 128-byte message), floor B (a raw
-pyzmq DEALER/ROUTER echo of 128 bytes), the bridge (Pause through the service to an
-instant-reply engine) at 1 and 64 in flight, and Pause fanned out to 1, 8 and 64 engines. Then
-the targets: p50 and p99 ratios against the floors, the share of floor A's calls/s at 64 in
-flight, lost replies and open slots, the service's RSS growth over 100,000 calls after warm-up,
+pyzmq DEALER/ROUTER echo of 128 bytes), the naive bridge (bench/naive.py, the reference to
+beat) and the bridge (Pause through the service to an instant-reply engine) at 1 and 64 in
+flight, and Pause fanned out to 1, 8 and 64 engines. Then the targets: p50 and p99 ratios
+against the floors, the share of floor A's calls/s at 64 in flight, the bridge against the
+naive bridge, lost replies and open slots, the service's RSS growth over 100,000 calls after warm-up,
 and the fan-out's cost. The exit code is 1 when a call was lost or a slot left open (speed
 targets are reported, not enforced), 2 when the run itself failed.
 
 Processes: this one (the grpc.aio load generator), `bench.floors grpc` and `bench.floors zmq`
-(the floors' servers), `bench._service` (the ControlServer) and `bench._engine` (engine_stub
+(the floors' servers), `bench.naive` (the naive bridge, on the zmq echo), `bench._service` (the ControlServer) and `bench._engine` (engine_stub
 --instant; 1 process for the bridge, 8 for the fan-out). `--profile OUT` samples the service
 with py-spy during the RSS run (the bridge at 64 in flight) and prints the top functions.
 """
@@ -141,6 +142,9 @@ NOTES = [
     "every row once); each row pools its rounds, and `per round` gives the range of a ratio over the rounds.",
     "- The bridge's engine is `engine_stub --instant`, run by bench/_engine.py, which only mutes the stub's per-request "
     "stdout line; at 64 in flight the service has 64 engine entries l0..l63 on that one engine process and worker w always calls l<w>.",
+    "- The naive bridge (bench/naive.py) is the reference the issue names, built as `../shared/notes/grpc-zmq-facts.md` "
+    "describes it: a future per call in a dict, a zmq.asyncio DEALER per engine entry with a receive task each, one message "
+    "yielded; no validation, deadlines, metrics, JSON or retry records. It has the bridge's 64 entries, on floor B's echo.",
     "- RSS: the service's VmRSS after the warm-up (by default 10,000 bridge calls, most at 64 in flight), after the rounds, "
     "and after each quarter of the rest of the 100,000 calls (the measured ones count among them).",
     "- Fan-out: one service with 64 engine entries on 8 instant engine processes (8 entries each); 1 engine = one entry, "

@@ -33,7 +33,11 @@ RSS_STEPS = 4
 FLOOR_A = "floor A: grpc.aio server-stream echo, 128 B"
 FLOOR_B = "floor B: pyzmq DEALER/ROUTER echo, 128 B"
 BRIDGE = "bridge: Pause via service to instant engine"
-CASES = {"a1": FLOOR_A, "b1": FLOOR_B, "bridge1": BRIDGE, "a64": FLOOR_A, "bridge64": BRIDGE}
+NAIVE = "reference: naive bridge (bench/naive.py) to floor B's echo"
+CASES = {
+    "a1": FLOOR_A, "b1": FLOOR_B, "naive1": NAIVE, "bridge1": BRIDGE,
+    "a64": FLOOR_A, "naive64": NAIVE, "bridge64": BRIDGE,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,14 @@ def zmq_echo_call(endpoint: str) -> Iterator[Call]:
         ctx.term()
 
 
+def naive_calls(ch: grpc.aio.Channel, targets: list[list[str]]) -> Call:
+    """The naive bridge's Pause: the same requests as the bridge's; good when the stream ended
+    OK with the one payload its echo engine sent back."""
+    pause = ch.unary_stream(PAUSE_METHOD, request_serializer=pb.PauseRequest.SerializeToString)
+    requests = [pb.PauseRequest(engines=names) for names in targets]
+    return stream_call(pause, requests, lambda msgs: msgs == [PAYLOAD])
+
+
 def pause_calls(ch: grpc.aio.Channel, targets: list[list[str]], engines: int) -> Call:
     """Pause, worker w asking targets[w % len(targets)]; good when the stream ended OK with one
     Result from each of the `engines` engines asked."""
@@ -124,9 +136,10 @@ class Step:
 async def floors_and_bridge(
     children: Children, n: Counts, profile_out: Path | None = None
 ) -> MainResult:
-    """Floor A's echo server, floor B's ROUTER echo, one instant engine and the service
-    (engine entries l0..l63, all on that engine: worker w always asks l<w>, as one engine runs
-    one mutation at a time), each in its own process; warm-up; the service's RSS baseline; the
+    """Floor A's echo server, floor B's ROUTER echo, one instant engine, the service (engine
+    entries l0..l63, all on that engine: worker w always asks l<w>, as one engine runs one
+    mutation at a time) and the naive bridge (the same entries, on floor B's echo), each in its
+    own process; warm-up; the service's RSS baseline; the
     interleaved rounds; the rest of the RSS run (the bridge at 64 in flight); the service's own
     account of itself (open slots, counters, RSS) as it stops."""
     grpc_echo = children.spawn("bench.floors", "grpc")
@@ -136,9 +149,15 @@ async def floors_and_bridge(
         child.ready()
     entries = [f"l{i}={engine.info['endpoint']}" for i in range(n.inflight)]
     service = children.start("bench._service", *entries)
+    echo_entries = [f"l{i}={zmq_echo.info['endpoint']}" for i in range(n.inflight)]
+    naive = children.start("bench.naive", *echo_entries)
     lost: Lost = collections.Counter()
     try:
-        async with channel(grpc_echo.info["port"]) as a_ch, channel(service.info["port"]) as s_ch:
+        async with (
+            channel(grpc_echo.info["port"]) as a_ch,
+            channel(service.info["port"]) as s_ch,
+            channel(naive.info["port"]) as n_ch,
+        ):
             with zmq_echo_call(zmq_echo.info["endpoint"]) as b1:
                 names = service.info["engines"]
                 a_cpu: dict[str, Pids] = {"client": ("self",), "server": (grpc_echo.proc.pid,)}
@@ -146,20 +165,28 @@ async def floors_and_bridge(
                 s_cpu: dict[str, Pids] = {
                     "client": ("self",), "server": (service.info["pid"],), "engine": (engine.proc.pid,)
                 }  # fmt: skip
+                n_cpu: dict[str, Pids] = {
+                    "client": ("self",), "server": (naive.info["pid"],), "engine": (zmq_echo.proc.pid,)
+                }  # fmt: skip
                 a = echo_call(a_ch)
+                naive1 = naive_calls(n_ch, [names[:1]])
+                naive64 = naive_calls(n_ch, [[name] for name in names])
                 bridge1 = pause_calls(s_ch, [names[:1]], 1)
                 bridge64 = pause_calls(s_ch, [[name] for name in names], 1)
                 plan = [
                     Step("a1", a, n.calls, 1, a_cpu),
                     Step("b1", b1, n.calls, 1, b_cpu),
+                    Step("naive1", naive1, n.calls, 1, n_cpu),
                     Step("bridge1", bridge1, n.calls, 1, s_cpu),
                     Step("a64", a, n.calls_inflight, n.inflight, a_cpu),
+                    Step("naive64", naive64, n.calls_inflight, n.inflight, n_cpu),
                     Step("bridge64", bridge64, n.calls_inflight, n.inflight, s_cpu),
                 ]
                 say(f"  warm-up ({n.warmup:,} bridge calls)")
                 await _warm_up(plan, n.warmup, lost)
                 rss = [service.ask("stats")["rss_kb"]]
                 per_round = [await _round(plan, r, n.rounds, lost) for r in range(n.rounds)]
+            children.stop(naive)
             children.stop(grpc_echo)
             children.stop(zmq_echo)
             rss.append(service.ask("stats")["rss_kb"])
@@ -179,9 +206,8 @@ async def floors_and_bridge(
     for key, name in CASES.items():
         stats = Stats.merge([got[key] for got in per_round])
         rows[key] = Row(name, stats, note(stats))
-    rows["bridge64"].note = (
-        f"{n.inflight} engine entries on 1 engine process; " + rows["bridge64"].note
-    )
+    for key in ("bridge64", "naive64"):
+        rows[key].note = f"{n.inflight} engine entries on 1 engine process; " + rows[key].note
     return MainResult(rows, per_round, ServiceRun(rss, end, measured + rest), lost)
 
 

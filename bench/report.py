@@ -143,6 +143,7 @@ def verdicts(main: MainResult | None, fan: FanoutResult | None) -> list[str]:
             share >= RATE_SHARE_MIN,
             f"calls/s at {br64.inflight} in flight, bridge / floor A = {br64.rate:,.0f} / {a64.rate:,.0f} = **{share:.0%}** ({shares}; target >= {RATE_SHARE_MIN:.0%})",
         )
+        lines.extend(_against_naive(r, rounds))
     lost = (main.lost if main else collections.Counter()) + (
         fan.lost if fan else collections.Counter()
     )
@@ -172,6 +173,23 @@ def verdicts(main: MainResult | None, fan: FanoutResult | None) -> list[str]:
             f"fan-out: Pause to 64 engines costs **{x50:.1f}x** the p50 of one engine (p99 {x99:.1f}x; target <= {FANOUT_P50_MAX:g}x)",
         )
     return lines
+
+
+def _against_naive(r: dict[str, Stats], rounds: list[dict[str, Stats]]) -> list[str]:
+    """The reference the issue names: the bridge must beat a naive bridge, measured here in the
+    same rounds and the same engine-entry layout (its ratios to the floors shown alike)."""
+    a1, b1, a64, nv1, nv64 = r["a1"], r["b1"], r["a64"], r["naive1"], r["naive64"]
+    br1, br64 = r["bridge1"], r["bridge64"]
+    floors = a1.p50_us + b1.p50_us
+    p50 = br1.p50_us / nv1.p50_us
+    p99 = br1.p99_us / nv1.p99_us
+    rate = br64.rate / nv64.rate
+    p50s = _spread([g["bridge1"].p50_us / g["naive1"].p50_us for g in rounds], ".2f")
+    rates = _spread([g["bridge64"].rate / g["naive64"].rate for g in rounds], ".2f")
+    return [
+        f"- the naive bridge, for reference: p50 ratio to the floors {nv1.p50_us / floors:.2f}, p99 ratio {nv1.p99_us / (a1.p99_us + b1.p99_us):.2f}, calls/s at {nv64.inflight} in flight {nv64.rate / a64.rate:.0%} of floor A's",
+        f"- bridge / naive bridge: p50 {br1.p50_us:,.0f} / {nv1.p50_us:,.0f} = **{p50:.2f}** ({p50s}), p99 **{p99:.2f}**, calls/s at {br64.inflight} in flight {br64.rate:,.0f} / {nv64.rate:,.0f} = **{rate:.2f}** ({rates}; to beat it: p50 < 1, calls/s > 1): {_mark(p50 < 1 and rate > 1)}",
+    ]
 
 
 def _version(package: str) -> str | None:
@@ -206,7 +224,8 @@ def environment(argv: list[str], load: tuple[float, float, float]) -> list[str]:
 
 
 def rows(main: MainResult | None, fan: FanoutResult | None) -> list[Row]:
-    out = [main.rows[k] for k in ("a1", "a64", "b1", "bridge1", "bridge64")] if main else []
+    keys = ("a1", "a64", "b1", "naive1", "naive64", "bridge1", "bridge64")
+    out = [main.rows[k] for k in keys] if main else []
     return out + (fan.rows if fan else [])
 
 
