@@ -21,9 +21,11 @@ def run(*args: str) -> str:
 
 def test_bench_quick_prints_every_row() -> None:
     out = run("bench.run", "--quick")
-    for row in ("floor A", "floor B", "bridge: Pause via service", "fan-out: Pause to 64"):
+    rows = ("floor A", "floor B", "naive bridge", "bridge: Pause via service", "fan-out: Pause to 64")
+    for row in rows:
         assert row in out
     assert "lost replies: **0**, open slots at the end: **0**" in out
+    assert "bridge / naive bridge: p50" in out
 
 
 def test_soak_short_run_loses_nothing() -> None:
