@@ -2,20 +2,32 @@
 
 What the service already counts (open slots, late and malformed replies, engine up) is read at
 scrape time by a collector: the reply path pays nothing for it. Calls by method and status and
-their latency are observed once, where each call ends. Engine round-trip time is observed on the
-status probes (GetStatus and each Refit's final probe), off the mutating calls' hot path.
+their latency are counted once, where each call ends, into plain ints (`CallStats`) that the
+same collector turns into a counter and a histogram at scrape time. prometheus_client's own
+Counter and Histogram take a lock per increment and a label lookup per call: ~18 us of the
+service's CPU per call in the real server (A/B at 64 in flight: +4% calls/s without them).
+Everything runs on the event loop's thread, so the ints need no lock; a scrape (another thread)
+reads copies. Engine round-trip time is observed on the status probes (GetStatus and each
+Refit's final probe), off the mutating calls' hot path, with a regular Histogram.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from control_service.engine_link import EngineLink
@@ -26,33 +38,58 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _RTT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
+class CallStats:
+    """Calls by (method, status) and a latency histogram per method, as plain numbers."""
+
+    __slots__ = ("counts", "latency")
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        # method -> [count per bucket (the last one is +Inf)..., sum of seconds]
+        self.latency: dict[str, list[float]] = {}
+
+    def add(self, method: str, status: str, seconds: float) -> None:
+        key = (method, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        row = self.latency.get(method)
+        if row is None:
+            row = self.latency[method] = [0] * (len(_LATENCY_BUCKETS) + 1) + [0.0]
+        row[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        row[-1] += seconds
+
+    def families(self) -> Iterable[Metric]:
+        calls = CounterMetricFamily(
+            "control_calls", "Calls by method and final gRPC status.", labels=["method", "status"]
+        )
+        for (method, status), count in list(self.counts.items()):
+            calls.add_metric([method, status], count)
+        latency = HistogramMetricFamily(
+            "control_call_duration_seconds", "Call duration by method.", labels=["method"]
+        )
+        for method, live in list(self.latency.items()):
+            row = list(live)  # a copy: the event loop may add a call while we read
+            cumulative, buckets = 0, []
+            for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), row[:-1], strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            latency.add_metric([method], buckets, sum_value=row[-1])
+        yield from (calls, latency)
+
+
 class Metrics:
     def __init__(self, links: Mapping[str, EngineLink], budget: SlotBudget) -> None:
         self.registry = CollectorRegistry()
-        self.calls = Counter(
-            "control_calls", "Calls by method and final gRPC status.", ["method", "status"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "control_call_duration_seconds", "Call duration by method.", ["method"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+        self.call_stats = CallStats()
         self.engine_rtt = Histogram(
             "control_engine_rtt_seconds", "Status probe round trip per engine.", ["engine"],
             buckets=_RTT_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        self.registry.register(_LinkCollector(links, budget))
+        self.registry.register(_LinkCollector(links, budget, self.call_stats))
         self._http: tuple[WSGIServer, threading.Thread] | None = None
-        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def call_ended(self, method: str, status: str, seconds: float) -> None:
-        """Count one finished call and observe its duration (once per call, at its end)."""
-        children = self._children.get((method, status))
-        if children is None:  # labels() costs more than the observation itself: look up once
-            children = (self.calls.labels(method, status), self.latency.labels(method))
-            self._children[(method, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """Count one finished call and its duration (once per call, at its end)."""
+        self.call_stats.add(method, status, seconds)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose /metrics over HTTP from a daemon thread (OSError if the port is taken)."""
@@ -69,9 +106,12 @@ class Metrics:
 
 
 class _LinkCollector(Collector):
-    def __init__(self, links: Mapping[str, EngineLink], budget: SlotBudget) -> None:
+    def __init__(
+        self, links: Mapping[str, EngineLink], budget: SlotBudget, calls: CallStats
+    ) -> None:
         self._links = links
         self._budget = budget
+        self._calls = calls
 
     def collect(self) -> Iterable[Metric]:
         slots = GaugeMetricFamily("control_open_slots", "Reply slots open now.")
@@ -93,3 +133,4 @@ class _LinkCollector(Collector):
             late.add_metric([name], link.slots.counters.unmatched)
             malformed.add_metric([name], link.counters.malformed)
         yield from (slots, up, late, malformed)
+        yield from self._calls.families()

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from control_service.errors import ControlError
 from control_service.gen.control.v1 import control_pb2 as pb
+from control_service.metrics import CallStats
 from tests.harness import StartService, eventually, free_port
 from tests.stub_process import StubProcess
 
@@ -53,6 +54,8 @@ async def test_scrape_after_calls(
     assert m[("control_calls_total", (("method", "Resume"), ("status", "DEADLINE_EXCEEDED")))] == 1
     assert m[("control_calls_total", (("method", "GetStatus"), ("status", "OK")))] == 1
     assert m[("control_call_duration_seconds_count", (("method", "Pause"),))] == 2
+    assert m[("control_call_duration_seconds_bucket", (("le", "+Inf"), ("method", "Pause")))] == 2
+    assert 0 < m[("control_call_duration_seconds_sum", (("method", "Pause"),))] < 20
     assert m[("control_open_slots", ())] == 0
     assert m[("control_engine_up", (("engine", "e0"),))] == 1
     assert m[("control_engine_malformed_frames_total", (("engine", "e0"),))] == 1
@@ -73,3 +76,18 @@ async def test_metrics_port_in_use_fails_the_start(
         taken.listen()
         with pytest.raises(ControlError, match="cannot serve metrics on port"):
             await start_service({"e0": stub.endpoint}, metrics_port=taken.getsockname()[1])
+
+
+def test_call_stats_buckets_are_cumulative_and_bounds_inclusive() -> None:
+    stats = CallStats()
+    for seconds in (0.001, 0.0011, 0.3, 1000.0):  # on a bound, just over it, mid, past the last
+        stats.add("Pause", "OK", seconds)
+    stats.add("Pause", "ABORTED", 0.002)
+    calls, latency = list(stats.families())
+    counts = {tuple(s.labels.values()): s.value for s in calls.samples}
+    assert counts == {("Pause", "OK"): 4, ("Pause", "ABORTED"): 1}
+    buckets = {s.labels["le"]: s.value for s in latency.samples if s.name.endswith("_bucket")}
+    assert buckets["0.001"] == 1 and buckets["0.0025"] == 3 and buckets["0.5"] == 4
+    assert buckets["300.0"] == 4 and buckets["+Inf"] == 5
+    total = next(s.value for s in latency.samples if s.name.endswith("_sum"))
+    assert total == pytest.approx(1000.3041)
