@@ -41,6 +41,13 @@ _MONITOR_EVENTS = (
 # A hard transport cap far above the protocol's limit: ZMQ drops the *connection* on a larger
 # message, so the protocol limit is enforced per frame in wire.decode_reply instead.
 _TRANSPORT_MAX_BYTES = 64 << 20
+# Plain ints: pyzmq's constants are enum flags, and flag arithmetic (`EVENTS & POLLIN`,
+# `SNDMORE | NOBLOCK`) builds enum objects, a measurable share of a call's cost.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_COPY_BELOW = 65536  # bodies under this are copied (cheaper than tracking a zero-copy frame)
 
 
 @dataclass(slots=True)
@@ -136,13 +143,17 @@ class EngineLink:
         sock = self._sock
         assert sock is not None and self._loop is not None
         try:
-            sock.send_multipart((b"", body), zmq.NOBLOCK, copy=len(body) < 65536)
+            # Two sends rather than send_multipart: same frames, a third of the cost (no
+            # per-frame type checks, no flag arithmetic). With IMMEDIATE=1 only the first
+            # frame can raise Again; once it is queued the message is sent whole.
+            sock.send(b"", _MORE_NOBLOCK)
+            sock.send(body, _NOBLOCK, copy=len(body) < _COPY_BELOW)
         except zmq.Again:
             self.counters.send_failures += 1
             raise unavailable(
                 f"engine {self.name} is not accepting requests (no peer or queue full)"
             ) from None
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if sock.getsockopt(_EVENTS) & _POLLIN:
             self._loop.call_soon(self._drain)
 
     # ------------------------------------------------------------------------------- replies
@@ -150,8 +161,8 @@ class EngineLink:
     def _drain(self) -> None:
         """Read every queued message. Asking EVENTS first is cheaper than a raised zmq.Again."""
         sock = self._sock
-        while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._on_frames(sock.recv_multipart(zmq.NOBLOCK))
+        while sock is not None and sock.getsockopt(_EVENTS) & _POLLIN:
+            self._on_frames(sock.recv_multipart(_NOBLOCK))
             sock = self._sock
 
     def _on_frames(self, frames: list[bytes]) -> None:
