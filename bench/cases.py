@@ -95,14 +95,6 @@ def zmq_echo_call(endpoint: str) -> Iterator[Call]:
         ctx.term()
 
 
-def naive_calls(ch: grpc.aio.Channel, targets: list[list[str]]) -> Call:
-    """The naive bridge's Pause: the same requests as the bridge's; good when the stream ended
-    OK with the one payload its echo engine sent back."""
-    pause = ch.unary_stream(PAUSE_METHOD, request_serializer=pb.PauseRequest.SerializeToString)
-    requests = [pb.PauseRequest(engines=names) for names in targets]
-    return stream_call(pause, requests, lambda msgs: msgs == [PAYLOAD])
-
-
 def pause_calls(ch: grpc.aio.Channel, targets: list[list[str]], engines: int) -> Call:
     """Pause, worker w asking targets[w % len(targets)]; good when the stream ended OK with one
     Result from each of the `engines` engines asked."""
@@ -169,8 +161,8 @@ async def floors_and_bridge(
                     "client": ("self",), "server": (naive.info["pid"],), "engine": (zmq_echo.proc.pid,)
                 }  # fmt: skip
                 a = echo_call(a_ch)
-                naive1 = naive_calls(n_ch, [names[:1]])
-                naive64 = naive_calls(n_ch, [[name] for name in names])
+                naive1 = pause_calls(n_ch, [names[:1]], 1)
+                naive64 = pause_calls(n_ch, [[name] for name in names], 1)
                 bridge1 = pause_calls(s_ch, [names[:1]], 1)
                 bridge64 = pause_calls(s_ch, [[name] for name in names], 1)
                 plan = [

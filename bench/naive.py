@@ -8,9 +8,11 @@ metrics, no JSON, no retry records: only the transport. Its engine is floor B's 
 (`bench.floors zmq`), which sends each request back as its reply.
 
 It serves `/control.v1.ControlService/Pause` (bytes in, bytes out: the request is a serialized
-PauseRequest whose first engine name picks the DEALER; the reply is the 128-byte payload the
-echo returned), so the load generator calls it exactly as it calls the service, with the same
-engine-entry layout. Prints `{"port", "pid", "engines"}` and runs until SIGTERM.
+PauseRequest whose first engine name picks the DEALER; the reply is what the echo returned: a
+serialized ControlEvent with a Result, built once at start, the same size as the bridge's), so
+the load generator calls it exactly as it calls the service (same requests, same parsing and
+check of the reply), with the same engine-entry layout. Prints `{"port", "pid", "engines"}`
+and runs until SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ import grpc
 import zmq
 import zmq.asyncio
 
-from bench.floors import PAYLOAD
 from bench.procs import die_with_parent, emit
 from control_service.aio import run
 from control_service.gen.control.v1 import control_pb2 as pb
+
+# What the instant engine's Result becomes in the bridge, serialized once: no per-call protobuf.
+REPLY = pb.ControlEvent(
+    request_id="0123456789ab-1", engine="l0", seq=1,
+    result=pb.Result(state=pb.EngineState(paused=True, weight_version="v0"), message="instant"),
+).SerializeToString()  # fmt: skip
 
 
 async def serve(entries: list[str]) -> None:
@@ -56,7 +63,7 @@ async def serve(entries: list[str]) -> None:
         future = asyncio.get_running_loop().create_future()
         slots[rid] = future  # the slot first, then the send
         try:
-            await sock.send_multipart((b"", rid, PAYLOAD))
+            await sock.send_multipart((b"", rid, REPLY))
             yield await future
         finally:
             slots.pop(rid, None)
