@@ -1,6 +1,6 @@
 """The control service under test, in its own process:
 
-    python -m bench._service NAME=ENDPOINT [NAME=ENDPOINT ...]
+    python -m bench._service [--account] NAME=ENDPOINT [NAME=ENDPOINT ...]
 
 Starts `ControlServer` with those engine entries on 127.0.0.1:0 (logging at warning), waits for
 every engine link to be up, then prints `{"port", "pid", "engines"}`. Commands on stdin, one a
@@ -8,7 +8,7 @@ line, each answered by one JSON line:
 
 - `stats`: `rss_kb` (VmRSS from /proc/self/status), `open_slots`, `running` operations, and the
   slot counters summed over the links (`delivered`, `unmatched`) and `sent`, `send_failures`,
-  `malformed`;
+  `malformed`; with `--account`, `account_ns`: CPU time by phase of a call (bench/_accounting.py);
 - `stop`: the same stats (read while still serving, so open slots mean leaked slots), then a
   graceful stop; the line adds `stopped_open_slots`. The process then exits 0.
 
@@ -25,6 +25,7 @@ import sys
 import tracemalloc
 from typing import Any
 
+from bench import _accounting
 from bench.procs import die_with_parent, emit, rss_kb
 from control_service.aio import run
 from control_service.config import EngineConfig, ServiceConfig
@@ -49,6 +50,8 @@ def stats(server: ControlServer) -> dict[str, Any]:
         # Python's own allocations, when run with PYTHONTRACEMALLOC=1 (a diagnostic: slow)
         "traced_kb": tracemalloc.get_traced_memory()[0] // 1024 if tracemalloc.is_tracing() else -1,
         "gc_objects": len(gc.get_objects()),
+        # CPU time by phase of a call, when run with --account (see bench/_accounting.py)
+        "account_ns": _accounting.snapshot(),
     }
 
 
@@ -93,6 +96,10 @@ async def serve(entries: list[str]) -> int:
 
 if __name__ == "__main__":
     die_with_parent()
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m bench._service NAME=ENDPOINT [NAME=ENDPOINT ...]")
-    sys.exit(run(serve(sys.argv[1:])))
+    argv = sys.argv[1:]
+    if "--account" in argv:
+        argv.remove("--account")
+        _accounting.install()
+    if not argv:
+        sys.exit("usage: python -m bench._service [--account] NAME=ENDPOINT [NAME=ENDPOINT ...]")
+    sys.exit(run(serve(argv)))

@@ -31,3 +31,15 @@ def test_bench_quick_prints_every_row() -> None:
 def test_soak_short_run_loses_nothing() -> None:
     out = run("bench.soak", "--calls", "3000", "--warmup", "500")
     assert "lost replies: 0" in out and "open slots at the end: 0 " in out
+
+
+def test_account_shows_every_phase_of_a_call() -> None:
+    out = run("bench.account", "--calls", "300", "--inflight", "8")
+    tables = out.split("### ")[1:]
+    assert [t.split(" in flight")[0] for t in tables] == ["1", "8"]
+    phases = ("validate", "submit", "zmq send", "reply: zmq recv", "decode, deliver",
+              "ControlEvent", "unsubscribe", "end:", "our code")  # fmt: skip
+    for table in tables:
+        for phase in phases:  # each phase was entered, so each wrapper is in place
+            row = next(line for line in table.splitlines() if phase in line)
+            assert float(row.split("|")[2].strip(" *").replace(",", "")) > 0, row
