@@ -75,6 +75,7 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self.closing = False
+        self._loop = asyncio.get_running_loop()  # built by ControlServer.start, on its loop
 
     # ------------------------------------------------------------------------------ admission
 
@@ -98,7 +99,7 @@ class Dispatcher:
         sub = op.subscribe()
         self._open_slots(op)
         self._register(op)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         op.timer = loop.call_at(command.deadline, self._expire, op)
         self._send_all(op, loop.time())
         return op, sub
@@ -121,7 +122,7 @@ class Dispatcher:
         sub = op.subscribe()
         self._register(op)
         driver = RefitDriver(op, self._start_step, self._probe)
-        task = asyncio.get_running_loop().create_task(driver.run())
+        task = self._loop.create_task(driver.run())
         self._drivers.add(task)
         task.add_done_callback(self._drivers.discard)
         return op, sub
@@ -151,7 +152,7 @@ class Dispatcher:
         entry = self._records.get(request_id)
         if entry is None:
             return None
-        if asyncio.get_running_loop().time() - entry[0] > self.config.retry_window_s:
+        if self._loop.time() - entry[0] > self.config.retry_window_s:
             del self._records[request_id]
             return None
         return entry[1]
@@ -202,7 +203,7 @@ class Dispatcher:
         if grace <= 0:
             self._detached(op)
         else:
-            op.detach_timer = asyncio.get_running_loop().call_later(grace, self._detached, op)
+            op.detach_timer = self._loop.call_later(grace, self._detached, op)
 
     def _detached(self, op: Operation) -> None:
         op.detach_timer = None
@@ -250,7 +251,7 @@ class Dispatcher:
 
     def _remember(self, request_id: str, op: Operation) -> None:
         records = self._records
-        records[request_id] = (asyncio.get_running_loop().time(), op)
+        records[request_id] = (self._loop.time(), op)
         records.move_to_end(request_id)
         while len(records) > self.config.retry_max_records:
             records.popitem(last=False)

@@ -244,11 +244,15 @@ class Operation:
         self._on_finished(self)
 
 
+_OK_REPORTED = Outcome(grpc.StatusCode.OK, "", (), engine_reported=True)
+_OK_UNREPORTED = Outcome(grpc.StatusCode.OK, "", (), engine_reported=False)
+
+
 def summarize(failures: list[EngineFailure], engines: int, engine_reported: bool) -> Outcome:
     """The documented rule: OK if every engine succeeded; else UNAVAILABLE if any engine was
     unreachable; else the code of the first engine to fail. The message names every failure."""
     if not failures:
-        return Outcome(grpc.StatusCode.OK, "", (), engine_reported)
+        return _OK_REPORTED if engine_reported else _OK_UNREPORTED
     codes = {f.code for f in failures}
     code = grpc.StatusCode.UNAVAILABLE if grpc.StatusCode.UNAVAILABLE in codes else failures[0].code
     listed = "; ".join(f"{f.engine}: {f.code.name}: {f.message}" for f in failures)
