@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; every child process stopped", file=sys.stderr)
         return 130
-    text = render(core, fan, NOTES, environment(argv, load))
+    text = render(core, fan, NOTES, environment("bench", argv, load))
     print(text)
     if args.profile is not None and core is not None:
         print("\n## Service profile (py-spy, bridge at 64 in flight)\n")

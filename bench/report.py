@@ -199,7 +199,7 @@ def _version(package: str) -> str | None:
         return None
 
 
-def environment(argv: list[str], load: tuple[float, float, float]) -> list[str]:
+def environment(module: str, argv: list[str], load: tuple[float, float, float]) -> list[str]:
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         cpu = next(
@@ -217,7 +217,7 @@ def environment(argv: list[str], load: tuple[float, float, float]) -> list[str]:
     loop = "uvloop" if _version("uvloop") else "asyncio"
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
-        f"- command: `{shlex.join(['.venv/bin/python', '-m', 'bench', *argv])}`",
+        f"- command: `{shlex.join(['.venv/bin/python', '-m', module, *argv])}`",
         f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; nproc: {nproc}; CPU: {cpu}; load average before the run: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)",
         f"- Python {platform.python_version()}, {packages}, libzmq {zmq.zmq_version()}; event loop: {loop} in every process",
     ]
@@ -246,8 +246,10 @@ The last full run of `.venv/bin/python -m bench` (about 70 s on 2 cores; `--quic
 run, `--help` for the counts; `bench/__main__.py` says what is measured and how). Every party
 runs in its own process on loopback: the load generator (a grpc.aio client; `in flight` =
 concurrent workers, each starting its next call when its last one ended), the floor A echo
-server, the floor B ROUTER echo, the control service and the instant engine(s). Floors and
-bridge are measured in the same run, by the same client code path, in interleaved rounds.
+server, the floor B ROUTER echo, the naive bridge (bench/naive.py, the reference to beat), the
+control service and the instant engine(s). Floors, naive bridge and bridge are measured in the
+same run, by the same client code path, in interleaved rounds. Where the service's own CPU goes,
+phase by phase: [where-the-time-goes.md](where-the-time-goes.md) (`python -m bench.account`).
 p50/p99 are nearest-rank percentiles of per-call latency at the client. On a shared 2-core
 machine other work moves the numbers from run to run, the floors' with them: the ratios and
 their per-round ranges are steadier than the absolute figures.
