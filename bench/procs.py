@@ -73,17 +73,18 @@ def emit(**fields: Any) -> None:
 
 
 class Child:
-    """One child process (`python -m module args`) speaking JSON lines."""
+    """One child process (`python -m module args`) speaking JSON lines. `repo`: the checkout
+    its code is imported from (this one by default; bench.ab runs two side by side)."""
 
-    def __init__(self, module: str, *args: str) -> None:
+    def __init__(self, module: str, *args: str, repo: Path = REPO) -> None:
         self.name = module.rsplit(".", 1)[-1] + (f" {args[0]}" if args else "")
         env = dict(
             os.environ,
-            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH", "")])),
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=repo, env=env, text=True,
             start_new_session=True,
         )  # fmt: skip
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -154,15 +155,17 @@ class Children:
     def __init__(self) -> None:
         self._all: list[Child] = []
 
-    def spawn(self, module: str, *args: str) -> Child:
+    def spawn(self, module: str, *args: str, repo: Path = REPO) -> Child:
         """Start a child without waiting for it (call its `ready` before use)."""
-        child = Child(module, *args)
+        child = Child(module, *args, repo=repo)
         self._all.append(child)
         return child
 
-    def start(self, module: str, *args: str, timeout: float = READY_TIMEOUT_S) -> Child:
+    def start(
+        self, module: str, *args: str, timeout: float = READY_TIMEOUT_S, repo: Path = REPO
+    ) -> Child:
         """Start a child and wait (bounded) for its ready line."""
-        child = self.spawn(module, *args)
+        child = self.spawn(module, *args, repo=repo)
         child.ready(timeout)
         return child
 

@@ -43,3 +43,22 @@ def test_account_shows_every_phase_of_a_call() -> None:
         for phase in phases:  # each phase was entered, so each wrapper is in place
             row = next(line for line in table.splitlines() if phase in line)
             assert float(row.split("|")[2].strip(" *").replace(",", "")) > 0, row
+
+
+def test_ab_compares_two_checkouts() -> None:
+    # A folder as the base, so that the test does not need git history (an A/A run)
+    out = run("bench.ab", str(ROOT), "--rounds", "2", "--calls", "300", "--inflight", "8")
+    assert "2 interleaved rounds of 300 Pause calls at 8 in flight" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"A", "B", "B / A"} <= set(rows)
+    ratio = float(rows["B / A"].split("|")[3])  # calls/s, B over A: both sides ran calls
+    assert ratio > 0
+
+
+def test_ab_refuses_an_unknown_revision() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ab", "no-such-rev"], cwd=ROOT, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "bench.ab: cannot check out 'no-such-rev'" in done.stderr
