@@ -96,7 +96,7 @@ class StepTimeouts:
 
 
 RefitPolicyName = Literal["resume_old_weights", "stay_paused"]
-REFIT_POLICIES: dict[str, int] = {
+REFIT_POLICIES: dict[str, control_pb2.RefitFailurePolicy] = {
     "resume_old_weights": control_pb2.REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS,
     "stay_paused": control_pb2.REFIT_FAILURE_POLICY_STAY_PAUSED,
 }

@@ -12,6 +12,7 @@ import itertools
 import re
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -25,12 +26,12 @@ from control_service.refit import RESUME_OLD_WEIGHTS, STAY_PAUSED
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_URI_CHARS = 4096
 MAX_VERSION_CHARS = 256
-_POLICIES = {
+_POLICIES: dict[int, str] = {
     pb.REFIT_FAILURE_POLICY_UNSPECIFIED: RESUME_OLD_WEIGHTS,
     pb.REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS: RESUME_OLD_WEIGHTS,
     pb.REFIT_FAILURE_POLICY_STAY_PAUSED: STAY_PAUSED,
 }
-_MODES = {
+_MODES: dict[int, str] = {
     pb.PAUSE_MODE_ABORT: "abort",
     pb.PAUSE_MODE_WAIT: "wait",
     pb.PAUSE_MODE_KEEP: "keep",
@@ -117,7 +118,7 @@ class Commands:
         rid: str,
         req: pb.PauseRequest | pb.UpdateWeightsRequest | pb.ResumeRequest | pb.RefitRequest,
         method: str,
-        args: dict[str, object],
+        args: dict[str, Any],
         time_remaining: float | None,
     ) -> Command:
         timeout = req.timeout if req.HasField("timeout") else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import structlog
 import zmq
@@ -48,6 +49,12 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _COPY_BELOW = 65536  # bodies under this are copied (cheaper than tracking a zero-copy frame)
+
+
+def _readable(sock: zmq.Socket[bytes]) -> bool:
+    """A message is waiting. Reading EVENTS also makes ZMQ process its pending commands, which
+    its edge-triggered FD needs after a send, or a reply that came in meanwhile goes unseen."""
+    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
 
 
 @dataclass(slots=True)
@@ -153,7 +160,7 @@ class EngineLink:
             raise unavailable(
                 f"engine {self.name} is not accepting requests (no peer or queue full)"
             ) from None
-        if sock.getsockopt(_EVENTS) & _POLLIN:
+        if _readable(sock):
             self._loop.call_soon(self._drain)
 
     # ------------------------------------------------------------------------------- replies
@@ -161,7 +168,7 @@ class EngineLink:
     def _drain(self) -> None:
         """Read every queued message. Asking EVENTS first is cheaper than a raised zmq.Again."""
         sock = self._sock
-        while sock is not None and sock.getsockopt(_EVENTS) & _POLLIN:
+        while sock is not None and _readable(sock):
             self._on_frames(sock.recv_multipart(_NOBLOCK))
             sock = self._sock
 

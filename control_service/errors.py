@@ -80,7 +80,7 @@ def from_rpc_error(err: grpc.RpcError) -> ControlError:
     message = err.details() if callable(getattr(err, "details", None)) else str(err)
     failures: list[EngineFailure] = []
     try:
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        status = rpc_status.from_call(err)
     except ValueError:
         status = None
     for detail in status.details if status is not None else ():

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         hint = ""
         if credentials is None and environ.get("CONTROL_SERVICE_TLS_CERT"):
             hint = f" (the service serves TLS: set {ENV_PREFIX}TLS_CA)"
-        print(f"unhealthy: {err.code().name}: {err.details()}{hint}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"unhealthy: {err.code().name}: {err.details()}{hint}", file=sys.stderr)
         return UNHEALTHY
     print("SERVING" if serving else "NOT_SERVING")
     return 0 if serving else UNHEALTHY

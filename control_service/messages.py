@@ -33,9 +33,8 @@ _FIELD = {
 
 
 def _event(request_id: str, engine: str, seq: int, reply: wire.Reply) -> pb.ControlEvent:
-    return pb.ControlEvent(
-        request_id=request_id, engine=engine, seq=seq, **{_FIELD[reply.kind]: reply.data}
-    )
+    submessage = {_FIELD[reply.kind]: reply.data}  # each field accepts a mapping (see the .pyi)
+    return pb.ControlEvent(request_id=request_id, engine=engine, seq=seq, **submessage)  # type: ignore[arg-type]
 
 
 def engine_state(state: dict[str, Any] | None) -> pb.EngineState | None:

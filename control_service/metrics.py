@@ -68,9 +68,9 @@ class CallStats:
         )
         for method, live in list(self.latency.items()):
             row = list(live)  # a copy: the event loop may add a call while we read
-            cumulative, buckets = 0, []
-            for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), row[:-1], strict=True):
-                cumulative += count
+            cumulative, buckets = 0.0, []
+            for bound, in_bucket in zip((*_LATENCY_BUCKETS, float("inf")), row[:-1], strict=True):
+                cumulative += in_bucket
                 buckets.append((floatToGoString(bound), cumulative))
             latency.add_metric([method], buckets, sum_value=row[-1])
         yield from (calls, latency)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
@@ -25,10 +25,9 @@ from control_service.operations import Command
 
 log = structlog.get_logger("control_service.calls")
 
-Context = grpc.aio.ServicerContext
-
-
-Builder = Callable[[Commands], Callable[[object, float | None], Command]]
+Context: TypeAlias = grpc.aio.ServicerContext
+# Commands -> its builder for one RPC's request type (request, time remaining) -> Command
+Builder: TypeAlias = Callable[[Commands], Callable[[Any, float | None], Command]]
 
 
 def _relay(method: str, builder: Builder) -> Callable[..., AsyncIterator[pb.ControlEvent]]:
@@ -39,7 +38,8 @@ def _relay(method: str, builder: Builder) -> Callable[..., AsyncIterator[pb.Cont
         self: ControlServicer, request: Any, context: Context
     ) -> AsyncIterator[pb.ControlEvent]:
         started = time.perf_counter()
-        request_id, engines = request.request_id, ()
+        request_id: str = request.request_id
+        engines: tuple[str, ...] = ()
         code, message = grpc.StatusCode.CANCELLED, "the caller went away"
         try:
             command = builder(self._commands)(request, context.time_remaining())

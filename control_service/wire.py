@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 PROTOCOL_VERSION: Final = 1
 MAX_FRAME_BYTES: Final = 1 << 20
@@ -143,8 +143,8 @@ def decode_reply(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Reply:
     data = obj.get("data", {})
     if not isinstance(data, dict):
         raise WireError("data must be an object", request_id)
-    checker = _REPLY_CHECKS.get(kind)  # type: ignore[arg-type]
-    if checker is None:
+    checker = _REPLY_CHECKS.get(kind) if isinstance(kind, str) else None
+    if kind is None or checker is None:
         raise WireError(f"unknown kind {kind!r}", request_id)
     try:
         return Reply(request_id, kind, checker(data))
@@ -214,7 +214,7 @@ def _request_id(obj: dict[str, Any]) -> str:
     return rid
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 

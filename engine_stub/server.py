@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -372,7 +372,11 @@ class Server:
         """Non-blocking: a peer that is gone or not reading loses the reply, nobody else waits."""
         if self._sock is None or self._closing:
             return
-        sent = self._sock.send_multipart([identity, b"", body], flags=zmq.NOBLOCK)
+        # zmq.asyncio returns a Future (its stubs say Awaitable): done at once unless queued
+        sent = cast(
+            "asyncio.Future[Any]",
+            self._sock.send_multipart([identity, b"", body], flags=zmq.NOBLOCK),
+        )
         if sent.done():
             _log_send_failure(identity, sent)
         else:
