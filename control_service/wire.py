@@ -110,7 +110,7 @@ def decode_request(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Request:
     obj = _load(body, max_bytes)
     request_id = _request_id(obj)
     method = obj.get("method")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:  # a list is unhashable: check type
         raise WireError(f"unknown method {method!r}", request_id)
     args = obj.get("args", {})
     if not isinstance(args, dict):
@@ -275,7 +275,7 @@ def _check_result(data: dict[str, Any]) -> dict[str, Any]:
 
 def _check_error(data: dict[str, Any]) -> dict[str, Any]:
     code = data.get("code")
-    if code not in ERROR_CODES:
+    if not isinstance(code, str) or code not in ERROR_CODES:
         raise WireError(f"code {code!r} is not a gRPC status name other than OK")
     return {"code": code, "message": _text(data, "message")}
 

@@ -104,7 +104,8 @@ def parse_knobs(obj: object) -> dict[str, Any]:
 def _parse_fail_next(value: object) -> dict[str, str] | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or value.get("code") not in wire.ERROR_CODES:
+    code = value.get("code") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or not isinstance(code, str) or code not in wire.ERROR_CODES:
         raise ValueError('fail_next must be {"code": <gRPC status name>, "message": str} or null')
     message = value.get("message", "")
     if not isinstance(message, str):

@@ -21,6 +21,7 @@ from safetensors.numpy import load_file
 
 from control_service import wire
 from engine_stub import write_checkpoint
+from engine_stub.server import parse_knobs
 from tests.stub_process import EngineClient, StubError, StubProcess
 
 Launch = Callable[..., tuple[StubProcess, EngineClient]]
@@ -456,6 +457,12 @@ def test_a_bad_knob_line_is_refused_and_changes_nothing(launch: Launch) -> None:
     with pytest.raises(StubError, match="unknown knob"):
         stub.knob(silent=True, bogus=1)
     assert client.result("status").kind == wire.RESULT, "silent was not applied either"
+
+
+def test_fail_next_with_an_unhashable_code_is_refused() -> None:
+    """A list where a status name belongs: refused like any bad knob, not a TypeError."""
+    with pytest.raises(ValueError, match="fail_next must be"):
+        parse_knobs({"fail_next": {"code": ["NOT_FOUND"]}})
 
 
 def test_exit_knob_exits_at_once_with_that_code(launch: Launch) -> None:

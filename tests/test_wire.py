@@ -23,7 +23,8 @@ reply_like = st.fixed_dictionaries(
     optional={
         "v": st.sampled_from([1, 2, "1", True, None]),
         "request_id": st.one_of(st.text(max_size=300), st.integers(), st.none()),
-        "kind": st.sampled_from(["accepted", "progress", "result", "error", "bogus", 3]),
+        "kind": st.sampled_from(["accepted", "progress", "result", "error", "bogus", 3])
+        | json_values,
         "data": st.one_of(
             json_values,
             st.fixed_dictionaries(
@@ -33,7 +34,7 @@ reply_like = st.fixed_dictionaries(
                     "message": json_values,
                     "done": json_values,
                     "total": json_values,
-                    "code": st.sampled_from(["NOT_FOUND", "OK", "nope", 5]),
+                    "code": st.sampled_from(["NOT_FOUND", "OK", "nope", 5]) | json_values,
                     "aborted": st.integers(min_value=-5, max_value=1 << 70),
                 },
             ),
@@ -94,11 +95,46 @@ def test_frame_over_limit_rejected_before_parsing() -> None:
             "paused",
         ),
         (b'{"v": 1, "request_id": "r", "kind": "error", "data": {"code": "OK"}}', "code"),
+        # unhashable values where a name is looked up in a set: a WireError, not a TypeError
+        (b'{"v": 1, "request_id": "r", "kind": []}', "unknown kind"),
+        (b'{"v": 1, "request_id": "r", "kind": "error", "data": {"code": {}}}', "code"),
     ],
 )
 def test_each_violation_is_named(body: bytes, reason: str) -> None:
     with pytest.raises(wire.WireError, match=reason):
         wire.decode_reply(body)
+
+
+request_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": st.sampled_from([1, 2, None]),
+        "request_id": st.one_of(st.text(max_size=300), st.integers(), st.none()),
+        "method": st.sampled_from(sorted(wire.METHODS)) | json_values,
+        "args": json_values,
+        "timeout_s": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(request_like)
+def test_any_request_shaped_object_decodes_or_wire_error(obj: dict) -> None:
+    """The engine side's decoder: the same promise (engine_stub answers a WireError naming the
+    request with INVALID_ARGUMENT; anything else escaping would cost a logged traceback)."""
+    try:
+        request = wire.decode_request(json.dumps(obj).encode())
+    except wire.WireError:
+        return
+    assert request.method in wire.METHODS and request.timeout_s > 0
+    assert isinstance(request.args, dict)
+
+
+def test_an_unhashable_method_is_a_wire_error() -> None:
+    body = b'{"v": 1, "request_id": "r", "method": ["pause"], "args": {}, "timeout_s": 1}'
+    with pytest.raises(wire.WireError, match="unknown method") as caught:
+        wire.decode_request(body)
+    assert caught.value.request_id == "r"
 
 
 def _decode_checked(body: bytes) -> None:
