@@ -166,10 +166,17 @@ class EngineLink:
     # ------------------------------------------------------------------------------- replies
 
     def _drain(self) -> None:
-        """Read every queued message. Asking EVENTS first is cheaper than a raised zmq.Again."""
+        """Read every queued message. Asking EVENTS first is cheaper than a raised zmq.Again.
+        A bug handling one message costs that message only: leaving the loop early would leave
+        the rest queued behind an edge-triggered FD that does not fire again for them."""
         sock = self._sock
         while sock is not None and _readable(sock):
-            self._on_frames(sock.recv_multipart(_NOBLOCK))
+            frames = sock.recv_multipart(_NOBLOCK)
+            try:
+                self._on_frames(frames)
+            except Exception:
+                self.counters.malformed += 1
+                log.exception("engine frame dropped: error handling it", engine=self.name)
             sock = self._sock
 
     def _on_frames(self, frames: list[bytes]) -> None:

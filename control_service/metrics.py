@@ -125,7 +125,7 @@ class _LinkCollector(Collector):
             labels=["engine"],
         )
         malformed = CounterMetricFamily(
-            "control_engine_malformed_frames", "Engine frames dropped as malformed.",
+            "control_engine_malformed_frames", "Engine frames dropped: malformed or unhandled.",
             labels=["engine"],
         )  # fmt: skip
         for name, link in self._links.items():

@@ -30,6 +30,8 @@ def bad_frames(rid: str) -> list[list[bytes]]:
         [b"", body({"v": 1, "request_id": rid, "kind": "telepathy", "data": {}})],
         [b"", body({"v": 99, "request_id": rid, "kind": "result", "data": {}})],
         [b"", body({"v": 1, "request_id": rid, "kind": "error", "data": {"code": "OK"}})],
+        [b"", body({"v": 1, "request_id": rid, "kind": ["result"], "data": {}})],  # unhashable
+        [b"", body({"v": 1, "request_id": rid, "kind": "error", "data": {"code": {"x": 1}}})],
         [b"", b" " * (wire.MAX_FRAME_BYTES + 1)],
         [b"extra", b"", body({})],
         [b"only-one-frame"],
@@ -96,3 +98,26 @@ async def test_bad_frames_are_dropped_and_counted_and_harm_nothing(
     assert sum(link.counters.malformed for link in links) == 32 * BAD_PER_REQUEST
     assert all(link.up for link in links), "bad frames never take the link down"
     assert service.server.open_slots == 0
+
+
+async def test_a_bug_handling_one_frame_does_not_stall_the_frames_queued_behind_it(
+    start_service: StartService, hostile_engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug of ours (simulated: the decoder raises RuntimeError on the first frame of each
+    burst) costs that frame, logged and counted as malformed; the link goes on reading, so the
+    real reply queued behind it reaches its caller. Without that, the edge-triggered FD would
+    not fire again for frames already queued, and the call would wait for its deadline."""
+    decode = wire.decode_reply
+
+    def buggy(body: bytes, max_bytes: int = wire.MAX_FRAME_BYTES) -> wire.Reply:
+        if body == b"not json at all":  # the first of the hostile engine's bad frames
+            raise RuntimeError("a bug in our code")
+        return decode(body, max_bytes)
+
+    monkeypatch.setattr("control_service.engine_link.wire.decode_reply", buggy)
+    service = await start_service({"e0": hostile_engine})
+    events = await service.events("Pause", pb.PauseRequest(request_id="bug-1"), timeout=5)
+    assert events[-1].result.state.weight_version == "good"
+    link = service.server.links["e0"]
+    await eventually(lambda: link.slots.counters.unmatched == 1)
+    assert link.counters.malformed == BAD_PER_REQUEST  # the frame the bug cost is counted too
