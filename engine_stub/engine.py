@@ -148,7 +148,7 @@ class Engine:
         """Stop serving as `mode` says (abort / wait / keep). Already paused: an OK no-op."""
         mode = args.get("mode")
         clear_cache = args.get("clear_cache", False)
-        if mode not in PAUSE_MODES:
+        if not isinstance(mode, str) or mode not in PAUSE_MODES:
             raise OpError("INVALID_ARGUMENT", f"mode must be abort, wait or keep; got {mode!r}")
         if not isinstance(clear_cache, bool):
             raise OpError("INVALID_ARGUMENT", "clear_cache must be a boolean")
