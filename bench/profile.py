@@ -1,5 +1,9 @@
 """Optional: sample the service with py-spy during one phase, and summarise the samples.
 
+For our own code's cost per call, prefer `python -m bench.account`: on this VM py-spy's samples
+land where the process is stopped, which over-weights system calls (its --native mode put 7% of
+the service in getpid, a 0.13 us call), while the account measures each phase's CPU directly.
+
 py-spy is not a dependency (`.venv/bin/pip install py-spy`); `--profile OUT` uses it when present.
 It attaches to the running service by pid (needs ptrace permission), writes collapsed stacks
 (`--format raw`) to OUT, and the summary lists the functions holding the most samples: `self`
