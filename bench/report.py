@@ -252,7 +252,14 @@ same run, by the same client code path, in interleaved rounds. Where the service
 phase by phase: [where-the-time-goes.md](where-the-time-goes.md) (`python -m bench.account`).
 p50/p99 are nearest-rank percentiles of per-call latency at the client. On a shared 2-core
 machine other work moves the numbers from run to run, the floors' with them: the ratios and
-their per-round ranges are steadier than the absolute figures.
+their per-round ranges are steadier than the absolute figures (to judge a change, use
+`python -m bench.ab`, which interleaves two versions in one run).
+
+Reading the 64-in-flight rows: the 2 cores are saturated there, so calls/s is about 2 cores
+divided by the CPU per call of every process together (the last column of the CPU table). A
+bridge adds at least an engine and a ZMQ client to floor A's processes, so even with no code of
+its own it stays well under floor A's calls/s: with an engine as cheap as floor B's echo, about
+65% of it on this machine.
 
 """
 
