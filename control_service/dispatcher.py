@@ -184,10 +184,11 @@ class Dispatcher:
     def _send_all(self, op: Operation, now: float) -> None:
         c = op.command
         request = wire.Request(c.request_id, c.method, c.args, max(c.deadline - now, 0.001))
+        body = wire.encode_request(request)  # once, however many engines
         for part in list(op.parts.values()):
             link = self.links[part.engine]
             try:
-                link.send(request)
+                link.send_encoded(body)
             except ControlError as err:
                 link.slots.close(c.request_id)
                 part.on_lost(err)

@@ -140,10 +140,14 @@ class EngineLink:
 
     def send(self, request: wire.Request) -> None:
         """Send without blocking; raises UNAVAILABLE (ControlError) if the engine cannot take it."""
+        self.send_encoded(wire.encode_request(request))
+
+    def send_encoded(self, body: bytes) -> None:
+        """`send` for a request already encoded: a fan-out encodes once for all its engines."""
         if not self.up:
             self.counters.send_failures += 1
             raise unavailable(f"engine {self.name} is unreachable: {self.down_reason}")
-        self._transmit(wire.encode_request(request))
+        self._transmit(body)
         self.counters.sent += 1
 
     def _transmit(self, body: bytes) -> None:
