@@ -209,13 +209,20 @@ class EngineLink:
     # ------------------------------------------------------------------------------ liveness
 
     def _drain_monitor(self) -> None:
+        """Read every queued link event. As in `_drain`, an error handling one event (a lost
+        engine ends its calls, which runs their code) must not leave the next one unread: a
+        DISCONNECTED then a reconnect's HANDSHAKE_SUCCEEDED would leave the link down for good."""
         monitor = self._monitor
         while monitor is not None:
             try:
                 event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            self._on_monitor_event(event["event"])
+            try:
+                self._on_monitor_event(event["event"])
+            except Exception:
+                log.exception("link event not fully handled", engine=self.name,
+                              link_event=int(event["event"]))  # fmt: skip
             monitor = self._monitor
 
     def _on_monitor_event(self, event: int) -> None:
