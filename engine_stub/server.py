@@ -1,6 +1,9 @@
 """The stub engine's ZMQ side: the ROUTER loop, per-request dispatch, replies and test knobs.
 
-One ROUTER socket; each service-side DEALER is a peer identified by its routing identity. Every
+One ROUTER socket; each service-side DEALER is a peer identified by its routing identity. The
+socket is a plain (not zmq.asyncio) one read by `loop.add_reader`, and replies are sent with a
+non-blocking send: no future and no task per message, so the benchmark's instant engine costs
+about what a bare echo costs (the same reason as in control_service/engine_link.py). Every
 decision about *when* and *whether* to reply lives here (one mutation at a time, timeouts,
 cancel, reply delay, silence, injected failures), while engine.py decides *what* an operation
 does. Nothing a peer sends can stop the loop: bad frames are answered INVALID_ARGUMENT when they
@@ -37,6 +40,11 @@ from .engine import Engine, OpError, SimConfig, clip
 log = logging.getLogger("engine_stub")
 
 GARBAGE = b"\xff\x00 this frame is not JSON"
+# Plain ints: flag arithmetic on pyzmq's enum constants builds enum objects on every send.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _BOOL_KNOBS = ("instant", "silent", "garbage")
 
 
@@ -125,7 +133,7 @@ class Server:
         self.engine = engine
         self.knobs = config.knobs
         self.engine.set_simulating(not self.knobs.instant)
-        self._sock: zmq.asyncio.Socket | None = None
+        self._sock: zmq.Socket[bytes] | None = None
         self._mutation: tuple[str, asyncio.Task[None]] | None = None
         self._delayed: asyncio.Queue[tuple[float, bytes, bytes]] = asyncio.Queue()
         self._pending_delayed = 0
@@ -135,8 +143,8 @@ class Server:
 
     async def serve(self) -> int:
         """Run until a signal; return the process exit code (0, or 2 when the bind fails)."""
-        ctx = zmq.asyncio.Context()
-        sock = ctx.socket(zmq.ROUTER)
+        ctx = zmq.asyncio.Context()  # asyncio for the ZAP authenticator; the ROUTER is plain
+        sock: zmq.Socket[bytes] = zmq.Socket(ctx, zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         auth = self._curve(ctx, sock)
@@ -160,6 +168,7 @@ class Server:
         finally:
             if auth is not None:
                 auth.stop()
+            self._sock = None
             sock.close(linger=0)
             ctx.term()
 
@@ -187,11 +196,17 @@ class Server:
         self._start_knob_reader(loop)
         workers = [
             asyncio.create_task(self.engine.run(), name="ticker"),
-            asyncio.create_task(self._receive_loop(), name="receive"),
             asyncio.create_task(self._delayed_sender(), name="delayed-sender"),
         ]
+        assert self._sock is not None
+        fd = self._sock.FD
+        loop.add_reader(fd, self._drain)
+        loop.call_soon(self._drain)  # anything that came in before the reader was added
         stopper = asyncio.create_task(stop.wait(), name="stop")
-        done, _ = await asyncio.wait([stopper, *workers], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait([stopper, *workers], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(fd)
         code = 0 if stopper in done else 1
         for task in done - {stopper}:
             log.error("worker %s ended unexpectedly: %r", task.get_name(), task.exception())
@@ -209,15 +224,17 @@ class Server:
 
     # ------------------------------------------------------------------------------ receiving
 
-    async def _receive_loop(self) -> None:
-        assert self._sock is not None
-        recv = self._sock.recv_multipart
-        while True:
-            frames = await recv()
+    def _drain(self) -> None:
+        """Handle every queued message. ZMQ's FD is edge-triggered: read until EVENTS shows none
+        (a send can swallow the edge too, so `_send_now` looks again after sending)."""
+        sock = self._sock
+        while sock is not None and not self._closing and _readable(sock):
+            frames = sock.recv_multipart(_NOBLOCK)
             try:
                 self._on_frames(frames)
             except Exception:  # a bug must cost one frame, never the engine
                 log.exception("unexpected error handling a frame; dropped")
+            sock = self._sock
 
     def _on_frames(self, frames: list[bytes]) -> None:
         if len(frames) != 3 or frames[1]:
@@ -371,17 +388,17 @@ class Server:
 
     def _send_now(self, identity: bytes, body: bytes) -> None:
         """Non-blocking: a peer that is gone or not reading loses the reply, nobody else waits."""
-        if self._sock is None or self._closing:
+        sock = self._sock
+        if sock is None or self._closing:
             return
-        # zmq.asyncio returns a Future (its stubs say Awaitable): done at once unless queued
-        sent = cast(
-            "asyncio.Future[Any]",
-            self._sock.send_multipart([identity, b"", body], flags=zmq.NOBLOCK),
-        )
-        if sent.done():
-            _log_send_failure(identity, sent)
-        else:
-            sent.add_done_callback(functools.partial(_log_send_failure, identity))
+        try:
+            sock.send(identity, _MORE_NOBLOCK)  # ROUTER_MANDATORY: raises if the peer is gone
+            sock.send(b"", _MORE_NOBLOCK)
+            sock.send(body, _NOBLOCK)
+        except zmq.ZMQError as err:
+            _log_send_failure(identity, err)
+        if _readable(sock):  # the send may have taken the edge of a request that came in
+            asyncio.get_running_loop().call_soon(self._drain)
 
     # ------------------------------------------------------------------------------ knobs
 
@@ -441,10 +458,11 @@ def _read_stdin() -> bytes:
         return b""
 
 
-def _log_send_failure(identity: bytes, sent: asyncio.Future[Any]) -> None:
-    err = sent.exception()
-    if err is None:
-        return
+def _readable(sock: zmq.Socket[bytes]) -> bool:
+    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
+
+
+def _log_send_failure(identity: bytes, err: zmq.ZMQError) -> None:
     if isinstance(err, zmq.Again):
         log.warning("peer %s is not reading (high-water mark): reply dropped", identity.hex())
     elif isinstance(err, zmq.ZMQError) and err.errno == zmq.EHOSTUNREACH:
