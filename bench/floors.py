@@ -2,9 +2,11 @@
 
 - grpc: a raw grpc.aio server with one server-streaming method, /bench.Echo/Echo, that answers
   a request with one message: the request's bytes (128 in the benchmark). No protobuf, no
-  servicer class: the least a grpc.aio server-streaming call can cost.
-- zmq: a raw pyzmq ROUTER (zmq.asyncio, like engine_stub's) that sends every message back to
-  the DEALER that sent it.
+  servicer class: the least a grpc.aio server-streaming call can cost. It runs under the CPU
+  policy the service gives itself (SCHED_BATCH by default), so that policy is not what the
+  bridge is credited with.
+- zmq: a raw pyzmq ROUTER (read like engine_stub's: a plain socket on `loop.add_reader`) that
+  sends every message back to the DEALER that sent it.
 
 Both run on the same event loop as the service (control_service.aio: uvloop when installed),
 print one ready line, `{"port": ...}` or `{"endpoint": ...}`, and run until SIGTERM.
@@ -12,18 +14,25 @@ print one ready line, `{"port": ...}` or `{"endpoint": ...}`, and run until SIGT
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
 
 import grpc
 import zmq
-import zmq.asyncio
 
 from bench.procs import die_with_parent, emit
+from control_service import sched
 from control_service.aio import run
+from control_service.config import ServiceConfig
 
 ECHO_METHOD = "/bench.Echo/Echo"
+# The gRPC servers compared with the service (floor A, the naive bridge) run under the CPU policy
+# the service applies to itself by default (control_service/sched.py); the engines (floor B's
+# echo, the instant engine) keep the OS default, as an engine beside the service would.
+SERVER_CPU_POLICY = ServiceConfig.__dataclass_fields__["cpu_policy"].default
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 PAYLOAD = b"x" * 128
 
 
@@ -32,6 +41,7 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> AsyncItera
 
 
 async def grpc_echo() -> None:
+    sched.apply(SERVER_CPU_POLICY)  # as the service does at start, so the comparison is fair
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_stream_rpc_method_handler(_echo)}
@@ -44,14 +54,24 @@ async def grpc_echo() -> None:
 
 
 async def zmq_echo() -> None:
-    ctx = zmq.asyncio.Context()
+    """The echo reads and sends the way engine_stub does (a plain socket, `loop.add_reader`,
+    drained until EVENTS shows nothing), so the bridge's engine and the naive bridge's engine
+    cost the same per message and the comparison is of the bridges alone."""
+    ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
+    recv, send, events = sock.recv_multipart, sock.send_multipart, sock.getsockopt
+
+    def drain() -> None:
+        while events(_EVENTS) & _POLLIN:
+            send(recv(_NOBLOCK), _NOBLOCK)
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(sock.FD, drain)
+    loop.call_soon(drain)
     emit(endpoint=f"tcp://127.0.0.1:{port}", pid=os.getpid())
-    recv, send = sock.recv_multipart, sock.send_multipart
-    while True:
-        await send(await recv())
+    await loop.create_future()  # until SIGTERM
 
 
 if __name__ == "__main__":
