@@ -18,6 +18,7 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import zmq
@@ -31,7 +32,7 @@ ECHO_METHOD = "/bench.Echo/Echo"
 # The gRPC servers compared with the service (floor A, the naive bridge) run under the CPU policy
 # the service applies to itself by default (control_service/sched.py); the engines (floor B's
 # echo, the instant engine) keep the OS default, as an engine beside the service would.
-SERVER_CPU_POLICY = ServiceConfig.__dataclass_fields__["cpu_policy"].default
+SERVER_CPU_POLICY: str = ServiceConfig.__dataclass_fields__["cpu_policy"].default  # type: ignore[assignment]
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 PAYLOAD = b"x" * 128
 
@@ -61,10 +62,10 @@ async def zmq_echo() -> None:
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
-    recv, send, events = sock.recv_multipart, sock.send_multipart, sock.getsockopt
+    recv, send = sock.recv_multipart, sock.send_multipart
 
     def drain() -> None:
-        while events(_EVENTS) & _POLLIN:
+        while cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
             send(recv(_NOBLOCK), _NOBLOCK)
 
     loop = asyncio.get_running_loop()
