@@ -2,9 +2,7 @@
 
 - grpc: a raw grpc.aio server with one server-streaming method, /bench.Echo/Echo, that answers
   a request with one message: the request's bytes (128 in the benchmark). No protobuf, no
-  servicer class: the least a grpc.aio server-streaming call can cost. It runs under the CPU
-  policy the service gives itself (SCHED_BATCH by default), so that policy is not what the
-  bridge is credited with.
+  servicer class: the least a grpc.aio server-streaming call can cost.
 - zmq: a raw pyzmq ROUTER (read like engine_stub's: a plain socket on `loop.add_reader`) that
   sends every message back to the DEALER that sent it.
 
@@ -24,15 +22,9 @@ import grpc
 import zmq
 
 from bench.procs import die_with_parent, emit
-from control_service import sched
 from control_service.aio import run
-from control_service.config import ServiceConfig
 
 ECHO_METHOD = "/bench.Echo/Echo"
-# The gRPC servers compared with the service (floor A, the naive bridge) run under the CPU policy
-# the service applies to itself by default (control_service/sched.py); the engines (floor B's
-# echo, the instant engine) keep the OS default, as an engine beside the service would.
-SERVER_CPU_POLICY: str = ServiceConfig.__dataclass_fields__["cpu_policy"].default  # type: ignore[assignment]
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 PAYLOAD = b"x" * 128
 
@@ -42,7 +34,6 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> AsyncItera
 
 
 async def grpc_echo() -> None:
-    sched.apply(SERVER_CPU_POLICY)  # as the service does at start, so the comparison is fair
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_stream_rpc_method_handler(_echo)}

@@ -11,8 +11,7 @@ It serves `/control.v1.ControlService/Pause` (bytes in, bytes out: the request i
 PauseRequest whose first engine name picks the DEALER; the reply is what the echo returned: a
 serialized ControlEvent with a Result, built once at start, the same size as the bridge's), so
 the load generator calls it exactly as it calls the service (same requests, same parsing and
-check of the reply), with the same engine-entry layout, and under the CPU policy the service
-gives itself (bench/floors.py: SERVER_CPU_POLICY). Prints `{"port", "pid", "engines"}`
+check of the reply), with the same engine-entry layout. Prints `{"port", "pid", "engines"}`
 and runs until SIGTERM.
 """
 
@@ -28,9 +27,7 @@ import grpc
 import zmq
 import zmq.asyncio
 
-from bench.floors import SERVER_CPU_POLICY
 from bench.procs import die_with_parent, emit
-from control_service import sched
 from control_service.aio import run
 from control_service.gen.control.v1 import control_pb2 as pb
 
@@ -42,7 +39,6 @@ REPLY = pb.ControlEvent(
 
 
 async def serve(entries: list[str]) -> None:
-    sched.apply(SERVER_CPU_POLICY)  # the service's own default policy: the same for both bridges
     ctx = zmq.asyncio.Context()
     sockets: dict[str, zmq.asyncio.Socket] = {}
     for entry in entries:

@@ -44,7 +44,6 @@ from control_service.config import (
 from control_service.errors import ControlError
 from control_service.log import LEVELS as LOG_LEVELS
 from control_service.render import EventPrinter, format_error, format_state, format_status, to_json
-from control_service.sched import POLICIES as CPU_POLICIES
 
 ENV_PREFIX = "CONTROL_SERVICE_"
 EXIT_OK = 0
@@ -257,8 +256,6 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Callable[[str], Any], str], ...] = (
      "seconds running calls get to finish on SIGTERM"),
     ("--metrics-port", ServiceConfig, "metrics_port", non_negative_int,
      "serve Prometheus /metrics on this HTTP port (0: off)"),
-    ("--cpu-policy", ServiceConfig, "cpu_policy", choice(*CPU_POLICIES),
-     "batch: the service's threads never preempt a running thread on wake-up; normal: OS default"),
     ("--tls-cert", SecurityConfig, "tls_cert", Path, "PEM server certificate chain: serve TLS"),
     ("--tls-key", SecurityConfig, "tls_key", Path, "PEM server private key"),
     ("--tls-client-ca", SecurityConfig, "tls_client_ca", Path,

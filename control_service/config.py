@@ -14,7 +14,6 @@ from pathlib import Path
 import zmq.auth
 
 from control_service.errors import ControlError, invalid
-from control_service.sched import POLICIES as CPU_POLICIES
 
 ENGINE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 PAUSE_MODES = ("abort", "wait", "keep")
@@ -190,9 +189,6 @@ class ServiceConfig:
     shutdown_grace_s: float = 10.0
     # Prometheus /metrics on this HTTP port; 0 means off.
     metrics_port: int = 0
-    # How the service's threads are scheduled (control_service/sched.py): "batch" (a woken
-    # thread never preempts the running one) or "normal" (the OS default).
-    cpu_policy: str = "batch"
 
     def __post_init__(self) -> None:
         if not self.engines:
@@ -200,8 +196,6 @@ class ServiceConfig:
         names = [e.name for e in self.engines]
         if len(set(names)) != len(names):
             raise invalid(f"engine names must be unique, got {names}")
-        if self.cpu_policy not in CPU_POLICIES:
-            raise invalid(f"cpu policy must be one of {CPU_POLICIES}")
         if self.default_pause_mode not in PAUSE_MODES:
             raise invalid(f"default pause mode must be one of {PAUSE_MODES}")
         if self.detach_grace_s < 0 or self.retry_window_s < 0:

@@ -20,7 +20,6 @@ import zmq
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control_service import sched
 from control_service.auth import BearerTokenInterceptor
 from control_service.commands import Commands
 from control_service.config import EngineConfig, LinkConfig, SecurityConfig, ServiceConfig
@@ -68,8 +67,6 @@ class ControlServer:
     async def start(self) -> int:
         """Bind, connect to the engines, serve. Returns the bound port."""
         c = self.config
-        threads = sched.apply(c.cpu_policy)  # before gRPC and ZMQ start theirs: they inherit it
-        log.info("cpu policy", policy=c.cpu_policy, threads=threads)
         self.dispatcher = Dispatcher(c, self.links, self.metrics)
         token = c.security.token()
         interceptors = (
