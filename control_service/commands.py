@@ -45,6 +45,7 @@ class Commands:
         self.config = config
         self.all_engines = tuple(e.name for e in config.engines)
         self._known = frozenset(self.all_engines)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, on first call
 
     def pause(self, req: pb.PauseRequest, time_remaining: float | None) -> Command:
         rid = request_id(req.request_id)
@@ -133,7 +134,10 @@ class Commands:
             if time_remaining <= 0:
                 raise ControlError(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed")
             seconds = min(seconds, time_remaining)
-        return asyncio.get_running_loop().time() + min(seconds, c.max_timeout_s)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time() + min(seconds, c.max_timeout_s)
 
 
 # Generated ids: a random prefix per process and a counter (unique, cheaper than uuid4 per call).

@@ -72,8 +72,8 @@ class Dispatcher:
         self.expected_versions: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._drivers: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # Set when the last running operation ends, while shutdown waits for that (wait_idle).
+        self._idle: asyncio.Event | None = None
         self.closing = False
         self._loop = asyncio.get_running_loop()  # built by ControlServer.start, on its loop
 
@@ -107,7 +107,6 @@ class Dispatcher:
     def _register(self, op: Operation) -> None:
         command = op.command
         self.running[command.request_id] = op
-        self._idle.clear()
         if op.owner is None:
             for name in command.engines:
                 self._busy[name] = op
@@ -139,7 +138,11 @@ class Dispatcher:
 
     def _existing(self, command: Command) -> Operation | None:
         rid = command.request_id
-        op = self.running.get(rid) or self._record(rid)
+        op = self.running.get(rid)
+        if op is None:
+            if rid not in self._records:
+                return None  # the common case: a new request_id
+            op = self._record(rid)
         if op is not None and op.command.fingerprint() != command.fingerprint():
             raise ControlError(
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -247,7 +250,7 @@ class Dispatcher:
         assert op.outcome is not None
         if op.outcome.engine_reported and op.owner is None and op.outcome.code not in _FRESH:
             self._remember(rid, op)
-        if not self.running:
+        if not self.running and self._idle is not None:
             self._idle.set()
 
     def _remember(self, request_id: str, op: Operation) -> None:
@@ -259,8 +262,11 @@ class Dispatcher:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no operation runs; False if `timeout` passed first."""
+        if not self.running:
+            return True
+        idle = self._idle = asyncio.Event()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(idle.wait(), timeout)
         except TimeoutError:
             return False
         return True

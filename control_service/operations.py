@@ -26,9 +26,10 @@ from control_service.errors import ControlError, EngineFailure, status_code
 Event = tuple[str, int, wire.Reply, str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Command:
-    """A validated mutating call, the same shape whichever RPC brought it."""
+    """A validated mutating call, the same shape whichever RPC brought it. A value nothing
+    mutates; not a frozen dataclass, whose __init__ costs 3x on every call (see wire.Request)."""
 
     request_id: str
     method: str  # "pause" | "update_weights" | "resume" | "refit"
@@ -95,6 +96,24 @@ class Subscriber:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def pop(self) -> Event | None:
+        """The next queued event, or None when there is none yet (see `closed`, `wait`)."""
+        items = self._items
+        return items.popleft() if items else None
+
+    @property
+    def closed(self) -> bool:
+        """No event will come any more (those queued may still be popped)."""
+        return self._closed
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future done when an event is queued or the subscriber closes. The servicer's
+        relay awaits it directly: one future per wait, no coroutine frame per event."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        if self._items or self._closed:
+            waiter.set_result(None)
+        return waiter
+
     def __aiter__(self) -> Subscriber:
         return self
 
@@ -127,7 +146,7 @@ class Part:
             return
         self.seq += 1
         event = (self.engine, self.seq, reply, "")
-        if reply.terminal:
+        if reply.kind in wire.TERMINAL_KINDS:
             self.done = True
             self.op.part_done(self, event, engine_reported=True)
         else:
@@ -204,7 +223,8 @@ class Operation:
             sub.push(event)
 
     def part_done(self, part: Part, event: Event, engine_reported: bool) -> None:
-        self.publish(event)
+        for sub in self.subscribers:
+            sub.push(event)
         self.finals.append(event)
         reply = event[2]
         if reply.kind == wire.ERROR:
@@ -233,7 +253,8 @@ class Operation:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self._stop_detach_timer()
+        if self.detach_timer is not None:
+            self._stop_detach_timer()
         if outcome is None:
             outcome = summarize(self._failures, len(self.parts), self._all_reported)
         self.outcome = outcome

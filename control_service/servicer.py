@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -30,13 +30,13 @@ Context: TypeAlias = grpc.aio.ServicerContext
 Builder: TypeAlias = Callable[[Commands], Callable[[Any, float | None], Command]]
 
 
-def _relay(method: str, builder: Builder) -> Callable[..., AsyncIterator[pb.ControlEvent]]:
+def _relay(method: str, builder: Builder) -> Callable[..., Awaitable[None]]:
     """A server-streaming handler: validate -> submit (slot opened, request sent) -> relay each
-    event -> end with the operation's status. The same body serves Pause, UpdateWeights, Resume."""
+    event -> end with the operation's status. The same body serves Pause, UpdateWeights, Resume.
+    A coroutine writing with `context.write` rather than an async generator: gRPC then awaits
+    it directly, with no generator layer between an engine's reply and its write."""
 
-    async def handler(
-        self: ControlServicer, request: Any, context: Context
-    ) -> AsyncIterator[pb.ControlEvent]:
+    async def handler(self: ControlServicer, request: Any, context: Context) -> None:
         started = time.perf_counter()
         request_id: str = request.request_id
         engines: tuple[str, ...] = ()
@@ -46,8 +46,14 @@ def _relay(method: str, builder: Builder) -> Callable[..., AsyncIterator[pb.Cont
             request_id, engines = command.request_id, command.engines
             op, sub = self._dispatcher.submit(command)
             try:
-                async for engine, seq, reply, step in sub:
-                    yield messages.event(request_id, engine, seq, reply, step)
+                while True:
+                    event = sub.pop()
+                    if event is not None:
+                        await context.write(messages.event(request_id, *event))
+                    elif sub.closed:
+                        break
+                    else:
+                        await sub.wait()
             finally:
                 self._dispatcher.unsubscribe(op, sub)
             assert op.outcome is not None
