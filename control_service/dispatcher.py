@@ -247,16 +247,21 @@ class Dispatcher:
         for name in op.command.engines:
             if self._busy.get(name) is op:
                 del self._busy[name]
-        assert op.outcome is not None
-        if op.outcome.engine_reported and op.owner is None and op.outcome.code not in _FRESH:
+        outcome = op.outcome
+        assert outcome is not None
+        # (ok first: a StatusCode's hash, for the set test, is a Python-level call)
+        if outcome.engine_reported and op.owner is None and (
+            outcome.ok or outcome.code not in _FRESH
+        ):
             self._remember(rid, op)
         if not self.running and self._idle is not None:
             self._idle.set()
 
     def _remember(self, request_id: str, op: Operation) -> None:
         records = self._records
+        if request_id in records:  # a new key is inserted last already
+            records.move_to_end(request_id)
         records[request_id] = (self._loop.time(), op)
-        records.move_to_end(request_id)
         while len(records) > self.config.retry_max_records:
             records.popitem(last=False)
 

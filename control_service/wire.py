@@ -252,6 +252,27 @@ def _check_progress(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_state(value: object) -> dict[str, Any]:
+    if type(value) is dict:  # the fast path: every field present with its exact JSON type
+        paused = value.get("paused", False)
+        version = value.get("weight_version", "")
+        in_flight = value.get("in_flight", 0)
+        digest = value.get("weight_digest", "")
+        if (
+            type(paused) is bool
+            and type(version) is str
+            and len(version) <= MAX_TEXT_CHARS
+            and type(in_flight) is int
+            and 0 <= in_flight <= _UINT32
+            and type(digest) is str
+            and len(digest) <= MAX_TEXT_CHARS
+        ):
+            return {"paused": paused, "weight_version": version, "in_flight": in_flight,
+                    "weight_digest": digest}  # fmt: skip
+    return _check_state_fields(value)
+
+
+def _check_state_fields(value: object) -> dict[str, Any]:
+    """Field by field, naming the first violation (and accepting a null text as empty)."""
     if not isinstance(value, dict):
         raise WireError("state must be an object")
     paused = value.get("paused", False)
@@ -266,6 +287,24 @@ def _check_state(value: object) -> dict[str, Any]:
 
 
 def _check_result(data: dict[str, Any]) -> dict[str, Any]:
+    # The fast path, as in _check_state: a condition that implies the field-by-field checks
+    # would pass and return these same values; anything else goes through them.
+    message = data.get("message", "")
+    aborted = data.get("aborted", 0)
+    drained = data.get("drained", 0)
+    loaded = data.get("bytes_loaded", 0)
+    if (
+        type(message) is str
+        and len(message) <= MAX_TEXT_CHARS
+        and type(aborted) is int
+        and 0 <= aborted <= _UINT32
+        and type(drained) is int
+        and 0 <= drained <= _UINT32
+        and type(loaded) is int
+        and 0 <= loaded <= _UINT64
+    ):
+        return {"state": _check_state(data.get("state", {})), "message": message,
+                "aborted": aborted, "drained": drained, "bytes_loaded": loaded}  # fmt: skip
     return {
         "state": _check_state(data.get("state", {})),
         "message": _text(data, "message"),
