@@ -250,8 +250,10 @@ class Dispatcher:
         outcome = op.outcome
         assert outcome is not None
         # (ok first: a StatusCode's hash, for the set test, is a Python-level call)
-        if outcome.engine_reported and op.owner is None and (
-            outcome.ok or outcome.code not in _FRESH
+        if (
+            outcome.engine_reported
+            and op.owner is None
+            and (outcome.ok or outcome.code not in _FRESH)
         ):
             self._remember(rid, op)
         if not self.running and self._idle is not None:
