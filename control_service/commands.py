@@ -49,7 +49,8 @@ class Commands:
 
     def pause(self, req: pb.PauseRequest, time_remaining: float | None) -> Command:
         rid = request_id(req.request_id)
-        args = {"mode": self._mode(req.mode), "clear_cache": req.clear_cache}
+        mode = self._mode(req.mode) if req.mode else self.config.default_pause_mode
+        args = {"mode": mode, "clear_cache": req.clear_cache}
         return self._command(rid, req, "pause", args, time_remaining)
 
     def update_weights(self, req: pb.UpdateWeightsRequest, time_remaining: float | None) -> Command:
@@ -123,9 +124,12 @@ class Commands:
         time_remaining: float | None,
     ) -> Command:
         timeout = req.timeout if req.HasField("timeout") else None
-        return Command(
-            rid, method, args, self.engines(req.engines), self.deadline(timeout, time_remaining)
+        names = req.engines
+        # One configured engine named is the common case: `engines` without the call.
+        engines = (
+            (names[0],) if len(names) == 1 and names[0] in self._known else self.engines(names)
         )
+        return Command(rid, method, args, engines, self.deadline(timeout, time_remaining))
 
     def deadline(self, timeout: Duration | None, time_remaining: float | None) -> float:
         c = self.config

@@ -31,6 +31,7 @@ from control_service.refit import RefitDriver
 log = structlog.get_logger("control_service.dispatcher")
 
 _CANCEL_TIMEOUT_S = 5.0
+_OK = grpc.StatusCode.OK
 # Outcomes about time or reachability, not about the operation: a retry runs again, even when
 # the engine itself reported them (its own timeout_s can fire as ours does).
 _FRESH = frozenset(
@@ -81,9 +82,11 @@ class Dispatcher:
 
     def submit(self, command: Command) -> tuple[Operation, Subscriber]:
         """Start `command`, attach to it if it is running, or replay it if it finished."""
-        existing = self._existing(command)
-        if existing is not None:
-            return existing, existing.subscribe()
+        rid = command.request_id
+        if rid in self.running or rid in self._records:  # else a new request_id: no lookup
+            existing = self._existing(command)
+            if existing is not None:
+                return existing, existing.subscribe()
         if self.closing:
             raise unavailable("the service is shutting down")
         self._check_engines_free(command, None)
@@ -138,11 +141,7 @@ class Dispatcher:
 
     def _existing(self, command: Command) -> Operation | None:
         rid = command.request_id
-        op = self.running.get(rid)
-        if op is None:
-            if rid not in self._records:
-                return None  # the common case: a new request_id
-            op = self._record(rid)
+        op = self.running.get(rid) or self._record(rid)
         if op is not None and op.command.fingerprint() != command.fingerprint():
             raise ControlError(
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -177,7 +176,7 @@ class Dispatcher:
         try:
             for part in op.parts.values():
                 link = self.links[part.engine]
-                link.open(rid, part)
+                link.slots.open(rid, part)  # EngineLink.open, without the extra call
                 opened.append(link)
         except ControlError:
             for link in opened:
@@ -253,19 +252,16 @@ class Dispatcher:
         if (
             outcome.engine_reported
             and op.owner is None
-            and (outcome.ok or outcome.code not in _FRESH)
+            and (outcome.code is _OK or outcome.code not in _FRESH)
         ):
-            self._remember(rid, op)
+            records = self._records  # remember the outcome for retries (inline: per call)
+            if rid in records:  # a new key is inserted last already
+                records.move_to_end(rid)
+            records[rid] = (self._loop.time(), op)
+            while len(records) > self.config.retry_max_records:
+                records.popitem(last=False)
         if not self.running and self._idle is not None:
             self._idle.set()
-
-    def _remember(self, request_id: str, op: Operation) -> None:
-        records = self._records
-        if request_id in records:  # a new key is inserted last already
-            records.move_to_end(request_id)
-        records[request_id] = (self._loop.time(), op)
-        while len(records) > self.config.retry_max_records:
-            records.popitem(last=False)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no operation runs; False if `timeout` passed first."""

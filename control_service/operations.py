@@ -64,13 +64,13 @@ class Subscriber:
     """One caller's view: a bounded queue of events. When full, the oldest progress-type event is
     dropped (counted); terminal events are never dropped, so a slow reader loses no outcome."""
 
-    __slots__ = ("_closed", "_items", "_limit", "_waiter", "dropped")
+    __slots__ = ("_items", "_limit", "_waiter", "closed", "dropped")
 
     def __init__(self, limit: int) -> None:
         self._items: deque[Event] = deque()
         self._limit = limit
         self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
+        self.closed = False  # no event will come any more (those queued may still be popped)
         self.dropped = 0
 
     def push(self, event: Event) -> None:
@@ -78,10 +78,12 @@ class Subscriber:
         if len(items) >= self._limit and not event[2].terminal:
             self._drop_oldest_nonterminal()
         items.append(event)
-        self._wake()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self) -> None:
-        self._closed = True
+        self.closed = True
         self._wake()
 
     def _drop_oldest_nonterminal(self) -> None:
@@ -101,16 +103,11 @@ class Subscriber:
         items = self._items
         return items.popleft() if items else None
 
-    @property
-    def closed(self) -> bool:
-        """No event will come any more (those queued may still be popped)."""
-        return self._closed
-
     def wait(self) -> asyncio.Future[None]:
         """A future done when an event is queued or the subscriber closes. The servicer's
         relay awaits it directly: one future per wait, no coroutine frame per event."""
         waiter = self._waiter = asyncio.get_running_loop().create_future()
-        if self._items or self._closed:
+        if self._items or self.closed:
             waiter.set_result(None)
         return waiter
 
@@ -120,7 +117,7 @@ class Subscriber:
     async def __anext__(self) -> Event:
         items = self._items
         while not items:
-            if self._closed:
+            if self.closed:
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -255,7 +252,9 @@ class Operation:
             self.timer = None
         if self.detach_timer is not None:
             self._stop_detach_timer()
-        if outcome is None:
+        if outcome is None and not self._failures:  # the common case, without a call
+            outcome = _OK_REPORTED if self._all_reported else _OK_UNREPORTED
+        elif outcome is None:
             outcome = summarize(self._failures, len(self.parts), self._all_reported)
         self.outcome = outcome
         self.parts = {}  # Part.op <-> Operation.parts is a cycle: break it, free memory at once

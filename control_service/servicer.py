@@ -21,20 +21,19 @@ from control_service.errors import ControlError, to_grpc_status
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.gen.control.v1 import control_pb2_grpc
 from control_service.metrics import Metrics
-from control_service.operations import Command
 
 log = structlog.get_logger("control_service.calls")
 
 Context: TypeAlias = grpc.aio.ServicerContext
-# Commands -> its builder for one RPC's request type (request, time remaining) -> Command
-Builder: TypeAlias = Callable[[Commands], Callable[[Any, float | None], Command]]
+_OK = grpc.StatusCode.OK
 
 
-def _relay(method: str, builder: Builder) -> Callable[..., Awaitable[None]]:
+def _relay(method: str, build: str) -> Callable[..., Awaitable[None]]:
     """A server-streaming handler: validate -> submit (slot opened, request sent) -> relay each
     event -> end with the operation's status. The same body serves Pause, UpdateWeights, Resume.
-    A coroutine writing with `context.write` rather than an async generator: gRPC then awaits
-    it directly, with no generator layer between an engine's reply and its write."""
+    `build` names the Commands method for the RPC's request type (request, time remaining) ->
+    Command. A coroutine writing with `context.write` rather than an async generator: gRPC then
+    awaits it directly, with no generator layer between an engine's reply and its write."""
 
     async def handler(self: ControlServicer, request: Any, context: Context) -> None:
         started = time.perf_counter()
@@ -42,7 +41,7 @@ def _relay(method: str, builder: Builder) -> Callable[..., Awaitable[None]]:
         engines: tuple[str, ...] = ()
         code, message = grpc.StatusCode.CANCELLED, "the caller went away"
         try:
-            command = builder(self._commands)(request, context.time_remaining())
+            command = getattr(self._commands, build)(request, context.time_remaining())
             request_id, engines = command.request_id, command.engines
             op, sub = self._dispatcher.submit(command)
             try:
@@ -57,7 +56,7 @@ def _relay(method: str, builder: Builder) -> Callable[..., Awaitable[None]]:
             finally:
                 self._dispatcher.unsubscribe(op, sub)
             assert op.outcome is not None
-            if not op.outcome.ok:
+            if op.outcome.code is not _OK:
                 raise op.outcome.error()
             code, message = grpc.StatusCode.OK, ""
         except ControlError as err:
@@ -107,10 +106,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         else:
             log.warning("call ended", error=message, **fields)
 
-    Pause = _relay("Pause", lambda c: c.pause)
-    UpdateWeights = _relay("UpdateWeights", lambda c: c.update_weights)
-    Resume = _relay("Resume", lambda c: c.resume)
-    Refit = _relay("Refit", lambda c: c.refit)
+    Pause = _relay("Pause", "pause")
+    UpdateWeights = _relay("UpdateWeights", "update_weights")
+    Resume = _relay("Resume", "resume")
+    Refit = _relay("Refit", "refit")
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context
