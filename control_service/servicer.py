@@ -76,6 +76,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self._dispatcher = dispatcher
         self._commands = commands
         self._metrics = metrics
+        # The module's logger is a lazy proxy: each method call through it costs ~0.5 us. Bound
+        # here, once the service has configured logging (before it builds the servicer).
+        self._log = log.bind()
 
     def _ended(
         self,
@@ -92,7 +95,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         if self._metrics is not None:
             self._metrics.call_ended(method, code.name, seconds)
         ok = code is grpc.StatusCode.OK
-        if ok and not log.is_enabled_for(logging.INFO):
+        if ok and not self._log.is_enabled_for(logging.INFO):
             return
         fields = dict(
             method=method,
@@ -102,9 +105,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             duration_ms=round(seconds * 1000, 3),
         )
         if ok:
-            log.info("call ended", **fields)
+            self._log.info("call ended", **fields)
         else:
-            log.warning("call ended", error=message, **fields)
+            self._log.warning("call ended", error=message, **fields)
 
     Pause = _relay("Pause", "pause")
     UpdateWeights = _relay("UpdateWeights", "update_weights")
