@@ -22,6 +22,7 @@ import structlog
 
 from control_service import wire
 from control_service.config import ServiceConfig
+from control_service.deadlines import Deadlines
 from control_service.engine_link import EngineLink
 from control_service.errors import ControlError, unavailable
 from control_service.metrics import Metrics
@@ -77,6 +78,7 @@ class Dispatcher:
         self._idle: asyncio.Event | None = None
         self.closing = False
         self._loop = asyncio.get_running_loop()  # built by ControlServer.start, on its loop
+        self._deadlines = Deadlines(self._loop)
 
     # ------------------------------------------------------------------------------ admission
 
@@ -103,7 +105,7 @@ class Dispatcher:
         self._open_slots(op)
         self._register(op)
         loop = self._loop
-        op.timer = loop.call_at(command.deadline, self._expire, op)
+        op.timer = self._deadlines.add(command.deadline, op, self._expire)
         self._send_all(op, loop.time())
         return op, sub
 

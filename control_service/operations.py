@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from control_service import wire
+from control_service.deadlines import Deadline
 from control_service.errors import ControlError, EngineFailure, status_code
 
 # (engine, seq, reply, step): what a caller sees; the servicer turns it into a ControlEvent.
@@ -181,7 +182,7 @@ class Operation:
         self.finals: list[Event] = []
         self.subscribers: list[Subscriber] = []
         self.outcome: Outcome | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Deadline | None = None  # its deadline (control_service/deadlines.py)
         # Set while no caller is attached: cancels the operation when it fires.
         self.detach_timer: asyncio.TimerHandle | None = None
         self._queue_limit = queue_limit
