@@ -1,6 +1,6 @@
 """The bridge against its floors, in one run, each party in its own process, on loopback.
 
-    .venv/bin/python -m bench              # full run (75-90 s on 2 cores); writes docs/benchmarks.md
+    .venv/bin/python -m bench              # full run (~2 min on 2 cores); writes docs/benchmarks.md
     .venv/bin/python -m bench --quick      # smoke run: every row, small counts (~6 s); writes nothing
     .venv/bin/python -m bench --no-fanout  # without the fan-out section (or --fanout-only)
 
@@ -35,12 +35,12 @@ from control_service.aio import run
 DOC = REPO / "docs" / "benchmarks.md"
 
 FULL = cases.Counts(
-    calls=5_000,
-    calls_inflight=20_000,
+    calls=6_000,
+    calls_inflight=24_000,
     warmup=10_000,
     rss_calls=100_000,
     fanout_calls=1_000,
-    rounds=5,
+    rounds=6,  # even: with the order alternated, each row runs first and last equally often
 )
 QUICK = cases.Counts(
     calls=300, calls_inflight=2_000, warmup=500, rss_calls=3_000, fanout_calls=100, rounds=2
@@ -139,7 +139,11 @@ async def measure_all(
 
 NOTES = [
     "- Floors and bridge were measured in interleaved rounds (all their servers up at once, each round measuring "
-    "every row once); each row pools its rounds, and `per round` gives the range of a ratio over the rounds.",
+    "every row once, odd rounds in reverse order: a row measured right after a saturating one runs slower here, so a fixed "
+    "order biased the rows it put last); each row pools its rounds, and `per round` gives the range of a ratio over the rounds.",
+    "- The naive bridge's engine is floor B's echo, and that echo reads like engine_stub (a plain socket on `loop.add_reader`), "
+    "so both bridges' engines pay the same per message for their I/O; the instant engine also decodes each request and "
+    "encodes its reply (the engine CPU column shows the difference).",
     "- The bridge's engine is `engine_stub --instant`, run by bench/_engine.py, which only mutes the stub's per-request "
     "stdout line; at 64 in flight the service has 64 engine entries l0..l63 on that one engine process and worker w always calls l<w>.",
     "- The naive bridge (bench/naive.py) is the reference the issue names, built as `../shared/notes/grpc-zmq-facts.md` "

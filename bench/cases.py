@@ -1,8 +1,9 @@
 """The measured cases: floors A and B against the bridge (with its RSS run), and the fan-out.
 
 Floors and bridge run interleaved: every server is started first (each in its own process), then
-`rounds` rounds each measure floor A, floor B and the bridge at 1 in flight, then floor A and
-the bridge at 64 in flight, and each row pools its rounds. Noise from the machine (other work
+`rounds` rounds each measure floor A, floor B, the naive bridge and the bridge at 1 in flight,
+then floor A, the naive bridge and the bridge at 64 in flight (odd rounds in reverse order),
+and each row pools its rounds. Noise from the machine (other work
 on the same cores) then lands on floors and bridge alike instead of on whichever ran during it.
 """
 
@@ -218,9 +219,13 @@ async def _warm_up(plan: list[Step], bridge_calls: int, lost: Lost) -> None:
 
 
 async def _round(plan: list[Step], r: int, rounds: int, lost: Lost) -> dict[str, Stats]:
+    """Every row once; odd rounds run the rows in reverse order. On this machine a row measured
+    right after another saturating row runs slower (the CPU the VM is given drops under sustained
+    load), so a fixed order put the same rows last every round and biased their ratios: with
+    the order alternated each row is measured early and late equally often."""
     say(f"  round {r + 1}/{rounds}")
     got = {}
-    for step in plan:
+    for step in plan if r % 2 == 0 else plan[::-1]:
         got[step.key] = await measure(step.call, step.total // rounds, step.inflight, step.cpu_of)
     lost.update(got["bridge1"].problems + got["bridge64"].problems)
     return got

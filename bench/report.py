@@ -242,7 +242,7 @@ def render(
 
 DOC_HEAD = """# Benchmarks
 
-The last full run of `.venv/bin/python -m bench` (about 70 s on 2 cores; `--quick` for a smoke
+The last full run of `.venv/bin/python -m bench` (about 2 minutes on 2 cores; `--quick` for a smoke
 run, `--help` for the counts; `bench/__main__.py` says what is measured and how). Every party
 runs in its own process on loopback: the load generator (a grpc.aio client; `in flight` =
 concurrent workers, each starting its next call when its last one ended), the floor A echo
