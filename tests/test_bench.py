@@ -62,3 +62,18 @@ def test_ab_refuses_an_unknown_revision() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "bench.ab: cannot check out 'no-such-rev'" in done.stderr
+
+
+def test_split_measures_the_service_its_bare_transport_and_the_naive_bridge() -> None:
+    out = run("bench.split", "--rounds", "2", "--calls-1", "100", "--calls-64", "300")
+    rows = [
+        line.split("|") for line in out.splitlines() if line.startswith("| ") and "us |" in line
+    ]
+    got = {(cells[1].strip(), cells[2].strip()) for cells in rows}
+    sides = ("service", "transport only", "naive bridge")
+    assert got == {(side, n) for side in sides for n in ("1", "64")}, out
+    for cells in rows:  # every side answered calls and was measured
+        assert (
+            float(cells[4].replace(",", "")) > 0
+            and float(cells[5].strip(" us").replace(",", "")) > 0
+        )

@@ -1,0 +1,67 @@
+"""The control service with its Pause reduced to the transport: `python -m bench._bare ...`.
+
+`bench._service` itself (same engine links, same gRPC server, same arguments and ready line),
+except that Pause is a bare relay over the service's own EngineLink: open a slot, send, wait for
+the terminal reply, write one prebuilt ControlEvent. No validation, admission, deadline, retry
+record, event built from the reply, metrics or log line. bench/split.py measures it beside the
+real service and the naive bridge, to tell what the transport costs from what the guarantees
+cost. Not a product path: nothing but the benchmark runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+from typing import Any
+
+import bench._service as service
+from bench.procs import die_with_parent
+from control_service import wire
+from control_service.aio import run
+from control_service.errors import ControlError
+from control_service.gen.control.v1 import control_pb2 as pb
+from control_service.servicer import ControlServicer
+
+_IDS = itertools.count()
+_EVENT = pb.ControlEvent(
+    request_id="0123456789ab-1", engine="l0", seq=1,
+    result=pb.Result(state=pb.EngineState(paused=True, weight_version="v0"), message="instant"),
+)  # fmt: skip
+_ARGS = {"mode": "abort", "clear_cache": False}
+
+
+class _Terminal:
+    """A slot sink that resolves a future with the terminal reply."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[wire.Reply]) -> None:
+        self.future = future
+
+    def on_reply(self, reply: wire.Reply) -> None:
+        if reply.kind in wire.TERMINAL_KINDS and not self.future.done():
+            self.future.set_result(reply)
+
+    def on_lost(self, error: ControlError) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+async def _bare_pause(self: ControlServicer, request: pb.PauseRequest, context: Any) -> None:
+    link = self._dispatcher.links[request.engines[0]]
+    rid = f"bare-{next(_IDS)}"
+    future: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
+    link.open(rid, _Terminal(future))  # the slot first, then the send
+    try:
+        link.send_encoded(wire.encode_request(wire.Request(rid, "pause", _ARGS, 10.0)))
+        await future
+        await context.write(_EVENT)
+    finally:
+        link.slots.close(rid)
+
+
+if __name__ == "__main__":
+    die_with_parent()
+    ControlServicer.Pause = _bare_pause
+    sys.exit(run(service.serve(sys.argv[1:])))
