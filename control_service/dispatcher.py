@@ -250,7 +250,7 @@ class Dispatcher:
                 del self._busy[name]
         outcome = op.outcome
         assert outcome is not None
-        # (ok first: a StatusCode's hash, for the set test, is a Python-level call)
+        # (OK tested first: a StatusCode's hash, for the set test, is a Python-level call)
         if (
             outcome.engine_reported
             and op.owner is None
@@ -269,7 +269,9 @@ class Dispatcher:
         """Wait until no operation runs; False if `timeout` passed first."""
         if not self.running:
             return True
-        idle = self._idle = asyncio.Event()
+        idle = self._idle
+        if idle is None or idle.is_set():  # none yet, or a stale one: waiters share a fresh one
+            idle = self._idle = asyncio.Event()
         try:
             await asyncio.wait_for(idle.wait(), timeout)
         except TimeoutError:

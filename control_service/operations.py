@@ -79,7 +79,7 @@ class Subscriber:
         if len(items) >= self._limit and not event[2].terminal:
             self._drop_oldest_nonterminal()
         items.append(event)
-        waiter = self._waiter
+        waiter = self._waiter  # _wake, written out: this runs for every event
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -221,7 +221,7 @@ class Operation:
             sub.push(event)
 
     def part_done(self, part: Part, event: Event, engine_reported: bool) -> None:
-        for sub in self.subscribers:
+        for sub in self.subscribers:  # publish, written out: this runs for every call
             sub.push(event)
         self.finals.append(event)
         reply = event[2]
