@@ -305,6 +305,11 @@ def _check_result(data: dict[str, Any]) -> dict[str, Any]:
     ):
         return {"state": _check_state(data.get("state", {})), "message": message,
                 "aborted": aborted, "drained": drained, "bytes_loaded": loaded}  # fmt: skip
+    return _check_result_fields(data)
+
+
+def _check_result_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Field by field, naming the first violation (the state's first)."""
     return {
         "state": _check_state(data.get("state", {})),
         "message": _text(data, "message"),

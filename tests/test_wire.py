@@ -4,6 +4,7 @@ WireError; nothing else escapes, so one bad frame can only ever cost itself."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -156,3 +157,65 @@ def test_stdlib_fallback_codec_agrees_with_the_installed_one(rid: str, text: str
     assert wire._decode(std_encode(obj)) == obj
     with pytest.raises(ValueError):
         std_decode(b"\xff not json")
+
+
+# What a field of a result or a state may hold on the wire: every JSON type, the edges of the
+# ranges and of the text limit, so the fast paths are tried on both sides of every condition.
+_edge_values = st.one_of(
+    st.none(), st.booleans(), st.floats(allow_nan=False), st.lists(st.integers(), max_size=2),
+    st.sampled_from([0, 1, -1, (1 << 32) - 1, 1 << 32, (1 << 64) - 1, 1 << 64]),
+    st.sampled_from(["", "v1", "x" * wire.MAX_TEXT_CHARS, "x" * (wire.MAX_TEXT_CHARS + 1)]),
+)  # fmt: skip
+_state_like = st.dictionaries(
+    st.sampled_from(["paused", "weight_version", "in_flight", "weight_digest"]), _edge_values
+)
+_result_like = st.dictionaries(
+    st.sampled_from(["message", "aborted", "drained", "bytes_loaded"]), _edge_values
+).flatmap(lambda d: st.one_of(st.just(d), _state_like.map(lambda s: {**d, "state": s})))
+
+
+def _outcome(check: Any, value: Any) -> Any:
+    try:
+        return check(value)
+    except wire.WireError as err:
+        return ("WireError", err.reason)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_state_like)
+def test_state_fast_path_agrees_with_the_field_checks(value: dict[str, Any]) -> None:
+    assert _outcome(wire._check_state, value) == _outcome(wire._check_state_fields, value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_result_like)
+def test_result_fast_path_agrees_with_the_field_checks(value: dict[str, Any]) -> None:
+    assert _outcome(wire._check_result, value) == _outcome(wire._check_result_fields, value)
+
+
+_EDGES = [
+    None, True, False, 0.5, [1], 0, 1, -1, (1 << 32) - 1, 1 << 32, (1 << 64) - 1, 1 << 64,
+    "", "v1", "x" * wire.MAX_TEXT_CHARS, "x" * (wire.MAX_TEXT_CHARS + 1),
+]  # fmt: skip
+_GOOD_STATE = {"paused": True, "weight_version": "v1", "in_flight": 3, "weight_digest": "d"}
+_GOOD_RESULT = {"message": "ok", "aborted": 1, "drained": 2, "bytes_loaded": 3}
+
+
+@pytest.mark.parametrize("key", [*_GOOD_STATE, None])
+def test_state_fast_path_agrees_at_every_edge_of_every_field(key: str | None) -> None:
+    """Each field in turn takes each edge value, the others valid (or the field is absent):
+    the random cases above may miss a single boundary, these cannot."""
+    for value in _EDGES if key else [None]:
+        state = dict(_GOOD_STATE)
+        if key:
+            state[key] = value
+        for case in (state, {k: v for k, v in state.items() if k != key}):
+            assert _outcome(wire._check_state, case) == _outcome(wire._check_state_fields, case)
+
+
+@pytest.mark.parametrize("key", [*_GOOD_RESULT, "state"])
+def test_result_fast_path_agrees_at_every_edge_of_every_field(key: str) -> None:
+    for value in _EDGES:
+        result: dict[str, Any] = {**_GOOD_RESULT, "state": dict(_GOOD_STATE), key: value}
+        for case in (result, {k: v for k, v in result.items() if k != key}):
+            assert _outcome(wire._check_result, case) == _outcome(wire._check_result_fields, case)
