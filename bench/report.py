@@ -258,15 +258,15 @@ their per-round ranges are steadier than the absolute figures (to judge a change
 Reading the 64-in-flight rows: the 2 cores are saturated there, so calls/s is about 2 cores
 divided by the CPU per call of every process together (the last column of the CPU table). A
 bridge adds at least an engine and a ZMQ client to floor A's processes, so even with no code of
-its own it stays under floor A's calls/s: with an engine as cheap as floor B's echo (85-100 us
-per call) and a ZMQ client side like floor B's (60-90 us), 60-70% of it on this machine.
+its own it stays under floor A's calls/s: with an engine as cheap as floor B's echo and a ZMQ
+client side like floor B's (the floor B row of the CPU table), roughly 55-75% of it here.
 
 Reading the bridge against the naive bridge: `python -m bench.split` measures the service, the
 same service with Pause reduced to its transport (bench/_bare.py) and the naive bridge side by
 side. The transport (one DEALER per engine read by `loop.add_reader`, the slot, the relay) costs
 less than the naive bridge's zmq.asyncio one: 10-15% less service CPU per call and 1-15% more
-calls/s at 64 in flight, the same or lower p50 at 1 (five runs on 2026-12-01). What the service does per call beyond it
-(validation, admission with one mutation per engine and retries by request_id, the deadline,
+calls/s at 64 in flight, the same or lower p50 at 1 (five runs on 2026-12-01). What the service
+does per call beyond it (validation, admission with one mutation per engine and retries by request_id, the deadline,
 the retry record, the event built from the engine's checked reply, metrics) is ~20 us in a hot
 loop in one process and 60-95 us of service CPU per call here, where each call finds its caches
 cold after the client and the engine had the core; and an engine that decodes each request and
