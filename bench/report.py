@@ -266,11 +266,12 @@ same service with Pause reduced to its transport (bench/_bare.py) and the naive 
 side. The transport (one DEALER per engine read by `loop.add_reader`, the slot, the relay) costs
 less than the naive bridge's zmq.asyncio one: 10-15% less service CPU per call and 1-15% more
 calls/s at 64 in flight, the same or lower p50 at 1 (five runs on 2026-12-01). What the service
-does per call beyond it (validation, admission with one mutation per engine and retries by request_id, the deadline,
-the retry record, the event built from the engine's checked reply, metrics) is ~20 us in a hot
-loop in one process and 60-95 us of service CPU per call here, where each call finds its caches
-cold after the client and the engine had the core; and an engine that decodes each request and
-encodes its reply costs 5-30 us more than an echo. That is the distance between the two rows.
+does per call beyond it (validation, admission with one mutation per engine and retries by
+request_id, the deadline, the retry record, the event built from the engine's checked reply,
+metrics) is ~20 us in a hot loop in one process and 60-95 us of service CPU per call here, where
+each call finds its caches cold after the client and the engine had the core; and an engine that
+decodes each request and encodes its reply costs 5-30 us more than an echo. That is the distance
+between the two rows.
 
 """
 
