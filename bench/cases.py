@@ -3,8 +3,8 @@
 Floors and bridge run interleaved: every server is started first (each in its own process), then
 `rounds` rounds each measure floor A, floor B, the naive bridge and the bridge at 1 in flight,
 then floor A, the naive bridge and the bridge at 64 in flight (odd rounds in reverse order),
-and each row pools its rounds. Noise from the machine (other work
-on the same cores) then lands on floors and bridge alike instead of on whichever ran during it.
+and each row pools its rounds. Noise from the machine (other work on the same cores) then lands
+on floors and bridge alike instead of on whichever ran during it.
 """
 
 from __future__ import annotations

@@ -252,7 +252,9 @@ def _check_progress(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_state(value: object) -> dict[str, Any]:
-    if type(value) is dict:  # the fast path: every field present with its exact JSON type
+    # The fast path: every field absent (its default) or of its exact JSON type and in range,
+    # which implies the field-by-field checks would pass and return these same values.
+    if type(value) is dict:
         paused = value.get("paused", False)
         version = value.get("weight_version", "")
         in_flight = value.get("in_flight", 0)
