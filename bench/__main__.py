@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench import cases, profile
 from bench.procs import REPO, BenchError, Children
-from bench.report import FanoutResult, MainResult, environment, render, say, write_doc
+from bench.report import FanoutResult, MainResult, cpu_ticks, environment, render, say, write_doc
 from control_service.aio import run
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -159,7 +159,7 @@ NOTES = [
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    load = os.getloadavg()
+    load, ticks = os.getloadavg(), cpu_ticks()
     # SIGTERM ends the run like Ctrl-C does: through the finally below, which stops every child.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; every child process stopped", file=sys.stderr)
         return 130
-    text = render(core, fan, NOTES, environment("bench", argv, load))
+    text = render(core, fan, NOTES, environment("bench", argv, load, ticks))
     print(text)
     if args.profile is not None and core is not None:
         print("\n## Service profile (py-spy, bridge at 64 in flight)\n")

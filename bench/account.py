@@ -19,7 +19,7 @@ from bench import _accounting
 from bench.cases import channel, pause_calls
 from bench.load import measure
 from bench.procs import REPO, BenchError, Children
-from bench.report import environment
+from bench.report import cpu_ticks, environment
 from control_service.aio import run
 
 WARMUP = 3_000
@@ -92,7 +92,7 @@ def main() -> int:
     parser.add_argument("--inflight", type=int, default=64, help="the second row's concurrency")
     parser.add_argument("--doc", action="store_true", help=f"also write {DOC.relative_to(REPO)}")
     args = parser.parse_args()
-    load = os.getloadavg()
+    load, ticks = os.getloadavg(), cpu_ticks()
     try:
         text = "\n".join(run(account(args.calls, args.inflight)))
     except BenchError as err:
@@ -100,7 +100,7 @@ def main() -> int:
         return 2
     print(text)
     if args.doc:
-        env = environment("bench.account", sys.argv[1:], load)
+        env = environment("bench.account", sys.argv[1:], load, ticks)
         DOC.write_text(DOC_HEAD + text + "\n" + "\n".join(env) + "\n")
     return 0
 

@@ -199,7 +199,26 @@ def _version(package: str) -> str | None:
         return None
 
 
-def environment(module: str, argv: list[str], load: tuple[float, float, float]) -> list[str]:
+def cpu_ticks() -> tuple[int, int] | None:
+    """(stolen, all) CPU ticks since boot, from /proc/stat; None where there is none. Stolen
+    ticks are time the hypervisor gave this VM's vCPUs to other guests: on a shared host they
+    explain a slow run better than the load average, which only sees this VM."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return None
+    ticks = [int(f) for f in fields]  # user nice system idle iowait irq softirq steal
+    return (ticks[7] if len(ticks) == 8 else 0), sum(ticks)
+
+
+def environment(
+    module: str,
+    argv: list[str],
+    load: tuple[float, float, float],
+    ticks_before: tuple[int, int] | None = None,
+) -> list[str]:
+    """The machine lines under a report; `ticks_before` (cpu_ticks() at the start) adds the
+    share of CPU time the host took during the run."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         cpu = next(
@@ -220,6 +239,17 @@ def environment(module: str, argv: list[str], load: tuple[float, float, float]) 
         f"- command: `{shlex.join(['.venv/bin/python', '-m', module, *argv])}`",
         f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; nproc: {nproc}; CPU: {cpu}; load average before the run: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)",
         f"- Python {platform.python_version()}, {packages}, libzmq {zmq.zmq_version()}; event loop: {loop} in every process",
+        *_stolen(ticks_before),
+    ]
+
+
+def _stolen(before: tuple[int, int] | None) -> list[str]:
+    after = cpu_ticks()  # looked up at call time (tests replace it)
+    if before is None or after is None or after[1] <= before[1]:
+        return []
+    share = (after[0] - before[0]) / (after[1] - before[1])
+    return [
+        f"- CPU time taken by the host (steal, /proc/stat) during the run: {share:.1%} of all CPU time"
     ]
 
 

@@ -210,6 +210,8 @@ class Operation:
 
     def unsubscribe(self, sub: Subscriber) -> bool:
         """Remove a caller; True when it was the last one of a still-running operation."""
+        if self.outcome is not None:  # finished: its callers are gone already (every call ends
+            return False  # here, and a raised ValueError would cost more than the call)
         try:
             self.subscribers.remove(sub)
         except ValueError:

@@ -77,3 +77,22 @@ def test_split_measures_the_service_its_bare_transport_and_the_naive_bridge() ->
             float(cells[4].replace(",", "")) > 0
             and float(cells[5].strip(" us").replace(",", "")) > 0
         )
+
+
+def test_report_gives_the_hosts_share_of_cpu_time_during_the_run(monkeypatch) -> None:
+    from bench import report
+
+    monkeypatch.setattr(report, "cpu_ticks", lambda: (30, 1_000))
+    lines = report.environment("bench", [], (0.0, 0.0, 0.0), ticks_before=(10, 600))
+    assert lines[-1].endswith("during the run: 5.0% of all CPU time")  # (30-10) / (1000-600)
+    no_start = report.environment("bench", [], (0.0, 0.0, 0.0))
+    assert not any("steal" in line for line in no_start)
+
+
+def test_cpu_ticks_reads_steal_from_proc_stat() -> None:
+    from bench.report import cpu_ticks
+
+    ticks = cpu_ticks()
+    assert ticks is not None and 0 <= ticks[0] <= ticks[1]
+    fields = Path("/proc/stat").read_text().split()[1:9]
+    assert ticks[0] <= int(fields[7])  # read before: steal only grows
