@@ -138,6 +138,7 @@ class Server:
         self._delayed: asyncio.Queue[tuple[float, bytes, bytes]] = asyncio.Queue()
         self._pending_delayed = 0
         self._closing = False
+        self._draining = False  # inside _drain, whose loop looks at EVENTS after each send
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -226,15 +227,20 @@ class Server:
 
     def _drain(self) -> None:
         """Handle every queued message. ZMQ's FD is edge-triggered: read until EVENTS shows none
-        (a send can swallow the edge too, so `_send_now` looks again after sending)."""
+        (a send can swallow the edge too, so `_send_now` looks again after sending, unless it
+        runs in here)."""
         sock = self._sock
-        while sock is not None and not self._closing and _readable(sock):
-            frames = sock.recv_multipart(_NOBLOCK)
-            try:
-                self._on_frames(frames)
-            except Exception:  # a bug must cost one frame, never the engine
-                log.exception("unexpected error handling a frame; dropped")
-            sock = self._sock
+        self._draining = True
+        try:
+            while sock is not None and not self._closing and _readable(sock):
+                frames = sock.recv_multipart(_NOBLOCK)
+                try:
+                    self._on_frames(frames)
+                except Exception:  # a bug must cost one frame, never the engine
+                    log.exception("unexpected error handling a frame; dropped")
+                sock = self._sock
+        finally:
+            self._draining = False
 
     def _on_frames(self, frames: list[bytes]) -> None:
         if len(frames) != 3 or frames[1]:
@@ -397,7 +403,9 @@ class Server:
             sock.send(body, _NOBLOCK)
         except zmq.ZMQError as err:
             _log_send_failure(identity, err)
-        if _readable(sock):  # the send may have taken the edge of a request that came in
+        # The send may have taken the edge of a request that came in. Inside _drain its loop
+        # looks next anyway; asking here too would cost a second system call per reply.
+        if not self._draining and _readable(sock):
             asyncio.get_running_loop().call_soon(self._drain)
 
     # ------------------------------------------------------------------------------ knobs

@@ -96,3 +96,17 @@ def test_cpu_ticks_reads_steal_from_proc_stat() -> None:
     assert ticks is not None and 0 <= ticks[0] <= ticks[1]
     fields = Path("/proc/stat").read_text().split()[1:9]
     assert ticks[0] <= int(fields[7])  # read before: steal only grows
+
+
+def test_syscalls_reads_strace_summaries() -> None:
+    from bench.syscalls import parse_summary
+
+    text = """% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 66.99    0.965008      965008         1           epoll_wait
+ 16.01    0.230681          23     10002           poll
+ 15.76    0.227032          22     10016        12 getpid
+------ ----------- ----------- --------- --------- ----------------
+100.00    1.422721          70     20019        12 total
+"""
+    assert parse_summary(text) == {"epoll_wait": 1, "poll": 10002, "getpid": 10016}
