@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +47,7 @@ def tracing(pid: int, out: Path) -> Iterator[None]:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
+        _wait_attached(proc, pid)
         yield
     finally:
         proc.send_signal(signal.SIGINT)  # strace writes its summary when interrupted
@@ -54,6 +58,22 @@ def tracing(pid: int, out: Path) -> Iterator[None]:
             _, err = proc.communicate()
         if not out.exists() or "total" not in out.read_text():
             raise BenchError(f"strace traced nothing (ptrace permission?): {err.strip()[-300:]}")
+
+
+def _wait_attached(proc: subprocess.Popen[str], pid: int, timeout: float = 10.0) -> None:
+    """Return once strace says it attached to `pid` ("Process N attached [with M threads]": every
+    thread at once), so no traced call is counted without its system calls."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    fd, seen = proc.stderr.fileno(), b""  # read raw: a buffered readline hides lines from select
+    while b"attached" not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise BenchError(f"strace did not attach to {pid} within {timeout:g}s")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise BenchError(f"strace exited before attaching to {pid} (ptrace permission?)")
+        seen += chunk
 
 
 def parse_summary(text: str) -> dict[str, int]:
