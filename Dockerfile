@@ -29,6 +29,6 @@ EXPOSE 50051 9090
 # The check reads the service's own env (listen port, token); with TLS on the gRPC port, also set
 # CONTROL_SERVICE_HEALTH_TLS_CA (+ _CERT/_KEY for mutual TLS, _SERVER_NAME if the cert needs it).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["python", "-m", "control_service.healthcheck"]
+  CMD ["python", "-m", "control_service.cli.healthcheck"]
 # Exec form: SIGTERM reaches the server, which drains calls and exits 0.
 ENTRYPOINT ["control-service", "serve"]

@@ -30,7 +30,7 @@ from pathlib import Path
 from bench import cases, profile
 from bench.procs import REPO, BenchError, Children
 from bench.report import FanoutResult, MainResult, cpu_ticks, environment, render, say, write_doc
-from control_service.aio import run
+from control_service.cli.aio import run
 
 DOC = REPO / "docs" / "benchmarks.md"
 

@@ -18,16 +18,16 @@ from typing import Any
 
 # (name shown, parent or "", owner object, attribute)
 PHASES: list[tuple[str, str, str, str]] = [
-    ("validate: request -> Command", "", "control_service.commands:Commands", "pause"),
-    ("submit: admit, slot, timer, send", "", "control_service.dispatcher:Dispatcher", "submit"),
-    ("zmq send", "submit: admit, slot, timer, send", "control_service.engine_link:EngineLink",
+    ("validate: request -> Command", "", "control_service.server.commands:Commands", "pause"),
+    ("submit: admit, slot, timer, send", "", "control_service.server.dispatcher:Dispatcher", "submit"),
+    ("zmq send", "submit: admit, slot, timer, send", "control_service.server.engine_link:EngineLink",
      "_transmit"),
-    ("reply: zmq recv .. op finished", "", "control_service.engine_link:EngineLink", "_drain"),
+    ("reply: zmq recv .. op finished", "", "control_service.server.engine_link:EngineLink", "_drain"),
     ("decode, deliver, finish", "reply: zmq recv .. op finished",
-     "control_service.engine_link:EngineLink", "_on_frames"),
-    ("build ControlEvent", "", "control_service.messages:", "event"),
-    ("unsubscribe", "", "control_service.dispatcher:Dispatcher", "unsubscribe"),
-    ("end: metrics, log line", "", "control_service.servicer:ControlServicer", "_ended"),
+     "control_service.server.engine_link:EngineLink", "_on_frames"),
+    ("build ControlEvent", "", "control_service.server.messages:", "event"),
+    ("unsubscribe", "", "control_service.server.dispatcher:Dispatcher", "unsubscribe"),
+    ("end: metrics, log line", "", "control_service.server.servicer:ControlServicer", "_ended"),
 ]  # fmt: skip
 
 spent_ns: dict[str, int] = {}

@@ -17,11 +17,11 @@ from typing import Any
 
 import bench._service as service
 from bench.procs import die_with_parent
-from control_service import wire
-from control_service.aio import run
+from control_service.cli.aio import run
 from control_service.errors import ControlError
 from control_service.gen.control.v1 import control_pb2 as pb
-from control_service.servicer import ControlServicer
+from control_service.protocol import wire
+from control_service.server.servicer import ControlServicer
 
 _IDS = itertools.count()
 _EVENT = pb.ControlEvent(

@@ -27,10 +27,10 @@ from typing import Any
 
 from bench import _accounting
 from bench.procs import die_with_parent, emit, rss_kb
-from control_service.aio import run
-from control_service.config import EngineConfig, ServiceConfig
+from control_service.cli.aio import run
 from control_service.log import configure
 from control_service.server import ControlServer
+from control_service.server.config import EngineConfig, ServiceConfig
 
 ENGINES_UP_TIMEOUT_S = 30.0
 

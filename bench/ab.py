@@ -26,7 +26,7 @@ from pathlib import Path
 from bench.cases import channel, pause_calls
 from bench.load import Call, Stats, measure
 from bench.procs import REPO, BenchError, Children
-from control_service.aio import run
+from control_service.cli.aio import run
 
 ENTRIES = 64
 WARMUP = 3_000

@@ -20,7 +20,7 @@ from bench.cases import channel, pause_calls
 from bench.load import measure
 from bench.procs import REPO, BenchError, Children
 from bench.report import cpu_ticks, environment
-from control_service.aio import run
+from control_service.cli.aio import run
 
 WARMUP = 3_000
 DOC = REPO / "docs" / "where-the-time-goes.md"

@@ -6,7 +6,7 @@
 - zmq: a raw pyzmq ROUTER (read like engine_stub's: a plain socket on `loop.add_reader`) that
   sends every message back to the DEALER that sent it.
 
-Both run on the same event loop as the service (control_service.aio: uvloop when installed),
+Both run on the same event loop as the service (control_service.cli.aio: uvloop when installed),
 print one ready line, `{"port": ...}` or `{"endpoint": ...}`, and run until SIGTERM.
 """
 
@@ -22,7 +22,7 @@ import grpc
 import zmq
 
 from bench.procs import die_with_parent, emit
-from control_service.aio import run
+from control_service.cli.aio import run
 
 ECHO_METHOD = "/bench.Echo/Echo"
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)

@@ -28,7 +28,7 @@ import zmq
 import zmq.asyncio
 
 from bench.procs import die_with_parent, emit
-from control_service.aio import run
+from control_service.cli.aio import run
 from control_service.gen.control.v1 import control_pb2 as pb
 
 # What the instant engine's Result becomes in the bridge, serialized once: no per-call protobuf.

@@ -45,9 +45,9 @@ CLIENT_MARGIN_S = 5.0  # past the request's own timeout: a call still open then 
 
 async def serve(endpoints: list[str]) -> None:
     """The service under soak; prints its port, then answers 'stats' lines on stdin."""
-    from control_service.config import EngineConfig, ServiceConfig
     from control_service.log import configure
     from control_service.server import ControlServer
+    from control_service.server.config import EngineConfig, ServiceConfig
 
     configure("error")
     engines = tuple(

@@ -24,7 +24,7 @@ import sys
 from bench.cases import channel, pause_calls
 from bench.load import Call, Pids, Stats, measure
 from bench.procs import BenchError, Children
-from control_service.aio import run
+from control_service.cli.aio import run
 
 ENTRIES = 64
 SIDES = ("service", "transport only", "naive bridge")

@@ -29,7 +29,7 @@ from pathlib import Path
 from bench.cases import channel, pause_calls
 from bench.load import Call, measure
 from bench.procs import BenchError, Children
-from control_service.aio import run
+from control_service.cli.aio import run
 
 ENTRIES = 64
 SIDES = ("service", "naive bridge")

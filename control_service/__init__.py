@@ -10,7 +10,7 @@ A trainer needs only what is re-exported here, the client::
 The rest is for running and extending the service: `control-service serve` (cli.py) or
 `server.ControlServer`, the engine protocol in `wire` (both sides use it), and the generated
 gRPC code fenced in `gen`. The client is imported on first use, not here, so that an engine
-importing `control_service.wire` does not load gRPC.
+importing `control_service.protocol.wire` does not load gRPC.
 """
 
 from __future__ import annotations

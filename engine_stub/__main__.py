@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from control_service import wire
-from control_service.aio import run as run_loop
+from control_service.cli.aio import run as run_loop
+from control_service.protocol import wire
 
 from .engine import SimConfig
 from .server import Knobs, ServerConfig, run

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from control_service import wire
+from control_service.protocol import wire
 
 from .checkpoint import checkpoint_files, checkpoint_root, hash_file
 

@@ -33,7 +33,7 @@ import zmq
 import zmq.asyncio
 import zmq.auth
 
-from control_service import wire
+from control_service.protocol import wire
 
 from .engine import Engine, OpError, SimConfig, clip
 

@@ -9,10 +9,10 @@ from typing import Any
 import grpc
 import pytest
 
-from control_service.config import EngineConfig, LinkConfig, ServiceConfig
-from control_service.engine_link import EngineLink
 from control_service.gen.control.v1 import control_pb2_grpc
 from control_service.server import ControlServer, LinkFactory
+from control_service.server.config import EngineConfig, LinkConfig, ServiceConfig
+from control_service.server.engine_link import EngineLink
 from engine_stub.checkpoint import write_checkpoint
 from tests.harness import Service, StartService
 from tests.stub_process import StubProcess

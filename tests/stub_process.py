@@ -2,7 +2,7 @@
 
 `StubProcess` owns the process and its stdout JSON lines (read by a thread into `events`, so the
 pipe never fills and every wait is a bounded wait on a condition, never a sleep). `EngineClient`
-is a raw ZMQ DEALER speaking the engine protocol through control_service.wire.
+is a raw ZMQ DEALER speaking the engine protocol through control_service.protocol.wire.
 
     with StubProcess() as stub:
         endpoint = stub.start("--requests", "2")
@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from control_service import wire
+from control_service.protocol import wire
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0

@@ -1,0 +1,403 @@
+"""The trainer-side async client of the control plane.
+
+An RL loop calls ``pause -> update_weights -> resume`` thousands of times, so the surface is
+small and every call has the same shape: typed arguments in, an `Outcome` (the per-engine final
+`Result` messages) out, and a `ControlError` (code, message, per-engine failures) on failure::
+
+    async with ControlClient(ClientConfig(target="127.0.0.1:50051", retries=3)) as client:
+        await client.pause("abort")
+        await client.update_weights("/ckpt/step-100", "100")
+        await client.resume()
+
+Every mutating call carries a request id. The client makes one (uuid4 hex) when the caller does
+not, before the first attempt, so that retrying an UNAVAILABLE call sends the same id: the server
+then attaches to the operation already running or replays its recorded outcome, and a retry can
+never pause or load twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal, Self
+
+import grpc
+
+from control_service.client import _utils as utils
+from control_service.client._utils import EventCallback, new_request_id
+from control_service.errors import ControlError, EngineFailure, invalid
+from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
+
+__all__ = [
+    "ClientConfig",
+    "ControlClient",
+    "ControlError",
+    "EngineFailure",
+    "EventCallback",
+    "Outcome",
+    "PauseModeName",
+    "RefitPolicyName",
+    "ServiceStatus",
+    "StepTimeouts",
+    "TlsConfig",
+    "new_request_id",
+]
+
+PauseModeName = Literal["abort", "wait", "keep"]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS for the channel: a root CA to trust, and optionally a client cert+key for mTLS.
+
+    With no root_cert the system's trust store is used. `server_name_override` is for test
+    certificates whose subject does not match the target host.
+    """
+
+    root_cert: Path | None = None
+    cert_chain: Path | None = None
+    private_key: Path | None = None
+    server_name_override: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_chain is None) != (self.private_key is None):
+            raise invalid("a TLS client certificate needs both a certificate chain and a key")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The channel credentials; reads the PEM files now so a bad path fails at connect."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=utils.read_optional(self.root_cert),
+            private_key=utils.read_optional(self.private_key),
+            certificate_chain=utils.read_optional(self.cert_chain),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimeouts:
+    """Per-step limits of a Refit (seconds; None: only the overall timeout applies)."""
+
+    pause: float | None = None
+    update: float | None = None
+    resume: float | None = None
+
+    def items(self) -> list[tuple[str, float]]:
+        return [
+            (name, utils.check_timeout(value))  # type: ignore[misc]
+            for name, value in (
+                ("pause", self.pause),
+                ("update", self.update),
+                ("resume", self.resume),
+            )  # fmt: skip
+            if value is not None
+        ]
+
+
+RefitPolicyName = Literal["resume_old_weights", "stay_paused"]
+REFIT_POLICIES: dict[str, control_pb2.RefitFailurePolicy] = {
+    "resume_old_weights": control_pb2.REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS,
+    "stay_paused": control_pb2.REFIT_FAILURE_POLICY_STAY_PAUSED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Everything a `ControlClient` needs, validated once when built.
+
+    timeout_s: the operation timeout sent with each mutating call (None: the server's default);
+        the transport deadline is this plus `deadline_margin_s`, so that the server, not the
+        client, reports which engines were late.
+    status_timeout_s: deadline of GetStatus when the call gives none.
+    retries: how many times an UNAVAILABLE call is retried with the same request id.
+    keepalive_time_s: HTTP/2 ping interval while a call is open (None: no pings).
+    channel_options: extra grpc channel options, applied last (they win).
+    """
+
+    target: str = "127.0.0.1:50051"
+    timeout_s: float | None = None
+    status_timeout_s: float = 10.0
+    deadline_margin_s: float = 5.0
+    retries: int = 0
+    retry_backoff_s: float = 0.2
+    retry_backoff_max_s: float = 2.0
+    tls: TlsConfig | None = None
+    bearer_token: str | None = None
+    keepalive_time_s: float | None = 30.0
+    keepalive_timeout_s: float = 10.0
+    channel_options: tuple[tuple[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.target:
+            raise invalid("client target must be 'host:port'")
+        utils.check_timeout(self.timeout_s)
+        for name in ("status_timeout_s", "keepalive_timeout_s", "retry_backoff_s"):
+            if not getattr(self, name) > 0:
+                raise invalid(f"{name} must be > 0")
+        if self.keepalive_time_s is not None and not self.keepalive_time_s > 0:
+            raise invalid("keepalive_time_s must be > 0 or None")
+        if self.deadline_margin_s < 0 or self.retries < 0:
+            raise invalid("deadline_margin_s and retries must be >= 0")
+        if self.retry_backoff_max_s < self.retry_backoff_s:
+            raise invalid("retry_backoff_max_s must be >= retry_backoff_s")
+
+    def options(self) -> list[tuple[str, Any]]:
+        """The grpc channel options this config implies, the caller's own last."""
+        options = utils.keepalive_options(self.keepalive_time_s, self.keepalive_timeout_s)
+        if self.tls is not None and self.tls.server_name_override:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name_override))
+        return options + list(self.channel_options)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a successful Pause/UpdateWeights/Resume returned.
+
+    results: each engine's final Result (its state after the operation).
+    events: every event in arrival order (exact repeats from a retried stream dropped).
+    attempts: 1 + the retries it took.
+    """
+
+    request_id: str
+    results: Mapping[str, control_pb2.Result]
+    events: tuple[control_pb2.ControlEvent, ...] = ()
+    attempts: int = 1
+
+    def states(self) -> dict[str, control_pb2.EngineState]:
+        """Each engine's state after the operation (paused, weight version, in flight, digest)."""
+        return {engine: result.state for engine, result in self.results.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """GetStatus as a mapping engine name -> EngineStatus (reachable, state, error)."""
+
+    engines: Mapping[str, control_pb2.EngineStatus]
+
+    @classmethod
+    def from_response(cls, response: control_pb2.GetStatusResponse) -> ServiceStatus:
+        return cls(MappingProxyType({status.engine: status for status in response.engines}))
+
+    @property
+    def all_reachable(self) -> bool:
+        return all(status.reachable for status in self.engines.values())
+
+    def to_response(self) -> control_pb2.GetStatusResponse:
+        """Back to the wire message (for JSON output)."""
+        return control_pb2.GetStatusResponse(engines=list(self.engines.values()))
+
+
+class ControlClient:
+    """Async client of control.v1.ControlService; use as ``async with ControlClient(cfg)``.
+
+    The channel is opened on entry (inside the running event loop, as grpc.aio requires) and
+    closed on exit. One client may run calls concurrently; the server orders mutations.
+    """
+
+    def __init__(self, config: ClientConfig | None = None) -> None:
+        self.config = config or ClientConfig()
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: control_pb2_grpc.ControlServiceStub | None = None
+
+    async def __aenter__(self) -> Self:
+        self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def open(self) -> None:
+        """Create the channel (idempotent); connecting happens lazily on the first call."""
+        if self._channel is not None:
+            return
+        options = self.config.options()
+        if self.config.tls is None:
+            self._channel = grpc.aio.insecure_channel(self.config.target, options=options)
+        else:
+            credentials = self.config.tls.credentials()
+            self._channel = grpc.aio.secure_channel(self.config.target, credentials, options)
+        self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
+
+    async def close(self) -> None:
+        """Close the channel, cancelling calls still open on it."""
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Wait until the channel is connected; UNAVAILABLE ControlError after `timeout_s`."""
+        self.open()
+        assert self._channel is not None
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
+        except TimeoutError:
+            raise ControlError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.config.target} not reachable within {timeout_s:g}s",
+            ) from None
+
+    async def pause(
+        self,
+        mode: PauseModeName | None = None,
+        *,
+        clear_cache: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        engines: Iterable[str] = (),
+        on_event: EventCallback | None = None,
+    ) -> Outcome:
+        """Stop the engines serving generation; mode None means the server's default."""
+        request = control_pb2.PauseRequest(
+            request_id=utils.checked_request_id(request_id),
+            mode=utils.pause_mode(mode),
+            clear_cache=clear_cache,
+            engines=list(engines),
+        )
+        return await self._mutate(self._rpc("Pause"), request, timeout, on_event)
+
+    async def update_weights(
+        self,
+        uri: str,
+        version: str,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        engines: Iterable[str] = (),
+        on_event: EventCallback | None = None,
+    ) -> Outcome:
+        """Load the checkpoint at `uri` into the (paused) engines, to report as `version`."""
+        if not uri or not version:
+            raise invalid("update_weights needs a non-empty uri and version")
+        request = control_pb2.UpdateWeightsRequest(
+            request_id=utils.checked_request_id(request_id),
+            uri=uri,
+            version=version,
+            engines=list(engines),
+        )
+        return await self._mutate(self._rpc("UpdateWeights"), request, timeout, on_event)
+
+    async def resume(
+        self,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        engines: Iterable[str] = (),
+        on_event: EventCallback | None = None,
+    ) -> Outcome:
+        """Let paused engines serve again (KEEP-paused requests continue)."""
+        request = control_pb2.ResumeRequest(
+            request_id=utils.checked_request_id(request_id), engines=list(engines)
+        )
+        return await self._mutate(self._rpc("Resume"), request, timeout, on_event)
+
+    async def refit(
+        self,
+        uri: str,
+        version: str,
+        *,
+        mode: PauseModeName | None = None,
+        clear_cache: bool = False,
+        on_failure: RefitPolicyName = "resume_old_weights",
+        steps: StepTimeouts | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        engines: Iterable[str] = (),
+        on_event: EventCallback | None = None,
+    ) -> Outcome:
+        """Pause -> update_weights -> resume as one call. If a step fails, `on_failure` runs
+        (by default the engines resume on their old weights) and ControlError names the step.
+        `Outcome.results` holds each engine's final state (the events tagged step "refit")."""
+        if not uri or not version:
+            raise invalid("refit needs a non-empty uri and version")
+        if on_failure not in REFIT_POLICIES:
+            raise invalid(f"on_failure must be one of {sorted(REFIT_POLICIES)}")
+        request = control_pb2.RefitRequest(
+            request_id=utils.checked_request_id(request_id),
+            mode=utils.pause_mode(mode),
+            clear_cache=clear_cache,
+            uri=uri,
+            version=version,
+            on_failure=REFIT_POLICIES[on_failure],
+            engines=list(engines),
+        )
+        for name, seconds in (steps or StepTimeouts()).items():
+            getattr(request, f"{name}_timeout").CopyFrom(utils.duration(seconds))
+        return await self._mutate(self._rpc("Refit"), request, timeout, on_event)
+
+    async def status(
+        self, engines: Iterable[str] = (), *, timeout: float | None = None
+    ) -> ServiceStatus:
+        """Every (or the named) engine's reachability and state; safe to retry, never queued."""
+        request = control_pb2.GetStatusRequest(engines=list(engines))
+        deadline = utils.check_timeout(timeout) or self.config.status_timeout_s
+        response = await self._with_retries(
+            lambda: self._rpc("GetStatus")(
+                request, timeout=deadline, metadata=utils.metadata(self.config.bearer_token)
+            )
+        )
+        return ServiceStatus.from_response(response)
+
+    # ------------------------------------------------------------------------------ internals
+
+    def _rpc(self, name: str) -> Any:
+        if self._stub is None:
+            raise RuntimeError("ControlClient is not open: use 'async with ControlClient(...)'")
+        return getattr(self._stub, name)
+
+    async def _mutate(
+        self,
+        rpc: Callable[..., Any],
+        request: Any,
+        timeout: float | None,
+        on_event: EventCallback | None,
+    ) -> Outcome:
+        """Run one streaming call to its end, retrying UNAVAILABLE with the same request."""
+        timeout_s = utils.check_timeout(timeout if timeout is not None else self.config.timeout_s)
+        if timeout_s is not None:
+            request.timeout.CopyFrom(utils.duration(timeout_s))
+        deadline = utils.grpc_deadline(timeout_s, self.config.deadline_margin_s)
+        events: list[control_pb2.ControlEvent] = []
+        seen: set[bytes] = set()
+
+        async def attempt() -> None:
+            call = rpc(request, timeout=deadline, metadata=utils.metadata(self.config.bearer_token))
+            try:
+                async for event in call:
+                    key = utils.dedupe_key(event)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    events.append(event)
+                    await utils.call_back(on_event, event)
+            finally:
+                call.cancel()  # no-op once finished; stops the stream if a callback raised
+
+        attempts = await self._with_retries(attempt, count_attempts=True)
+        results = {e.engine: e.result for e in events if e.WhichOneof("event") == "result"}
+        return Outcome(request.request_id, MappingProxyType(results), tuple(events), attempts)
+
+    async def _with_retries(self, attempt: Callable[[], Any], count_attempts: bool = False) -> Any:
+        """Await attempt() until it succeeds or fails with anything but a retryable UNAVAILABLE.
+
+        Returns attempt()'s value, or the number of attempts made when `count_attempts`.
+        """
+        made = 0
+        while True:
+            made += 1
+            try:
+                value = await attempt()
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or made > self.config.retries:
+                    raise utils.error_from_rpc(error) from error
+                config = self.config
+                await asyncio.sleep(
+                    utils.backoff_s(made, config.retry_backoff_s, config.retry_backoff_max_s)
+                )
+            else:
+                return made if count_attempts else value

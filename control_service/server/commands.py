@@ -1,0 +1,177 @@
+"""Validation: from a gRPC request to a Command the dispatcher can trust, or INVALID_ARGUMENT.
+
+Everything a caller sends is checked and bounded here, once: the request_id's shape, string
+lengths, the timeout, the pause mode, the engine names. The effective deadline is the earliest of
+the client's gRPC deadline, the request's timeout (or the server default) and the server maximum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from control_service.errors import ControlError, invalid
+from control_service.gen.control.v1 import control_pb2 as pb
+from control_service.server.config import ServiceConfig
+from control_service.server.operations import Command
+from control_service.server.refit import RESUME_OLD_WEIGHTS, STAY_PAUSED
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_URI_CHARS = 4096
+MAX_VERSION_CHARS = 256
+_POLICIES: dict[int, str] = {
+    pb.REFIT_FAILURE_POLICY_UNSPECIFIED: RESUME_OLD_WEIGHTS,
+    pb.REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS: RESUME_OLD_WEIGHTS,
+    pb.REFIT_FAILURE_POLICY_STAY_PAUSED: STAY_PAUSED,
+}
+_MODES: dict[int, str] = {
+    pb.PAUSE_MODE_ABORT: "abort",
+    pb.PAUSE_MODE_WAIT: "wait",
+    pb.PAUSE_MODE_KEEP: "keep",
+}
+
+
+class Commands:
+    """Builds Commands for one service configuration."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.all_engines = tuple(e.name for e in config.engines)
+        self._known = frozenset(self.all_engines)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, on first call
+
+    def pause(self, req: pb.PauseRequest, time_remaining: float | None) -> Command:
+        rid = request_id(req.request_id)
+        mode = self._mode(req.mode) if req.mode else self.config.default_pause_mode
+        args = {"mode": mode, "clear_cache": req.clear_cache}
+        return self._command(rid, req, "pause", args, time_remaining)
+
+    def update_weights(self, req: pb.UpdateWeightsRequest, time_remaining: float | None) -> Command:
+        rid = request_id(req.request_id)
+        _require_text("uri", req.uri, MAX_URI_CHARS)
+        _require_text("version", req.version, MAX_VERSION_CHARS)
+        args = {"uri": req.uri, "version": req.version}
+        return self._command(rid, req, "update_weights", args, time_remaining)
+
+    def resume(self, req: pb.ResumeRequest, time_remaining: float | None) -> Command:
+        return self._command(request_id(req.request_id), req, "resume", {}, time_remaining)
+
+    def refit(self, req: pb.RefitRequest, time_remaining: float | None) -> Command:
+        rid = request_id(req.request_id)
+        mode = self._mode(req.mode)
+        _require_text("uri", req.uri, MAX_URI_CHARS)
+        _require_text("version", req.version, MAX_VERSION_CHARS)
+        policy = _POLICIES.get(req.on_failure)
+        if policy is None:
+            raise invalid(f"on_failure {req.on_failure} is not a RefitFailurePolicy")
+        maximum = self.config.max_timeout_s
+        steps = {
+            f"{name}_timeout_s": _seconds(getattr(req, f"{name}_timeout"), maximum)
+            if req.HasField(f"{name}_timeout")
+            else None
+            for name in ("pause", "update", "resume")
+        }
+        args = {
+            "mode": mode,
+            "clear_cache": req.clear_cache,
+            "uri": req.uri,
+            "version": req.version,
+            "on_failure": policy,
+            **steps,
+            "policy_timeout_s": steps["resume_timeout_s"] or self.config.default_timeout_s,
+        }
+        return self._command(rid, req, "refit", args, time_remaining)
+
+    def _mode(self, value: int) -> str:
+        if value == pb.PAUSE_MODE_UNSPECIFIED:
+            return self.config.default_pause_mode
+        mode = _MODES.get(value)
+        if mode is None:
+            raise invalid(f"mode {value} is not a PauseMode")
+        return mode
+
+    def engines(self, names: Sequence[str]) -> tuple[str, ...]:
+        """The named engines in configured order, or all of them for an empty list."""
+        if not names:
+            return self.all_engines
+        if len(names) == 1 and names[0] in self._known:
+            return (names[0],)
+        unknown = sorted(set(names) - set(self.all_engines))
+        if unknown:
+            raise ControlError(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown engine(s) {', '.join(unknown)}; "
+                f"configured: {', '.join(self.all_engines)}",
+            )
+        if len(set(names)) != len(names):
+            raise invalid("engines lists a name twice")
+        wanted = set(names)
+        return tuple(name for name in self.all_engines if name in wanted)
+
+    def _command(
+        self,
+        rid: str,
+        req: pb.PauseRequest | pb.UpdateWeightsRequest | pb.ResumeRequest | pb.RefitRequest,
+        method: str,
+        args: dict[str, Any],
+        time_remaining: float | None,
+    ) -> Command:
+        timeout = req.timeout if req.HasField("timeout") else None
+        names = req.engines
+        # One configured engine named is the common case: `engines` without the call.
+        engines = (
+            (names[0],) if len(names) == 1 and names[0] in self._known else self.engines(names)
+        )
+        return Command(rid, method, args, engines, self.deadline(timeout, time_remaining))
+
+    def deadline(self, timeout: Duration | None, time_remaining: float | None) -> float:
+        c = self.config
+        seconds = c.default_timeout_s if timeout is None else _seconds(timeout, c.max_timeout_s)
+        if time_remaining is not None:
+            if time_remaining <= 0:
+                raise ControlError(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed")
+            seconds = min(seconds, time_remaining)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time() + min(seconds, c.max_timeout_s)
+
+
+# Generated ids: a random prefix per process and a counter (unique, cheaper than uuid4 per call).
+_PREFIX = uuid.uuid4().hex[:12]
+_GENERATED = (f"{_PREFIX}-{n}" for n in itertools.count(1))
+
+
+def request_id(value: str) -> str:
+    """The caller's request_id, checked; a generated one when empty."""
+    if not value:
+        return next(_GENERATED)
+    if REQUEST_ID.fullmatch(value) is None:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise invalid(
+            f"request_id {shown!r} must be 1-128 characters of letters, digits and . _ : -"
+        )
+    return value
+
+
+def _seconds(timeout: Duration, maximum: float) -> float:
+    if not -999_999_999 <= timeout.nanos <= 999_999_999:
+        raise invalid("timeout.nanos must be within +-999,999,999")
+    seconds = timeout.seconds + timeout.nanos / 1e9
+    if not 0 < seconds <= maximum:
+        raise invalid(f"timeout must be > 0s and <= {maximum:g}s, got {seconds:g}s")
+    return seconds
+
+
+def _require_text(name: str, value: str, limit: int) -> None:
+    if not value:
+        raise invalid(f"{name} must not be empty")
+    if len(value) > limit:
+        raise invalid(f"{name} exceeds {limit} characters")

@@ -1,0 +1,330 @@
+"""Runs commands against the engine links: admission, slots, sending, deadlines, endings.
+
+`submit` is synchronous from admission to the last send, so there is no await between opening
+a slot and sending its request: a reply cannot arrive before its slot exists, however fast the
+engine. Every ending of an operation (terminal replies, deadline, cancellation, engine loss,
+shutdown) goes through the same two exits, `Part.on_reply` / `Part.on_lost`, which close slots
+and release the engine for the next mutation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+
+from control_service.errors import ControlError, unavailable
+from control_service.protocol import wire
+from control_service.server.config import ServiceConfig
+from control_service.server.deadlines import Deadlines
+from control_service.server.engine_link import EngineLink
+from control_service.server.metrics import Metrics
+from control_service.server.operations import Command, Operation, Part, Subscriber
+from control_service.server.refit import RefitDriver
+
+log = structlog.get_logger("control_service.server.dispatcher")
+
+_CANCEL_TIMEOUT_S = 5.0
+_OK = grpc.StatusCode.OK
+# Outcomes about time or reachability, not about the operation: a retry runs again, even when
+# the engine itself reported them (its own timeout_s can fire as ours does).
+_FRESH = frozenset(
+    {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineReport:
+    engine: str
+    reachable: bool
+    state: dict[str, Any] | None
+    error: str
+    expected_version: str = ""
+
+    @property
+    def skewed(self) -> bool:
+        """Reports a version other than the one last requested of it."""
+        return bool(
+            self.expected_version
+            and self.state is not None
+            and self.state["weight_version"] != self.expected_version
+        )
+
+
+class Dispatcher:
+    def __init__(
+        self, config: ServiceConfig, links: dict[str, EngineLink], metrics: Metrics | None = None
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.links = links
+        self.running: dict[str, Operation] = {}
+        # Finished operations whose outcome the engines reported, oldest first, for replay.
+        self._records: OrderedDict[str, tuple[float, Operation]] = OrderedDict()
+        # engine -> the mutating operation it is running (one at a time per engine).
+        self._busy: dict[str, Operation] = {}
+        # engine -> the weight version last requested of it, for version-skew reports.
+        self.expected_versions: dict[str, str] = {}
+        self._ids = itertools.count(1)
+        self._drivers: set[asyncio.Task[None]] = set()
+        # Set when the last running operation ends, while shutdown waits for that (wait_idle).
+        self._idle: asyncio.Event | None = None
+        self.closing = False
+        self._loop = asyncio.get_running_loop()  # built by ControlServer.start, on its loop
+        self._deadlines = Deadlines(self._loop)
+
+    # ------------------------------------------------------------------------------ admission
+
+    def submit(self, command: Command) -> tuple[Operation, Subscriber]:
+        """Start `command`, attach to it if it is running, or replay it if it finished."""
+        rid = command.request_id
+        if rid in self.running or rid in self._records:  # else a new request_id: no lookup
+            existing = self._existing(command)
+            if existing is not None:
+                return existing, existing.subscribe()
+        if self.closing:
+            raise unavailable("the service is shutting down")
+        self._check_engines_free(command, None)
+        if command.method == "refit":
+            return self._start_refit(command)
+        return self._start(command, None)
+
+    def _start(self, command: Command, owner: Operation | None) -> tuple[Operation, Subscriber]:
+        """Open every slot, then send: the order this service exists for."""
+        op = Operation(
+            command, self.config.slot_queue_events, self._part_done, self._finished, owner=owner
+        )
+        sub = op.subscribe()
+        self._open_slots(op)
+        self._register(op)
+        loop = self._loop
+        op.timer = self._deadlines.add(command.deadline, op, self._expire)
+        self._send_all(op, loop.time())
+        return op, sub
+
+    def _register(self, op: Operation) -> None:
+        command = op.command
+        self.running[command.request_id] = op
+        if op.owner is None:
+            for name in command.engines:
+                self._busy[name] = op
+        if "version" in command.args and command.method in ("update_weights", "refit"):
+            for name in command.engines:
+                self.expected_versions[name] = command.args["version"]
+
+    def _start_refit(self, command: Command) -> tuple[Operation, Subscriber]:
+        op = Operation(
+            command, self.config.slot_queue_events, self._part_done, self._finished, driven=True
+        )
+        sub = op.subscribe()
+        self._register(op)
+        driver = RefitDriver(op, self._start_step, self._probe)
+        task = self._loop.create_task(driver.run())
+        self._drivers.add(task)
+        task.add_done_callback(self._drivers.discard)
+        return op, sub
+
+    def _start_step(self, command: Command, owner: Operation) -> tuple[Operation, Subscriber]:
+        """A Refit's step: runs on the engines its Refit holds, even during shutdown's drain."""
+        self._check_engines_free(command, owner)
+        return self._start(command, owner)
+
+    async def _probe(
+        self, engines: tuple[str, ...]
+    ) -> dict[str, tuple[dict[str, Any] | None, str]]:
+        return {r.engine: (r.state, r.error) for r in await self.status(engines)}
+
+    def _existing(self, command: Command) -> Operation | None:
+        rid = command.request_id
+        op = self.running.get(rid) or self._record(rid)
+        if op is not None and op.command.fingerprint() != command.fingerprint():
+            raise ControlError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id {rid!r} was already used for {op.command.method} with other "
+                "arguments; use a new request_id for a new call",
+            )
+        return op
+
+    def _record(self, request_id: str) -> Operation | None:
+        entry = self._records.get(request_id)
+        if entry is None:
+            return None
+        if self._loop.time() - entry[0] > self.config.retry_window_s:
+            del self._records[request_id]
+            return None
+        return entry[1]
+
+    def _check_engines_free(self, command: Command, owner: Operation | None) -> None:
+        for name in command.engines:
+            holder = self._busy.get(name)
+            if holder is not None and holder is not owner:
+                raise ControlError(
+                    grpc.StatusCode.ABORTED,
+                    f"engine {name} is running {holder.command.method} "
+                    f"(request_id {holder.command.request_id}); retry when it has finished",
+                )
+
+    def _open_slots(self, op: Operation) -> None:
+        """Open every engine's slot, or none of them."""
+        rid = op.command.request_id
+        opened: list[EngineLink] = []
+        try:
+            for part in op.parts.values():
+                link = self.links[part.engine]
+                link.slots.open(rid, part)  # EngineLink.open, without the extra call
+                opened.append(link)
+        except ControlError:
+            for link in opened:
+                link.slots.close(rid)
+            raise
+
+    def _send_all(self, op: Operation, now: float) -> None:
+        c = op.command
+        request = wire.Request(c.request_id, c.method, c.args, max(c.deadline - now, 0.001))
+        body = wire.encode_request(request)  # once, however many engines
+        for part in list(op.parts.values()):
+            link = self.links[part.engine]
+            try:
+                link.send_encoded(body)
+            except ControlError as err:
+                link.slots.close(c.request_id)
+                part.on_lost(err)
+
+    # -------------------------------------------------------------------------------- endings
+
+    def unsubscribe(self, op: Operation, sub: Subscriber) -> None:
+        """A caller left. If it was the last caller of a running operation, cancel the operation
+        after the detach grace, unless a retry attaches first."""
+        if not op.unsubscribe(sub) or op.driven:
+            return  # a Refit always runs to its end: its policy is what keeps engines safe
+        grace = self.config.detach_grace_s
+        if grace <= 0:
+            self._detached(op)
+        else:
+            op.detach_timer = self._loop.call_later(grace, self._detached, op)
+
+    def _detached(self, op: Operation) -> None:
+        op.detach_timer = None
+        self._end(op, ControlError(grpc.StatusCode.CANCELLED, "every caller went away"))
+
+    def _expire(self, op: Operation) -> None:
+        op.timer = None
+        self._end(op, ControlError(grpc.StatusCode.DEADLINE_EXCEEDED, "no result by the deadline"))
+
+    def fail_all(self, error: ControlError) -> None:
+        """End every running operation (shutdown)."""
+        for op in list(self.running.values()):
+            self._end(op, error)
+
+    def _end(self, op: Operation, error: ControlError) -> None:
+        """Close the open parts' slots, tell their engines to stop (best effort), end the parts."""
+        rid = op.command.request_id
+        for part in op.open_parts():
+            link = self.links[part.engine]
+            if link.slots.close(rid):
+                self._send_cancel(link, rid)
+            part.on_lost(error)
+
+    def _send_cancel(self, link: EngineLink, request_id: str) -> None:
+        try:
+            link.send(wire.Request(request_id, "cancel", {}, _CANCEL_TIMEOUT_S))
+        except ControlError:
+            pass  # the engine is gone: there is nothing left to cancel
+
+    def _part_done(self, op: Operation, part: Part) -> None:
+        if self._busy.get(part.engine) is op:
+            del self._busy[part.engine]
+
+    def _finished(self, op: Operation) -> None:
+        rid = op.command.request_id
+        self.running.pop(rid, None)
+        for name in op.command.engines:
+            if self._busy.get(name) is op:
+                del self._busy[name]
+        outcome = op.outcome
+        assert outcome is not None
+        # (OK tested first: a StatusCode's hash, for the set test, is a Python-level call)
+        if (
+            outcome.engine_reported
+            and op.owner is None
+            and (outcome.code is _OK or outcome.code not in _FRESH)
+        ):
+            records = self._records  # remember the outcome for retries (inline: per call)
+            if rid in records:  # a new key is inserted last already
+                records.move_to_end(rid)
+            records[rid] = (self._loop.time(), op)
+            while len(records) > self.config.retry_max_records:
+                records.popitem(last=False)
+        if not self.running and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no operation runs; False if `timeout` passed first."""
+        if not self.running:
+            return True
+        idle = self._idle
+        if idle is None or idle.is_set():  # none yet, or a stale one: waiters share a fresh one
+            idle = self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # --------------------------------------------------------------------------------- status
+
+    async def status(self, engines: tuple[str, ...]) -> list[EngineReport]:
+        """Ask every engine for its state at once; never queued behind a mutation."""
+        reports = await asyncio.gather(*(self._status_one(name) for name in engines))
+        expected = self.expected_versions
+        return [
+            dataclasses.replace(r, expected_version=expected.get(r.engine, "")) for r in reports
+        ]
+
+    async def _status_one(self, name: str) -> EngineReport:
+        link = self.links[name]
+        if not link.up:
+            return EngineReport(name, False, None, link.down_reason)
+        rid = f"status/{next(self._ids)}"  # '/' is not allowed in callers' ids: no collision
+        waiter = _OneReply()
+        timeout = self.config.status_timeout_s
+        try:
+            link.open(rid, waiter)
+            sent = time.perf_counter()
+            link.send(wire.Request(rid, "status", {}, timeout))
+            reply = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            if self.metrics is not None:
+                self.metrics.engine_rtt.labels(name).observe(time.perf_counter() - sent)
+        except ControlError as err:
+            return EngineReport(name, link.up, None, err.message)
+        except TimeoutError:
+            return EngineReport(name, True, None, f"no status reply within {timeout:g}s")
+        finally:
+            link.slots.close(rid)  # on every exit, cancellation of the caller included
+        if reply.kind == wire.ERROR:
+            return EngineReport(name, True, None, f"{reply.data['code']}: {reply.data['message']}")
+        return EngineReport(name, True, reply.data["state"], "")
+
+
+class _OneReply:
+    """A slot sink that waits for one terminal reply (status probes)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
+
+    def on_reply(self, reply: wire.Reply) -> None:
+        if reply.terminal and not self.future.done():
+            self.future.set_result(reply)
+
+    def on_lost(self, error: ControlError) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)

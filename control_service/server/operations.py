@@ -1,0 +1,283 @@
+"""One trainer call as a value: its engines' parts, its callers, its one outcome.
+
+An Operation is passive: it is driven by callbacks (a reply from an engine link, its deadline
+timer, a lost engine), never by a task of its own, so a reply costs no extra hop. Each engine's
+part is the sink of that engine's reply slot. Callers read the operation through Subscribers, so a
+retry with the same request_id can attach to a running operation, and a finished one can be
+replayed from its recorded final events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from control_service.errors import ControlError, EngineFailure, status_code
+from control_service.protocol import wire
+from control_service.server.deadlines import Deadline
+
+# (engine, seq, reply, step): what a caller sees; the servicer turns it into a ControlEvent.
+# step is "" except in a Refit, where it names the step the event belongs to.
+Event = tuple[str, int, wire.Reply, str]
+
+
+@dataclass(slots=True)
+class Command:
+    """A validated mutating call, the same shape whichever RPC brought it. A value nothing
+    mutates; not a frozen dataclass, whose __init__ costs 3x on every call (see wire.Request)."""
+
+    request_id: str
+    method: str  # "pause" | "update_weights" | "resume" | "refit"
+    args: dict[str, Any]
+    engines: tuple[str, ...]
+    deadline: float  # event-loop time
+
+    def fingerprint(self) -> str:
+        """What must match for a retry to count as the same call: not the deadline, nor any
+        other timeout (a retry naturally has less time left)."""
+        args = {k: v for k, v in self.args.items() if not k.endswith("_timeout_s")}
+        return json.dumps([self.method, args, sorted(self.engines)], sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    code: grpc.StatusCode
+    message: str
+    failures: tuple[EngineFailure, ...]
+    # True when every engine reported its own terminal reply: only such outcomes are replayed.
+    engine_reported: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.code is grpc.StatusCode.OK
+
+    def error(self) -> ControlError:
+        return ControlError(self.code, self.message, self.failures)
+
+
+class Subscriber:
+    """One caller's view: a bounded queue of events. When full, the oldest progress-type event is
+    dropped (counted); terminal events are never dropped, so a slow reader loses no outcome."""
+
+    __slots__ = ("_items", "_limit", "_waiter", "closed", "dropped")
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[Event] = deque()
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False  # no event will come any more (those queued may still be popped)
+        self.dropped = 0
+
+    def push(self, event: Event) -> None:
+        items = self._items
+        if len(items) >= self._limit and not event[2].terminal:
+            self._drop_oldest_nonterminal()
+        items.append(event)
+        waiter = self._waiter  # _wake, written out: this runs for every event
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _drop_oldest_nonterminal(self) -> None:
+        for i, item in enumerate(self._items):
+            if not item[2].terminal:
+                del self._items[i]
+                self.dropped += 1
+                return
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pop(self) -> Event | None:
+        """The next queued event, or None when there is none yet (see `closed`, `wait`)."""
+        items = self._items
+        return items.popleft() if items else None
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future done when an event is queued or the subscriber closes. The servicer's
+        relay awaits it directly: one future per wait, no coroutine frame per event."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        if self._items or self.closed:
+            waiter.set_result(None)
+        return waiter
+
+    def __aiter__(self) -> Subscriber:
+        return self
+
+    async def __anext__(self) -> Event:
+        items = self._items
+        while not items:
+            if self.closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return items.popleft()
+
+
+class Part:
+    """One engine's share of an operation; the sink of that engine's reply slot."""
+
+    __slots__ = ("done", "engine", "op", "seq")
+
+    def __init__(self, op: Operation, engine: str) -> None:
+        self.op = op
+        self.engine = engine
+        self.seq = 0
+        self.done = False
+
+    def on_reply(self, reply: wire.Reply) -> None:
+        if self.done:
+            return
+        self.seq += 1
+        event = (self.engine, self.seq, reply, "")
+        if reply.kind in wire.TERMINAL_KINDS:
+            self.done = True
+            self.op.part_done(self, event, engine_reported=True)
+        else:
+            self.op.publish(event)
+
+    def on_lost(self, error: ControlError) -> None:
+        """The service ended this part (engine lost, deadline, cancel, shutdown)."""
+        if self.done:
+            return
+        self.seq += 1
+        self.done = True
+        reply = wire.error(self.op.command.request_id, error.code.name, error.message)
+        self.op.part_done(self, (self.engine, self.seq, reply, ""), engine_reported=False)
+
+
+class Operation:
+    """Fan-in of every engine's replies, fan-out to every caller, and the one outcome."""
+
+    def __init__(
+        self,
+        command: Command,
+        queue_limit: int,
+        on_part_done: Callable[[Operation, Part], None],
+        on_finished: Callable[[Operation], None],
+        driven: bool = False,
+        owner: Operation | None = None,
+    ) -> None:
+        self.command = command
+        # A Refit's step has its Refit as owner: it runs on engines the owner holds.
+        self.owner = owner
+        # A driven operation (Refit) has no engine parts of its own: a task publishes its events
+        # and calls complete(); its final events are kept here for replay.
+        self.driven = driven
+        self.parts = {} if driven else {name: Part(self, name) for name in command.engines}
+        self.finals: list[Event] = []
+        self.subscribers: list[Subscriber] = []
+        self.outcome: Outcome | None = None
+        self.timer: Deadline | None = None  # its deadline (control_service/deadlines.py)
+        # Set while no caller is attached: cancels the operation when it fires.
+        self.detach_timer: asyncio.TimerHandle | None = None
+        self._queue_limit = queue_limit
+        self._pending = len(self.parts)
+        self._failures: list[EngineFailure] = []
+        self._all_reported = True
+        self._on_part_done = on_part_done
+        self._on_finished = on_finished
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    def subscribe(self) -> Subscriber:
+        """A new caller. On a finished operation it gets the recorded final events at once."""
+        sub = Subscriber(self._queue_limit)
+        if self.outcome is not None:
+            for event in self.finals:
+                sub.push(event)
+            sub.close()
+        else:
+            self._stop_detach_timer()
+            self.subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> bool:
+        """Remove a caller; True when it was the last one of a still-running operation."""
+        if self.outcome is not None:  # finished: its callers are gone already (every call ends
+            return False  # here, and a raised ValueError would cost more than the call)
+        try:
+            self.subscribers.remove(sub)
+        except ValueError:
+            return False
+        return not self.subscribers and self.outcome is None
+
+    def publish(self, event: Event) -> None:
+        for sub in self.subscribers:
+            sub.push(event)
+
+    def part_done(self, part: Part, event: Event, engine_reported: bool) -> None:
+        for sub in self.subscribers:  # publish, written out: this runs for every call
+            sub.push(event)
+        self.finals.append(event)
+        reply = event[2]
+        if reply.kind == wire.ERROR:
+            code = status_code(reply.data["code"])
+            self._failures.append(EngineFailure(part.engine, code, reply.data["message"]))
+        self._all_reported &= engine_reported
+        self._pending -= 1
+        self._on_part_done(self, part)
+        if self._pending == 0:
+            self._finish()
+
+    def open_parts(self) -> list[Part]:
+        return [p for p in self.parts.values() if not p.done]
+
+    def _stop_detach_timer(self) -> None:
+        if self.detach_timer is not None:
+            self.detach_timer.cancel()
+            self.detach_timer = None
+
+    def complete(self, outcome: Outcome, finals: list[Event]) -> None:
+        """End a driven operation with the outcome its task decided."""
+        self.finals = finals
+        self._finish(outcome)
+
+    def _finish(self, outcome: Outcome | None = None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.detach_timer is not None:
+            self._stop_detach_timer()
+        if outcome is None and not self._failures:  # the common case, without a call
+            outcome = _OK_REPORTED if self._all_reported else _OK_UNREPORTED
+        elif outcome is None:
+            outcome = summarize(self._failures, len(self.parts), self._all_reported)
+        self.outcome = outcome
+        self.parts = {}  # Part.op <-> Operation.parts is a cycle: break it, free memory at once
+        for sub in self.subscribers:
+            sub.close()
+        self.subscribers.clear()
+        self._on_finished(self)
+
+
+_OK_REPORTED = Outcome(grpc.StatusCode.OK, "", (), engine_reported=True)
+_OK_UNREPORTED = Outcome(grpc.StatusCode.OK, "", (), engine_reported=False)
+
+
+def summarize(failures: list[EngineFailure], engines: int, engine_reported: bool) -> Outcome:
+    """The documented rule: OK if every engine succeeded; else UNAVAILABLE if any engine was
+    unreachable; else the code of the first engine to fail. The message names every failure."""
+    if not failures:
+        return _OK_REPORTED if engine_reported else _OK_UNREPORTED
+    codes = {f.code for f in failures}
+    code = grpc.StatusCode.UNAVAILABLE if grpc.StatusCode.UNAVAILABLE in codes else failures[0].code
+    listed = "; ".join(f"{f.engine}: {f.code.name}: {f.message}" for f in failures)
+    message = listed if engines == 1 else f"{len(failures)} of {engines} engines failed: {listed}"
+    return Outcome(code, message, tuple(failures), engine_reported)

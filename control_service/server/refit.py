@@ -1,0 +1,179 @@
+"""Refit: pause -> update weights -> resume as one operation that never strands an engine.
+
+Every RL framework strings the three calls together by hand, and the same failures recur: an
+update fails and nobody resumes, a retry after a timeout pauses twice. Here the three steps run as
+ordinary sub-operations (request ids `<id>/pause` ... : '/' cannot occur in a caller's id) under
+one request_id that holds the engines for the whole refit, so no other mutation interleaves. If a
+step fails, the failure policy runs: by default the engines resume serving their old weights (the
+policy's resume is not bound by the overall timeout). The stream ends with one final Result per
+engine, read from a fresh status probe, so the end state is proven rather than assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+
+from control_service.errors import ControlError, EngineFailure
+from control_service.protocol import wire
+from control_service.server.operations import Command, Event, Operation, Outcome, Subscriber
+
+log = structlog.get_logger("control_service.server.refit")
+
+RESUME_OLD_WEIGHTS = "resume_old_weights"
+STAY_PAUSED = "stay_paused"
+POLICIES = (RESUME_OLD_WEIGHTS, STAY_PAUSED)
+FINAL_STEP = "refit"
+
+# Submits a step as a sub-operation of the refit.
+SubmitStep = Callable[[Command, Operation], tuple[Operation, Subscriber]]
+# Probes the engines' states: engine -> (state or None, error text).
+Probe = Callable[[tuple[str, ...]], Awaitable[dict[str, tuple[dict[str, Any] | None, str]]]]
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    step: str
+    outcome: Outcome
+    results: dict[str, dict[str, Any]]  # engine -> result data, for engines that succeeded
+
+
+class RefitDriver:
+    """The task behind one Refit operation."""
+
+    def __init__(self, op: Operation, submit: SubmitStep, probe: Probe) -> None:
+        self.op = op
+        self.command = op.command
+        self.args = op.command.args
+        self._submit = submit
+        self._probe = probe
+        self._seq: dict[str, int] = {}
+
+    async def run(self) -> None:
+        try:
+            outcome = await self._steps()
+        except Exception as err:  # a bug here must not strand the caller or the engines
+            c = self.command  # every line about a call names its request_id, method and engine
+            log.exception("refit failed unexpectedly", request_id=c.request_id, method="Refit",
+                          engine=",".join(c.engines))  # fmt: skip
+            outcome = Outcome(grpc.StatusCode.INTERNAL, f"refit failed: {err!r}", (), False)
+        self.op.complete(outcome, await self._final_states())
+
+    async def _steps(self) -> Outcome:
+        a = self.args
+        pause = await self._step("pause", {"mode": a["mode"], "clear_cache": a["clear_cache"]},
+                                 a["pause_timeout_s"])  # fmt: skip
+        if not pause.outcome.ok:
+            return await self._fail(pause)
+        update = await self._step("update_weights", {"uri": a["uri"], "version": a["version"]},
+                                  a["update_timeout_s"])  # fmt: skip
+        skewed = self._skew(update)
+        if not update.outcome.ok or skewed:
+            return await self._fail(update, skewed)
+        resume = await self._step("resume", {}, a["resume_timeout_s"])
+        if not resume.outcome.ok:
+            return await self._fail(resume)
+        return Outcome(grpc.StatusCode.OK, "", (), True)
+
+    async def _step(
+        self, step: str, args: dict[str, Any], step_timeout: float | None, attempt: int = 0
+    ) -> StepResult:
+        """Run one step as a sub-operation; relay its events tagged with the step.
+        attempt > 0 marks the failure policy's resume, which the refit's deadline does not bind."""
+        loop = asyncio.get_running_loop()
+        rid = self.command.request_id
+        if attempt:
+            deadline, sub_id = loop.time() + (step_timeout or 0.0), f"{rid}/policy-{step}-{attempt}"
+        else:
+            deadline, sub_id = self.command.deadline, f"{rid}/{step}"
+            if step_timeout is not None:
+                deadline = min(deadline, loop.time() + step_timeout)
+        command = Command(sub_id, step, args, self.command.engines, deadline)
+        try:
+            op, sub = self._submit(command, self.op)
+        except ControlError as err:  # the step could not start (slot budget, say): it failed
+            failures = tuple(EngineFailure(e, err.code, err.message) for e in command.engines)
+            return StepResult(step, Outcome(err.code, err.message, failures, False), {})
+        results: dict[str, dict[str, Any]] = {}
+        async for engine, _, reply, _ in sub:
+            self._publish(engine, reply, step)
+            if reply.kind == wire.RESULT:
+                results[engine] = reply.data
+        assert op.outcome is not None
+        return StepResult(step, op.outcome, results)
+
+    def _skew(self, update: StepResult) -> tuple[EngineFailure, ...]:
+        version = self.args["version"]
+        return tuple(
+            EngineFailure(engine, grpc.StatusCode.INTERNAL,
+                          f"reported version {data['state']['weight_version']!r}, not {version!r}")
+            for engine, data in update.results.items()
+            if data["state"]["weight_version"] != version
+        )  # fmt: skip
+
+    async def _fail(self, failed: StepResult, skewed: tuple[EngineFailure, ...] = ()) -> Outcome:
+        """Apply the failure policy; end with the failing step's status, saying what was done."""
+        failures = failed.outcome.failures + skewed
+        code = failed.outcome.code if not failed.outcome.ok else grpc.StatusCode.INTERNAL
+        what = failed.outcome.message if not failed.outcome.ok else ""
+        if skewed:
+            listed = "; ".join(f"{f.engine}: {f.message}" for f in skewed)
+            what = f"{what}; version skew: {listed}" if what else f"version skew: {listed}"
+        policy = self.args["on_failure"]
+        if policy == STAY_PAUSED:
+            did = "engines left paused (on_failure=STAY_PAUSED)"
+        else:
+            resumed = await self._policy_resume()
+            names = ", ".join(self.command.engines)
+            did = (
+                f"resumed {names} on their previous weights (on_failure=RESUME_OLD_WEIGHTS)"
+                if resumed.outcome.ok
+                else f"on_failure=RESUME_OLD_WEIGHTS could not resume: {resumed.outcome.message}"
+            )
+        message = f"{failed.step} failed: {what}; {did}"
+        return Outcome(code, message, failures, failed.outcome.engine_reported)
+
+    async def _policy_resume(self) -> StepResult:
+        """Resume, retrying while an engine answers ABORTED: it is still unwinding the step we
+        just cancelled. Bounded by the policy's own time budget, not the refit's deadline."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.args["policy_timeout_s"]
+        delay = 0.02
+        attempt = 0
+        while True:
+            attempt += 1
+            resumed = await self._step("resume", {}, give_up - loop.time(), attempt=attempt)
+            busy = resumed.outcome.code is grpc.StatusCode.ABORTED
+            if not busy or loop.time() + delay >= give_up:
+                return resumed
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _publish(self, engine: str, reply: wire.Reply, step: str) -> None:
+        """Relay a step's event with the refit's own per-engine numbering."""
+        seq = self._seq.get(engine, 0) + 1
+        self._seq[engine] = seq
+        self.op.publish((engine, seq, reply, step))
+
+    async def _final_states(self) -> list[Event]:
+        """One final Result per engine, from a fresh status probe: the proven end state."""
+        states = await self._probe(self.command.engines)
+        finals: list[Event] = []
+        rid = self.command.request_id
+        for engine in self.command.engines:
+            state, error = states.get(engine, (None, "no status"))
+            seq = self._seq.get(engine, 0) + 1
+            self._seq[engine] = seq
+            if state is None:
+                reply = wire.error(rid, "UNAVAILABLE", f"state unknown after refit: {error}")
+            else:
+                reply = wire.result(rid, state, "final state after refit")
+            event: Event = (engine, seq, reply, FINAL_STEP)
+            self.op.publish(event)
+            finals.append(event)
+        return finals

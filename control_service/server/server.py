@@ -1,0 +1,203 @@
+"""Assembles the service: engine links, dispatcher, servicer, health, reflection; and stops it.
+
+Health: the overall service "" and control.v1.ControlService are SERVING only while every engine
+link is up, so a readiness probe (Kubernetes' gRPC probe, grpcurl) sees engine loss at once.
+"liveness" is SERVING from start to shutdown whatever the engines do: a gRPC liveness probe on it
+proves the event loop answers, without restarting the sidecar because its engine is down.
+Shutdown: health goes NOT_SERVING, new calls are refused, running ones get the grace period to
+finish, then end with UNAVAILABLE; no slot is left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import grpc
+import structlog
+import zmq
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from control_service.errors import unavailable
+from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
+from control_service.server.auth import BearerTokenInterceptor
+from control_service.server.commands import Commands
+from control_service.server.config import EngineConfig, LinkConfig, SecurityConfig, ServiceConfig
+from control_service.server.dispatcher import Dispatcher
+from control_service.server.engine_link import EngineLink
+from control_service.server.metrics import Metrics
+from control_service.server.servicer import ControlServicer
+from control_service.server.slots import SlotBudget
+
+log = structlog.get_logger("control_service.server")
+
+# After the drain, how long handlers get to write their final status before gRPC cancels them.
+_STATUS_FLUSH_S = 1.0
+SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
+LIVENESS = "liveness"  # a health service name for liveness probes: up while the process serves
+LinkFactory = Callable[
+    [EngineConfig, LinkConfig, SlotBudget, Callable[[EngineLink], None]], EngineLink
+]
+
+
+class ControlServer:
+    def __init__(self, config: ServiceConfig, link_factory: LinkFactory = EngineLink) -> None:
+        self.config = config
+        self.budget = SlotBudget(config.max_open_slots)
+        self.links = {
+            e.name: link_factory(e, config.link, self.budget, self._on_link_change)
+            for e in config.engines
+        }
+        self.dispatcher: Dispatcher | None = None
+        self.metrics = Metrics(self.links, self.budget)
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._zmq = zmq.Context()
+        self._health_task: asyncio.Task[None] | None = None
+        self._health_dirty = asyncio.Event()
+        self._links_changed = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def open_slots(self) -> int:
+        return self.budget.open
+
+    async def start(self) -> int:
+        """Bind, connect to the engines, serve. Returns the bound port."""
+        c = self.config
+        self.dispatcher = Dispatcher(c, self.links, self.metrics)
+        token = c.security.token()
+        interceptors = (
+            [BearerTokenInterceptor(token, c.security.auth_exempt_health)] if token else []
+        )
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", c.max_message_bytes),
+                ("grpc.max_send_message_length", 4 << 20),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        control_pb2_grpc.add_ControlServiceServicer_to_server(
+            ControlServicer(self.dispatcher, Commands(c), self.metrics), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            credentials = server_credentials(c.security)
+            if credentials is None:
+                port = server.add_insecure_port(c.listen)
+            else:
+                port = server.add_secure_port(c.listen, credentials)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise unavailable(f"cannot listen on {c.listen} (address in use or not local)")
+        if c.metrics_port:
+            try:
+                self.metrics.serve(c.metrics_port)
+            except OSError as err:  # before any engine is connected: nothing to undo
+                raise unavailable(f"cannot serve metrics on port {c.metrics_port}: {err}") from None
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        await self._publish_health()
+        for link in self.links.values():
+            link.start(self._zmq)
+        self._health_task = asyncio.create_task(self._health_loop())
+        await server.start()
+        self._server = server
+        log.info("serving", listen=c.listen, port=port, engines=[e.name for e in c.engines])
+        return port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop. Health turns NOT_SERVING and new calls get UNAVAILABLE while the
+        running ones have `grace` seconds to finish; what is still running then ends with
+        UNAVAILABLE. gRPC itself is stopped last, so probes see NOT_SERVING during the drain."""
+        if self._stopping or self._server is None or self.dispatcher is None:
+            return
+        self._stopping = True
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        log.info("shutting down", grace_s=grace, running=len(self.dispatcher.running))
+        await self.health.enter_graceful_shutdown()
+        self.dispatcher.closing = True
+        if not await self.dispatcher.wait_idle(grace):
+            self.dispatcher.fail_all(unavailable("the service is shutting down"))
+        await self._server.stop(_STATUS_FLUSH_S)
+        if self._health_task is not None:
+            self._health_task.cancel()
+        for link in self.links.values():
+            link.close()
+        self._zmq.term()
+        await asyncio.to_thread(self.metrics.close)  # shutdown() waits out the serve loop's poll
+        log.info("stopped", open_slots=self.budget.open)
+
+    async def wait_for_termination(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    # -------------------------------------------------------------------------------- health
+
+    def _on_link_change(self, link: EngineLink) -> None:
+        self._health_dirty.set()
+        self._links_changed.set()
+
+    async def wait_engines_up(self, timeout: float) -> bool:
+        """Wait until every engine link is up; False if `timeout` passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not all(link.up for link in self.links.values()):
+            self._links_changed.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._links_changed.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    async def _health_loop(self) -> None:
+        """Health.set is a coroutine and links change in callbacks: one task publishes."""
+        while True:
+            await self._health_dirty.wait()
+            self._health_dirty.clear()
+            await self._publish_health()
+
+    async def _publish_health(self) -> None:
+        if self._stopping:
+            return
+        up = all(link.up for link in self.links.values())
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+
+def server_credentials(security: SecurityConfig) -> grpc.ServerCredentials | None:
+    """TLS from the configured PEM files; with a client CA, clients must present a certificate."""
+    if security.tls_cert is None or security.tls_key is None:
+        return None
+    client_ca = security.tls_client_ca.read_bytes() if security.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(security.tls_key.read_bytes(), security.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+async def serve(config: ServiceConfig) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    server = ControlServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()

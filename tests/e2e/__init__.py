@@ -1,0 +1,1 @@
+"""What users run: the CLI, grpcurl, the container files and the scripts, as subprocesses."""

@@ -1,0 +1,93 @@
+"""A scrape of /metrics after real calls shows the right counts."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from prometheus_client.parser import text_string_to_metric_families
+
+from control_service.errors import ControlError
+from control_service.gen.control.v1 import control_pb2 as pb
+from control_service.server.metrics import CallStats
+from tests.harness import StartService, eventually, free_port
+from tests.stub_process import StubProcess
+
+
+async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def get() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    samples = {}
+    for family in text_string_to_metric_families(await asyncio.to_thread(get)):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def test_scrape_after_calls(
+    start_service: StartService, start_stub: Callable[..., StubProcess]
+) -> None:
+    stub = start_stub()
+    port = free_port()
+    service = await start_service({"e0": stub.endpoint}, metrics_port=port)
+    await service.events("Pause", pb.PauseRequest(), timeout=10)
+    await service.events("Pause", pb.PauseRequest(), timeout=10)
+    await service.failed("UpdateWeights", pb.UpdateWeightsRequest(uri="/no", version="1"))
+    await service.failed("Resume", pb.ResumeRequest(request_id="bad id"))
+    await service.stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+    stub.knob(garbage=True)
+    stub.knob(reply_delay=0.5)
+    await service.failed("Resume", pb.ResumeRequest(timeout=Duration(nanos=100_000_000)))
+    link = service.server.links["e0"]
+    await eventually(lambda: link.slots.counters.unmatched == 1)
+
+    m = await scrape(port)
+    assert m[("control_calls_total", (("method", "Pause"), ("status", "OK")))] == 2
+    assert m[("control_calls_total", (("method", "UpdateWeights"), ("status", "NOT_FOUND")))] == 1
+    assert m[("control_calls_total", (("method", "Resume"), ("status", "INVALID_ARGUMENT")))] == 1
+    assert m[("control_calls_total", (("method", "Resume"), ("status", "DEADLINE_EXCEEDED")))] == 1
+    assert m[("control_calls_total", (("method", "GetStatus"), ("status", "OK")))] == 1
+    assert m[("control_call_duration_seconds_count", (("method", "Pause"),))] == 2
+    assert m[("control_call_duration_seconds_bucket", (("le", "+Inf"), ("method", "Pause")))] == 2
+    assert 0 < m[("control_call_duration_seconds_sum", (("method", "Pause"),))] < 20
+    assert m[("control_open_slots", ())] == 0
+    assert m[("control_engine_up", (("engine", "e0"),))] == 1
+    assert m[("control_engine_malformed_frames_total", (("engine", "e0"),))] == 1
+    assert m[("control_engine_late_replies_total", (("engine", "e0"),))] == 1
+    assert m[("control_engine_rtt_seconds_count", (("engine", "e0"),))] == 1
+
+    await service.server.stop(grace=1.0)
+    with pytest.raises(OSError):  # the stopped server no longer holds the metrics port
+        await scrape(port)
+
+
+async def test_metrics_port_in_use_fails_the_start(
+    start_service: StartService, start_stub: Callable[..., StubProcess]
+) -> None:
+    stub = start_stub()
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        with pytest.raises(ControlError, match="cannot serve metrics on port"):
+            await start_service({"e0": stub.endpoint}, metrics_port=taken.getsockname()[1])
+
+
+def test_call_stats_buckets_are_cumulative_and_bounds_inclusive() -> None:
+    stats = CallStats()
+    for seconds in (0.001, 0.0011, 0.3, 1000.0):  # on a bound, just over it, mid, past the last
+        stats.add("Pause", "OK", seconds)
+    stats.add("Pause", "ABORTED", 0.002)
+    calls, latency = list(stats.families())
+    counts = {tuple(s.labels.values()): s.value for s in calls.samples}
+    assert counts == {("Pause", "OK"): 4, ("Pause", "ABORTED"): 1}
+    buckets = {s.labels["le"]: s.value for s in latency.samples if s.name.endswith("_bucket")}
+    assert buckets["0.001"] == 1 and buckets["0.0025"] == 3 and buckets["0.5"] == 4
+    assert buckets["300.0"] == 4 and buckets["+Inf"] == 5
+    total = next(s.value for s in latency.samples if s.name.endswith("_sum"))
+    assert total == pytest.approx(1000.3041)

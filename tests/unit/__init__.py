@@ -1,0 +1,1 @@
+"""Tests that need nothing but Python: codecs, config, timers, generated code, lint."""
