@@ -42,6 +42,10 @@ log = logging.getLogger("control_service.engine")
 # Sends one encoded reply body to one peer; returns False when the peer is known to be gone.
 Sender = Callable[[bytes, bytes], "bool | None"]
 
+# Peers one operation answers (the first, and repeats from restarted services): bounded, as
+# everything a peer can make grow.
+MAX_PEERS_PER_OPERATION = 16
+
 # Plain ints: flag arithmetic on pyzmq's enum constants builds enum objects on every send.
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
@@ -303,6 +307,9 @@ class EngineServer:
             self._send(identity, _other_call(request))
         elif identity in running.peers:
             log.info("duplicate %s ignored: it is running and will answer", rid)
+        elif len(running.peers) >= MAX_PEERS_PER_OPERATION:
+            message = f"{rid} already has {MAX_PEERS_PER_OPERATION} peers waiting on it"
+            self._send(identity, wire.error(rid, "RESOURCE_EXHAUSTED", message))
         else:
             log.info("%s %s repeated by another peer: attached", request.method, rid)
             running.peers.append(identity)
