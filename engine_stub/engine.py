@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from control_service.protocol import wire
+from control_service.protocol.names import PAUSE_MODES
 
 from .checkpoint import checkpoint_files, checkpoint_root, hash_file
 
 Emit = Callable[[wire.Reply], None]
-PAUSE_MODES = frozenset({"abort", "wait", "keep"})
 _MAX_MESSAGE = 1000  # well under wire.MAX_TEXT_CHARS, so a long OS error never breaks a reply
 
 
