@@ -106,7 +106,7 @@ def test_every_request_but_status_is_announced_on_stdout(launch: Launch) -> None
 def test_exits_zero_on_sigterm_and_sigint(launch: Launch, sig: signal.Signals) -> None:
     stub, client = launch()
     client.result("status")
-    assert stub._signal(sig, 10.0) == 0
+    assert stub.signal_and_wait(sig, 10.0) == 0
 
 
 def test_stdin_eof_does_not_stop_the_engine(launch: Launch) -> None:
