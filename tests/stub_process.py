@@ -55,8 +55,14 @@ class StubProcess:
 
     @property
     def running(self) -> Child:
+        """The started child (an AssertionError before `start`)."""
         assert self.child is not None, "not started"
         return self.child
+
+    @property
+    def alive(self) -> bool:
+        """Started and not exited."""
+        return self.child is not None and self.child.proc.poll() is None
 
     @property
     def pid(self) -> int:
