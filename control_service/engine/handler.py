@@ -89,7 +89,8 @@ class Operation:
 
     `deadline` is on the `time.monotonic()` clock (so a worker thread can check it too); the
     library cancels the operation when it passes. `accepted` and `progress` go to every peer
-    attached to the operation (a retry with the same request_id attaches).
+    attached to the operation (a retry with the same request_id attaches); call them on the
+    event loop's thread (from a worker thread, through `loop.call_soon_threadsafe`).
     """
 
     request_id: str

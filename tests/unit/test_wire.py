@@ -54,12 +54,14 @@ def test_any_bytes_decode_or_wire_error(body: bytes) -> None:
     _decode_checked(body)
 
 
+@pytest.mark.slow  # hundreds of generated cases: the full suite runs them
 @settings(max_examples=600, deadline=None)
 @given(reply_like)
 def test_any_reply_shaped_object_decodes_to_a_valid_event_or_wire_error(obj: dict) -> None:
     _decode_checked(json.dumps(obj).encode())
 
 
+@pytest.mark.slow  # hundreds of generated cases: the full suite runs them
 @settings(max_examples=200, deadline=None)
 @given(
     st.text(min_size=1, max_size=256),
@@ -122,6 +124,7 @@ request_like = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow  # hundreds of generated cases: the full suite runs them
 @settings(max_examples=400, deadline=None)
 @given(request_like)
 def test_any_request_shaped_object_decodes_or_wire_error(obj: dict) -> None:
@@ -165,6 +168,7 @@ for line in sys.stdin:
 """
 
 
+@pytest.mark.slow  # a child process per example: the full suite runs it
 @settings(max_examples=5, deadline=None)
 @given(
     st.lists(
