@@ -58,6 +58,8 @@ def format_result(result: control_pb2.Result) -> str:
         parts.append(f"drained={result.drained}")
     if result.bytes_loaded:
         parts.append(f"bytes_loaded={result.bytes_loaded}")
+    if result.paused_ms:
+        parts.append(f"paused_ms={result.paused_ms:.1f}")
     if result.message:
         parts.append(f"({result.message})")
     return " ".join(parts)

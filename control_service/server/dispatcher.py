@@ -125,7 +125,8 @@ class Dispatcher:
         )
         sub = op.subscribe()
         self._register(op)
-        driver = RefitDriver(op, self._start_step, self._probe)
+        windows = self.metrics.pause_window if self.metrics is not None else None
+        driver = RefitDriver(op, self._start_step, self._probe, windows)
         task = self._loop.create_task(driver.run())
         self._drivers.add(task)
         task.add_done_callback(self._drivers.discard)

@@ -7,6 +7,11 @@ one request_id that holds the engines for the whole refit, so no other mutation 
 step fails, the failure policy runs: by default the engines resume serving their old weights (the
 policy's resume is not bound by the overall timeout). The stream ends with one final Result per
 engine, read from a fresh status probe, so the end state is proven rather than assumed.
+
+What a refit costs an RL run is the time each engine stops generating, not the control calls:
+the driver measures each engine's pause window (from its pause result to its resume result, by
+the service's monotonic clock) and reports it in that engine's final Result (`paused_ms`) and to
+`on_pause_window` (the Prometheus histogram).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ FINAL_STEP = names.REFIT  # the step named in the final events: the refit's own
 SubmitStep = Callable[[Command, Operation], tuple[Operation, Subscriber]]
 # Probes the engines' states: engine -> (state or None, error text).
 Probe = Callable[[tuple[str, ...]], Awaitable[dict[str, tuple[dict[str, Any] | None, str]]]]
+# Told each pause window that ended in a resume: (engine, seconds).
+PauseWindowSink = Callable[[str, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +51,23 @@ class StepResult:
 class RefitDriver:
     """The task behind one Refit operation."""
 
-    def __init__(self, op: Operation, submit: SubmitStep, probe: Probe) -> None:
+    def __init__(
+        self,
+        op: Operation,
+        submit: SubmitStep,
+        probe: Probe,
+        on_pause_window: PauseWindowSink | None = None,
+    ) -> None:
         self.op = op
         self.command = op.command
         self.args = op.command.args
         self._submit = submit
         self._probe = probe
+        self._on_pause_window = on_pause_window
         self._seq: dict[str, int] = {}
+        # engine -> loop time of its pause result, and of its resume result after that.
+        self._paused_at: dict[str, float] = {}
+        self._resumed_at: dict[str, float] = {}
 
     async def run(self) -> None:
         try:
@@ -102,8 +119,25 @@ class RefitDriver:
             self._publish(event.engine, event.reply, step)
             if event.reply.kind == wire.RESULT:
                 results[event.engine] = event.reply.data
+                self._clock(step, event.engine, loop.time())
         assert op.outcome is not None
         return StepResult(step, op.outcome, results)
+
+    def _clock(self, step: str, engine: str, now: float) -> None:
+        """Open an engine's pause window at its pause result, close it at its resume result."""
+        if step == names.PAUSE:
+            self._paused_at[engine] = now
+        elif step == names.RESUME and engine in self._paused_at:
+            self._resumed_at[engine] = now
+            if self._on_pause_window is not None:
+                self._on_pause_window(engine, now - self._paused_at[engine])
+
+    def _paused_ms(self, engine: str, now: float) -> float:
+        """The engine's pause window; one still open (left paused) runs up to `now`."""
+        start = self._paused_at.get(engine)
+        if start is None:
+            return 0.0
+        return (self._resumed_at.get(engine, now) - start) * 1000.0
 
     def _skew(self, update: StepResult) -> tuple[EngineFailure, ...]:
         version = self.args["version"]
@@ -163,6 +197,7 @@ class RefitDriver:
     async def _final_states(self) -> list[Event]:
         """One final Result per engine, from a fresh status probe: the proven end state."""
         states = await self._probe(self.command.engines)
+        now = asyncio.get_running_loop().time()
         finals: list[Event] = []
         rid = self.command.request_id
         for engine in self.command.engines:
@@ -173,6 +208,7 @@ class RefitDriver:
                 reply = wire.error(rid, "UNAVAILABLE", f"state unknown after refit: {error}")
             else:
                 reply = wire.result(rid, state, "final state after refit")
+                reply.data["paused_ms"] = self._paused_ms(engine, now)  # the service's, not wire
             event = Event(engine, seq, reply, FINAL_STEP)
             self.op.publish(event)
             finals.append(event)

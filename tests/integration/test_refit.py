@@ -11,7 +11,8 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from control_service.gen.control.v1 import control_pb2 as pb
-from tests.harness import Service, StartService
+from tests.harness import Service, StartService, free_port
+from tests.integration.test_metrics import scrape
 from tests.stub_process import StubProcess
 
 Code = grpc.StatusCode
@@ -180,3 +181,52 @@ async def test_step_that_cannot_start_fails_the_refit_with_its_own_status(
     err, _ = await service.failed("Refit", pb.RefitRequest(uri=uri, version="1"), timeout=30)
     assert err.code() == Code.RESOURCE_EXHAUSTED
     assert err.details().startswith("pause failed:") and "limit is 1" in err.details()
+
+
+async def test_pause_window_is_reported_per_engine_and_observed(
+    start_service: StartService, stub: StubProcess, checkpoint: Checkpoint
+) -> None:
+    port = free_port()
+    service = await start_service({"e0": stub.endpoint}, metrics_port=port)
+    uri, _ = checkpoint(1)
+    stub.knob(reply_delay=0.2)  # the update's and the resume's replies each come 0.2 s late
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    events = await service.events("Refit", pb.RefitRequest(uri=uri, version="1"), timeout=30)
+    wall_ms = (loop.time() - started) * 1000
+    final = events[-1]
+    assert final.step == "refit" and final.result.state.paused is False
+    assert 400 <= final.result.paused_ms < wall_ms, "pause result -> resume result, both late"
+    assert all(e.result.paused_ms == 0 for e in events[:-1]), "only the final Result has it"
+    m = await scrape(port)
+    assert m[("control_refit_pause_seconds_count", (("engine", "e0"),))] == 1
+    observed = m[("control_refit_pause_seconds_sum", (("engine", "e0"),))]
+    assert observed == pytest.approx(final.result.paused_ms / 1000)
+
+    stub.knob(reply_delay=0)
+    err, events = await service.failed(
+        "Refit",
+        pb.RefitRequest(uri="/no/such/ckpt", version="2",
+                        on_failure=pb.REFIT_FAILURE_POLICY_STAY_PAUSED),
+        timeout=30,
+    )  # fmt: skip
+    assert err.code() == Code.NOT_FOUND
+    left = events[-1].result
+    assert left.state.paused is True and left.paused_ms > 0, "open window: up to the final probe"
+    m = await scrape(port)
+    assert m[("control_refit_pause_seconds_count", (("engine", "e0"),))] == 1, "no resume, none"
+
+
+async def test_refit_that_never_paused_reports_no_window(
+    start_service: StartService, stub: StubProcess, checkpoint: Checkpoint
+) -> None:
+    service = await start_service({"e0": stub.endpoint})
+    uri, _ = checkpoint(1)
+    stub.knob(hang_next="pause")
+    err, events = await service.failed(
+        "Refit",
+        pb.RefitRequest(uri=uri, version="1", pause_timeout=Duration(nanos=300_000_000)),
+        timeout=30,
+    )  # fmt: skip
+    assert err.code() == Code.DEADLINE_EXCEEDED
+    assert events[-1].step == "refit" and events[-1].result.paused_ms == 0

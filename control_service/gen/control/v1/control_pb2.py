@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,control_service/gen/control/v1/control.proto\x12\ncontrol.v1\x1a\x1egoogle/protobuf/duration.proto\"\x99\x01\n\x0cPauseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.control.v1.PauseMode\x12\x13\n\x0b\x63lear_cache\x18\x03 \x01(\x08\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\"\x85\x01\n\x14UpdateWeightsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\"`\n\rResumeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x03 \x03(\t\"\xfa\x01\n\x0c\x43ontrolEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x08 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12(\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x0b\x32\x14.control.v1.AcceptedH\x00\x12(\n\x08progress\x18\x05 \x01(\x0b\x32\x14.control.v1.ProgressH\x00\x12$\n\x06result\x18\x06 \x01(\x0b\x32\x12.control.v1.ResultH\x00\x12(\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x17.control.v1.EngineErrorH\x00\x42\x07\n\x05\x65vent\",\n\x0b\x45ngineError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x1b\n\x08\x41\x63\x63\x65pted\x12\x0f\n\x07message\x18\x01 \x01(\t\"G\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x04\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\t\"y\n\x06Result\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.control.v1.EngineState\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x62orted\x18\x03 \x01(\r\x12\x0f\n\x07\x64rained\x18\x04 \x01(\r\x12\x14\n\x0c\x62ytes_loaded\x18\x05 \x01(\x04\"_\n\x0b\x45ngineState\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x16\n\x0eweight_version\x18\x02 \x01(\t\x12\x11\n\tin_flight\x18\x03 \x01(\r\x12\x15\n\rweight_digest\x18\x04 \x01(\t\"#\n\x10GetStatusRequest\x12\x0f\n\x07\x65ngines\x18\x01 \x03(\t\"V\n\x11GetStatusResponse\x12)\n\x07\x65ngines\x18\x01 \x03(\x0b\x32\x18.control.v1.EngineStatus\x12\x16\n\x0eskewed_engines\x18\x02 \x03(\t\"\x82\x01\n\x0c\x45ngineStatus\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12&\n\x05state\x18\x03 \x01(\x0b\x32\x17.control.v1.EngineState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x05 \x01(\t\"\x83\x03\n\x0cRefitRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.control.v1.PauseMode\x12\x13\n\x0b\x63lear_cache\x18\x03 \x01(\x08\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rpause_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0eupdate_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0eresume_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\non_failure\x18\n \x01(\x0e\x32\x1e.control.v1.RefitFailurePolicy\x12\x0f\n\x07\x65ngines\x18\x0b \x03(\t*g\n\tPauseMode\x12\x1a\n\x16PAUSE_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10PAUSE_MODE_ABORT\x10\x01\x12\x13\n\x0fPAUSE_MODE_WAIT\x10\x02\x12\x13\n\x0fPAUSE_MODE_KEEP\x10\x03*\x8d\x01\n\x12RefitFailurePolicy\x12$\n REFIT_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12+\n\'REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS\x10\x01\x12$\n REFIT_FAILURE_POLICY_STAY_PAUSED\x10\x02\x32\xe8\x02\n\x0e\x43ontrolService\x12=\n\x05Pause\x12\x18.control.v1.PauseRequest\x1a\x18.control.v1.ControlEvent0\x01\x12M\n\rUpdateWeights\x12 .control.v1.UpdateWeightsRequest\x1a\x18.control.v1.ControlEvent0\x01\x12?\n\x06Resume\x12\x19.control.v1.ResumeRequest\x1a\x18.control.v1.ControlEvent0\x01\x12H\n\tGetStatus\x12\x1c.control.v1.GetStatusRequest\x1a\x1d.control.v1.GetStatusResponse\x12=\n\x05Refit\x12\x18.control.v1.RefitRequest\x1a\x18.control.v1.ControlEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,control_service/gen/control/v1/control.proto\x12\ncontrol.v1\x1a\x1egoogle/protobuf/duration.proto\"\x99\x01\n\x0cPauseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.control.v1.PauseMode\x12\x13\n\x0b\x63lear_cache\x18\x03 \x01(\x08\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\"\x85\x01\n\x14UpdateWeightsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\"`\n\rResumeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x03 \x03(\t\"\xfa\x01\n\x0c\x43ontrolEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x08 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12(\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x0b\x32\x14.control.v1.AcceptedH\x00\x12(\n\x08progress\x18\x05 \x01(\x0b\x32\x14.control.v1.ProgressH\x00\x12$\n\x06result\x18\x06 \x01(\x0b\x32\x12.control.v1.ResultH\x00\x12(\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x17.control.v1.EngineErrorH\x00\x42\x07\n\x05\x65vent\",\n\x0b\x45ngineError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x1b\n\x08\x41\x63\x63\x65pted\x12\x0f\n\x07message\x18\x01 \x01(\t\"G\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x04\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x8c\x01\n\x06Result\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.control.v1.EngineState\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x62orted\x18\x03 \x01(\r\x12\x0f\n\x07\x64rained\x18\x04 \x01(\r\x12\x14\n\x0c\x62ytes_loaded\x18\x05 \x01(\x04\x12\x11\n\tpaused_ms\x18\x06 \x01(\x01\"_\n\x0b\x45ngineState\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x16\n\x0eweight_version\x18\x02 \x01(\t\x12\x11\n\tin_flight\x18\x03 \x01(\r\x12\x15\n\rweight_digest\x18\x04 \x01(\t\"#\n\x10GetStatusRequest\x12\x0f\n\x07\x65ngines\x18\x01 \x03(\t\"V\n\x11GetStatusResponse\x12)\n\x07\x65ngines\x18\x01 \x03(\x0b\x32\x18.control.v1.EngineStatus\x12\x16\n\x0eskewed_engines\x18\x02 \x03(\t\"\x82\x01\n\x0c\x45ngineStatus\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12&\n\x05state\x18\x03 \x01(\x0b\x32\x17.control.v1.EngineState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x05 \x01(\t\"\x83\x03\n\x0cRefitRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.control.v1.PauseMode\x12\x13\n\x0b\x63lear_cache\x18\x03 \x01(\x08\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rpause_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0eupdate_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0eresume_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\non_failure\x18\n \x01(\x0e\x32\x1e.control.v1.RefitFailurePolicy\x12\x0f\n\x07\x65ngines\x18\x0b \x03(\t*g\n\tPauseMode\x12\x1a\n\x16PAUSE_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10PAUSE_MODE_ABORT\x10\x01\x12\x13\n\x0fPAUSE_MODE_WAIT\x10\x02\x12\x13\n\x0fPAUSE_MODE_KEEP\x10\x03*\x8d\x01\n\x12RefitFailurePolicy\x12$\n REFIT_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12+\n\'REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS\x10\x01\x12$\n REFIT_FAILURE_POLICY_STAY_PAUSED\x10\x02\x32\xe8\x02\n\x0e\x43ontrolService\x12=\n\x05Pause\x12\x18.control.v1.PauseRequest\x1a\x18.control.v1.ControlEvent0\x01\x12M\n\rUpdateWeights\x12 .control.v1.UpdateWeightsRequest\x1a\x18.control.v1.ControlEvent0\x01\x12?\n\x06Resume\x12\x19.control.v1.ResumeRequest\x1a\x18.control.v1.ControlEvent0\x01\x12H\n\tGetStatus\x12\x1c.control.v1.GetStatusRequest\x1a\x1d.control.v1.GetStatusResponse\x12=\n\x05Refit\x12\x18.control.v1.RefitRequest\x1a\x18.control.v1.ControlEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'control_service.gen.control.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAUSEMODE']._serialized_start=1751
-  _globals['_PAUSEMODE']._serialized_end=1854
-  _globals['_REFITFAILUREPOLICY']._serialized_start=1857
-  _globals['_REFITFAILUREPOLICY']._serialized_end=1998
+  _globals['_PAUSEMODE']._serialized_start=1771
+  _globals['_PAUSEMODE']._serialized_end=1874
+  _globals['_REFITFAILUREPOLICY']._serialized_start=1877
+  _globals['_REFITFAILUREPOLICY']._serialized_end=2018
   _globals['_PAUSEREQUEST']._serialized_start=93
   _globals['_PAUSEREQUEST']._serialized_end=246
   _globals['_UPDATEWEIGHTSREQUEST']._serialized_start=249
@@ -50,18 +50,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCEPTED']._serialized_end=808
   _globals['_PROGRESS']._serialized_start=810
   _globals['_PROGRESS']._serialized_end=881
-  _globals['_RESULT']._serialized_start=883
-  _globals['_RESULT']._serialized_end=1004
-  _globals['_ENGINESTATE']._serialized_start=1006
-  _globals['_ENGINESTATE']._serialized_end=1101
-  _globals['_GETSTATUSREQUEST']._serialized_start=1103
-  _globals['_GETSTATUSREQUEST']._serialized_end=1138
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1140
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1226
-  _globals['_ENGINESTATUS']._serialized_start=1229
-  _globals['_ENGINESTATUS']._serialized_end=1359
-  _globals['_REFITREQUEST']._serialized_start=1362
-  _globals['_REFITREQUEST']._serialized_end=1749
-  _globals['_CONTROLSERVICE']._serialized_start=2001
-  _globals['_CONTROLSERVICE']._serialized_end=2361
+  _globals['_RESULT']._serialized_start=884
+  _globals['_RESULT']._serialized_end=1024
+  _globals['_ENGINESTATE']._serialized_start=1026
+  _globals['_ENGINESTATE']._serialized_end=1121
+  _globals['_GETSTATUSREQUEST']._serialized_start=1123
+  _globals['_GETSTATUSREQUEST']._serialized_end=1158
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1160
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1246
+  _globals['_ENGINESTATUS']._serialized_start=1249
+  _globals['_ENGINESTATUS']._serialized_end=1379
+  _globals['_REFITREQUEST']._serialized_start=1382
+  _globals['_REFITREQUEST']._serialized_end=1769
+  _globals['_CONTROLSERVICE']._serialized_start=2021
+  _globals['_CONTROLSERVICE']._serialized_end=2381
 # @@protoc_insertion_point(module_scope)

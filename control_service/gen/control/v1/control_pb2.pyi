@@ -115,18 +115,20 @@ class Progress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("state", "message", "aborted", "drained", "bytes_loaded")
+    __slots__ = ("state", "message", "aborted", "drained", "bytes_loaded", "paused_ms")
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ABORTED_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
     BYTES_LOADED_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_MS_FIELD_NUMBER: _ClassVar[int]
     state: EngineState
     message: str
     aborted: int
     drained: int
     bytes_loaded: int
-    def __init__(self, state: _Optional[_Union[EngineState, _Mapping]] = ..., message: _Optional[str] = ..., aborted: _Optional[int] = ..., drained: _Optional[int] = ..., bytes_loaded: _Optional[int] = ...) -> None: ...
+    paused_ms: float
+    def __init__(self, state: _Optional[_Union[EngineState, _Mapping]] = ..., message: _Optional[str] = ..., aborted: _Optional[int] = ..., drained: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., paused_ms: _Optional[float] = ...) -> None: ...
 
 class EngineState(_message.Message):
     __slots__ = ("paused", "weight_version", "in_flight", "weight_digest")
