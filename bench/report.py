@@ -306,8 +306,15 @@ between the two rows.
 """
 
 
+# bench.refit's section of the same doc, from this heading to the end: kept by write_doc.
+REFIT_SECTION = "## Refit: the pause window (`python -m bench.refit`)"
+
+
 def write_doc(path: Path, text: str) -> None:
-    path.write_text(DOC_HEAD + text + "\n")
+    """Write this run's report, keeping bench.refit's section (another command writes it)."""
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index(REFIT_SECTION) :] if REFIT_SECTION in old else ""
+    path.write_text(DOC_HEAD + text + "\n" + ("\n" + kept if kept else ""))
 
 
 def say(text: str = "") -> None:

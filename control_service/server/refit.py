@@ -17,6 +17,7 @@ the service's monotonic clock) and reports it in that engine's final Result (`pa
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +66,7 @@ class RefitDriver:
         self._probe = probe
         self._on_pause_window = on_pause_window
         self._seq: dict[str, int] = {}
-        # engine -> loop time of its pause result, and of its resume result after that.
+        # engine -> time.monotonic() of its pause result, and of its resume result after that.
         self._paused_at: dict[str, float] = {}
         self._resumed_at: dict[str, float] = {}
 
@@ -119,7 +120,7 @@ class RefitDriver:
             self._publish(event.engine, event.reply, step)
             if event.reply.kind == wire.RESULT:
                 results[event.engine] = event.reply.data
-                self._clock(step, event.engine, loop.time())
+                self._clock(step, event.engine, time.monotonic())
         assert op.outcome is not None
         return StepResult(step, op.outcome, results)
 
@@ -197,7 +198,7 @@ class RefitDriver:
     async def _final_states(self) -> list[Event]:
         """One final Result per engine, from a fresh status probe: the proven end state."""
         states = await self._probe(self.command.engines)
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()  # uvloop's loop.time() ticks in whole milliseconds
         finals: list[Event] = []
         rid = self.command.request_id
         for engine in self.command.engines:

@@ -118,3 +118,14 @@ def test_syscalls_reads_strace_summaries() -> None:
 100.00    1.422721          70     20019        12 total
 """
     assert parse_summary(text) == {"epoll_wait": 1, "poll": 10002, "getpid": 10016}
+
+
+@pytest.mark.slow
+def test_bench_refit_quick_reports_every_row() -> None:
+    out = run("bench.refit", "--quick")
+    rows = [line for line in out.splitlines() if line.startswith("| load in the pause")]
+    assert len(rows) == 4, out  # 2 checkpoint sizes x 1 and 2 engines
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")]
+        assert cells[-2] == "0", row  # no Refit failed
+        assert float(cells[5].split()[0].replace(",", "")) > 0, row  # a pause window measured
