@@ -87,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="extra seconds per checkpoint file loaded (a slow disk)",
     )
+    sim.add_argument(
+        "--max-staged-bytes",
+        type=_positive(int),
+        default=1 << 30,
+        help="the staging area's bound: stage_weights of a larger checkpoint is refused",
+    )
     knobs = p.add_argument_group("test knobs (also settable as JSON lines on stdin)")
     knobs.add_argument(
         "--reply-delay",
@@ -124,7 +130,13 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         bind=args.bind,
         name=args.name,
         curve=args.curve,
-        sim=SimConfig(args.requests, args.tokens, args.token_interval, args.load_interval),
+        sim=SimConfig(
+            args.requests,
+            args.tokens,
+            args.token_interval,
+            args.load_interval,
+            args.max_staged_bytes,
+        ),  # fmt: skip
         knobs=args.knobs,
         announce_requests=args.announce_requests,
     )

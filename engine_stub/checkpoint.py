@@ -124,6 +124,19 @@ def _os_error_code(err: OSError) -> str:
     return "INVALID_ARGUMENT"  # ENAMETOOLONG, ELOOP, EINVAL...: the uri itself is bad
 
 
+def stage_file(path: Path, digest: hashlib._Hash) -> bytes:
+    """Read one file into memory, check that it parses, and feed `digest` exactly as hash_file
+    does (so a staged version's digest is the one a load of it reports); return its bytes."""
+    from safetensors.numpy import load
+
+    data = path.read_bytes()
+    tensors = load(data)
+    for name in sorted(tensors):
+        digest.update(name.encode("utf-8"))
+        digest.update(tensors[name].tobytes(order="C"))
+    return data
+
+
 def hash_file(path: Path, digest: hashlib._Hash) -> None:
     """Feed one file's tensors into `digest`: for each tensor, sorted by name, its UTF-8 name
     then its raw (C-order, little-endian as stored) bytes.

@@ -24,7 +24,7 @@ from pathlib import Path
 from control_service.engine import Done, EngineError, EngineState, Operation, clip
 from control_service.protocol import names
 
-from .checkpoint import CheckpointError, checkpoint_files, checkpoint_root, hash_file
+from .checkpoint import CheckpointError, checkpoint_files, checkpoint_root, hash_file, stage_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,17 @@ class SimConfig:
     tokens: int = 16
     token_interval: float = 0.005
     load_interval: float = 0.0  # seconds per checkpoint file, on top of reading it (a slow disk)
+    max_staged_bytes: int = 1 << 30  # the staging area's bound: a larger checkpoint is refused
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A checkpoint read and checked into memory beside the served weights, ready to swap in."""
+
+    version: str
+    digest: str
+    size: int
+    blobs: tuple[bytes, ...]
 
 
 class Engine:
@@ -48,6 +59,8 @@ class Engine:
         self.finished = 0
         self.weight_version = ""
         self.weight_digest = ""
+        self.staged: Staged | None = None
+        self._served: tuple[bytes, ...] = ()  # the weights a commit swapped in (a load keeps none)
         self.simulating = True  # False in instant mode: the ticker idles
         self._tokens: list[int] = []  # tokens generated so far, one entry per in-flight request
         self._wake = asyncio.Event()
@@ -67,9 +80,11 @@ class Engine:
 
     def state(self) -> EngineState:
         """The state with `describe()` as its message: what `status` reports."""
+        staged = self.staged
         return EngineState(
-            self.paused, self.weight_version, self.in_flight, self.weight_digest, self.describe()
-        )
+            self.paused, self.weight_version, self.in_flight, self.weight_digest, self.describe(),
+            staged.version if staged else "", staged.size if staged else 0,
+        )  # fmt: skip
 
     def describe(self) -> str:
         """A one-line summary for status messages and logs; tests read `tokens=[...]` from it."""
@@ -196,6 +211,8 @@ class Engine:
         """Load every *.safetensors under `uri` (in a thread) and switch to `version` at the end."""
         if not self.paused:
             raise EngineError("FAILED_PRECONDITION", "the engine must be paused to update weights")
+        if self.staged is not None and self.staged.version == version:
+            return self.commit_staged(version)  # staged already: a swap, not a second load
         try:
             files = await asyncio.to_thread(checkpoint_files, uri, op.deadline)
         except CheckpointError as err:
@@ -206,6 +223,55 @@ class Engine:
         self.weight_version = version
         self.weight_digest = digest
         return self._done(f"loaded {version} from {len(files)} files", bytes_loaded=total)
+
+    async def stage_weights(self, op: Operation, uri: str, version: str) -> Done:
+        """Read and check every *.safetensors under `uri` into memory while generation goes on.
+
+        The staged version replaced is dropped first (one staged version, memory bounded by
+        max_staged_bytes); a failed or cancelled stage leaves nothing staged and the served
+        weights as they were."""
+        self.staged = None
+        try:
+            files = await asyncio.to_thread(checkpoint_files, uri, op.deadline)
+        except CheckpointError as err:
+            raise EngineError(err.code, err.message) from None
+        if not files:
+            raise EngineError("NOT_FOUND", f"no *.safetensors files under {uri!r}")
+        sizes = await asyncio.to_thread(lambda: [os.path.getsize(f) for f in files])
+        total, limit = sum(sizes), self.config.max_staged_bytes
+        if total > limit:
+            message = f"{uri} holds {total} bytes; the staging area takes at most {limit}"
+            raise EngineError("RESOURCE_EXHAUSTED", message)
+        op.accepted(f"staging {len(files)} files ({total} bytes) from {uri} while serving")
+        digest = hashlib.sha256()
+        blobs: list[bytes] = []
+        done = 0
+        for path in files:
+            name = str(path.relative_to(checkpoint_root(uri)))
+            if self.config.load_interval > 0:
+                await asyncio.sleep(self.config.load_interval)
+            try:
+                blobs.append(await asyncio.to_thread(stage_file, path, digest))
+            except Exception as err:  # noqa: BLE001 - safetensors raises several types
+                raise EngineError("INVALID_ARGUMENT", f"cannot parse {name}: {err}") from None
+            done += len(blobs[-1])
+            if done > limit:  # a file grew since it was measured
+                raise EngineError("RESOURCE_EXHAUSTED", f"{uri} grew past {limit} bytes")
+            op.progress("stage", done, total, clip(name))
+        self.staged = Staged(version, "sha256:" + digest.hexdigest(), done, tuple(blobs))
+        return self._done(f"staged {version} from {len(files)} files", bytes_loaded=done)
+
+    def commit_staged(self, version: str) -> Done:
+        """Serve the staged `version`: a swap, done under the pause."""
+        if not self.paused:
+            raise EngineError("FAILED_PRECONDITION", "the engine must be paused to commit weights")
+        staged = self.staged
+        if staged is None or staged.version != version:
+            now = f"{staged.version} is staged" if staged else "nothing is staged"
+            raise EngineError("FAILED_PRECONDITION", f"version {version} is not staged ({now})")
+        self._served, self.staged = staged.blobs, None
+        self.weight_version, self.weight_digest = staged.version, staged.digest
+        return self._done(f"committed staged {version} ({staged.size} bytes)")
 
     async def _load(self, op: Operation, uri: str, files: list[Path]) -> tuple[str, int]:
         sizes = await asyncio.to_thread(lambda: [os.path.getsize(f) for f in files])

@@ -37,7 +37,7 @@ class Knobs:
 class StubHandler:
     """engine.Engine behind the EngineHandler interface, subject to the operation knobs."""
 
-    CAPABILITIES = Capabilities()  # every pause mode, cancel and progress
+    CAPABILITIES = Capabilities()  # every pause mode, cancel, progress (and stage: the library)
 
     def __init__(self, engine: Engine, knobs: Knobs) -> None:
         self.engine = engine
@@ -67,6 +67,16 @@ class StubHandler:
         if self.knobs.instant:
             return self.engine.instant(names.UPDATE_WEIGHTS, version)
         return self.engine.update_weights(op, uri, version)
+
+    def stage_weights(self, op: Operation, uri: str, version: str) -> Done | Awaitable[Done]:
+        if (knocked := self._knocked(op)) is not None:
+            return knocked
+        return self.engine.stage_weights(op, uri, version)
+
+    def commit_staged(self, op: Operation, version: str) -> Done | Awaitable[Done]:
+        if (knocked := self._knocked(op)) is not None:
+            return knocked
+        return self.engine.commit_staged(version)
 
     def resume(self, op: Operation) -> Done | Awaitable[Done]:
         if (knocked := self._knocked(op)) is not None:

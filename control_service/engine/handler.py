@@ -57,9 +57,14 @@ class EngineState:
     in_flight: int = 0
     weight_digest: str = ""
     message: str = ""
+    staged_version: str = ""  # the version staged beside the served weights, if any
+    staged_bytes: int = 0
 
     def to_wire(self) -> dict[str, object]:
-        return wire.state(self.paused, self.weight_version, self.in_flight, self.weight_digest)
+        return wire.state(
+            self.paused, self.weight_version, self.in_flight, self.weight_digest,
+            self.staged_version, self.staged_bytes,
+        )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -131,6 +136,28 @@ class EngineHandler(Protocol):
         ...
 
     def resume(self, op: Operation) -> Done | Awaitable[Done]: ...
+
+
+class Stager(Protocol):
+    """The optional stage hook: a handler that has both methods can stage, and the library then
+    reports the `stage` capability. Loading while serving keeps the pause down to a swap."""
+
+    def stage_weights(self, op: Operation, uri: str, version: str) -> Done | Awaitable[Done]:
+        """Load `uri` beside the served weights while serving; it replaces any staged version.
+        A failed or cancelled stage must leave the served weights untouched."""
+        ...
+
+    def commit_staged(self, op: Operation, version: str) -> Done | Awaitable[Done]:
+        """Serve the staged `version` (a swap: the engine is paused). EngineError
+        FAILED_PRECONDITION when `version` is not the one staged (replaced, or never staged)."""
+        ...
+
+
+def can_stage(handler: object) -> bool:
+    """Whether `handler` has the stage hook (both of Stager's methods)."""
+    return callable(getattr(handler, "stage_weights", None)) and callable(
+        getattr(handler, "commit_staged", None)
+    )
 
 
 MAX_MESSAGE_CHARS = 1000  # well under wire.MAX_TEXT_CHARS, so a long OS error never breaks a reply

@@ -34,7 +34,16 @@ import zmq.auth
 from control_service.protocol import names, wire
 
 from .config import EngineServerConfig
-from .handler import Done, EngineError, EngineHandler, EngineState, Operation, clip
+from .handler import (
+    Done,
+    EngineError,
+    EngineHandler,
+    EngineState,
+    Operation,
+    Stager,
+    can_stage,
+    clip,
+)
 from .records import OutcomeRecords, Record
 
 log = logging.getLogger("control_service.engine")
@@ -272,7 +281,9 @@ class EngineServer:
 
     def _status_reply(self, request: wire.Request, state: EngineState) -> wire.Reply:
         reply = wire.result(request.request_id, state.to_wire(), clip(state.message))
-        reply.data["capabilities"] = self.handler.capabilities().to_wire()
+        caps = self.handler.capabilities().to_wire()
+        caps[names.CAP_STAGE] = bool(caps.get(names.CAP_STAGE, True)) and can_stage(self.handler)
+        reply.data["capabilities"] = caps
         return reply
 
     # ------------------------------------------------------------------------------ mutations
@@ -333,12 +344,18 @@ class EngineServer:
                 return EngineError("UNIMPLEMENTED", f"this engine has no pause mode {mode}")
             if not isinstance(args.get("clear_cache", False), bool):
                 return EngineError("INVALID_ARGUMENT", "clear_cache must be a boolean")
-        elif request.method == names.UPDATE_WEIGHTS:
+        elif request.method in (names.UPDATE_WEIGHTS, names.STAGE_WEIGHTS):
             for key in ("uri", "version"):
                 value = args.get(key)
                 if not isinstance(value, str) or not 0 < len(value) <= wire.MAX_TEXT_CHARS:
                     message = f"{key} must be a string of 1-{wire.MAX_TEXT_CHARS} characters"
                     return EngineError("INVALID_ARGUMENT", message)
+            staged = args.get(names.STAGED, False)
+            if not isinstance(staged, bool):
+                return EngineError("INVALID_ARGUMENT", f"{names.STAGED} must be a boolean")
+            stages = request.method == names.STAGE_WEIGHTS or staged
+            if stages and not can_stage(self.handler):
+                return EngineError("UNIMPLEMENTED", "this engine cannot stage weights")
         return None
 
     def _start(self, identity: bytes, request: wire.Request) -> None:
@@ -364,7 +381,11 @@ class EngineServer:
         if request.method == "pause":
             return handler.pause(op, args["mode"], args.get("clear_cache", False))
         if request.method == names.UPDATE_WEIGHTS:
+            if args.get(names.STAGED, False):
+                return cast(Stager, handler).commit_staged(op, args["version"])
             return handler.update_weights(op, args["uri"], args["version"])
+        if request.method == names.STAGE_WEIGHTS:
+            return cast(Stager, handler).stage_weights(op, args["uri"], args["version"])
         return handler.resume(op)
 
     def _state_now(self) -> EngineState | None:

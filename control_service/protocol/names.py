@@ -20,10 +20,18 @@ UPDATE_WEIGHTS: Final = "update_weights"
 RESUME: Final = "resume"
 STATUS: Final = "status"
 CANCEL: Final = "cancel"
+# Loads a checkpoint beside the served weights while the engine keeps serving; an update_weights
+# of the staged version then commits it (a swap under the pause) instead of loading again.
+STAGE_WEIGHTS: Final = "stage_weights"
 # What an engine answers on the ZMQ link (docs/engine-protocol.md).
-ENGINE_METHODS: Final = frozenset({PAUSE, UPDATE_WEIGHTS, RESUME, STATUS, CANCEL})
+ENGINE_METHODS: Final = frozenset({PAUSE, UPDATE_WEIGHTS, RESUME, STATUS, CANCEL, STAGE_WEIGHTS})
 # The calls that change an engine: one at a time per engine.
-MUTATIONS: Final = (PAUSE, UPDATE_WEIGHTS, RESUME)
+MUTATIONS: Final = (PAUSE, UPDATE_WEIGHTS, RESUME, STAGE_WEIGHTS)
+# update_weights' flag: commit the staged `version` only, never load (FAILED_PRECONDITION if
+# that version is not the one staged, say because another stage replaced it).
+STAGED: Final = "staged"
+# The capability (a yes/no flag in a status result's capabilities) of an engine that can stage.
+CAP_STAGE: Final = "stage"
 # The service's own composite call (pause -> update_weights -> resume); never sent to an engine.
 REFIT: Final = "refit"
 

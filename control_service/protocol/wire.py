@@ -193,14 +193,24 @@ def error(request_id: str, code: str, message: str) -> Reply:
 
 
 def state(
-    paused: bool, weight_version: str, in_flight: int, weight_digest: str = ""
+    paused: bool,
+    weight_version: str,
+    in_flight: int,
+    weight_digest: str = "",
+    staged_version: str = "",
+    staged_bytes: int = 0,
 ) -> dict[str, Any]:
-    return {
+    """The staged fields are sent only when something is staged: older services ignore them."""
+    out = {
         "paused": paused,
         "weight_version": weight_version,
         "in_flight": in_flight,
         "weight_digest": weight_digest,
     }
+    if staged_version:
+        out["staged_version"] = staged_version
+        out["staged_bytes"] = staged_bytes
+    return out
 
 
 # -------------------------------------------------------------------------------- validation
@@ -275,12 +285,17 @@ def _check_state(value: object) -> dict[str, Any]:
     paused = value.get("paused", False)
     if not isinstance(paused, bool):
         raise WireError("state.paused must be a boolean")
-    return {
+    checked = {
         "paused": paused,
         "weight_version": _text(value, "weight_version"),
         "in_flight": _count(value, "in_flight", _UINT32),
         "weight_digest": _text(value, "weight_digest"),
     }
+    staged_version = _text(value, "staged_version")
+    if staged_version:  # as `state` sends them: only when something is staged
+        checked["staged_version"] = staged_version
+        checked["staged_bytes"] = _count(value, "staged_bytes", _UINT64)
+    return checked
 
 
 def _check_result(data: dict[str, Any]) -> dict[str, Any]:

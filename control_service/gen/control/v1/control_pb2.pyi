@@ -131,16 +131,20 @@ class Result(_message.Message):
     def __init__(self, state: _Optional[_Union[EngineState, _Mapping]] = ..., message: _Optional[str] = ..., aborted: _Optional[int] = ..., drained: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., paused_ms: _Optional[float] = ...) -> None: ...
 
 class EngineState(_message.Message):
-    __slots__ = ("paused", "weight_version", "in_flight", "weight_digest")
+    __slots__ = ("paused", "weight_version", "in_flight", "weight_digest", "staged_version", "staged_bytes")
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STAGED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STAGED_BYTES_FIELD_NUMBER: _ClassVar[int]
     paused: bool
     weight_version: str
     in_flight: int
     weight_digest: str
-    def __init__(self, paused: _Optional[bool] = ..., weight_version: _Optional[str] = ..., in_flight: _Optional[int] = ..., weight_digest: _Optional[str] = ...) -> None: ...
+    staged_version: str
+    staged_bytes: int
+    def __init__(self, paused: _Optional[bool] = ..., weight_version: _Optional[str] = ..., in_flight: _Optional[int] = ..., weight_digest: _Optional[str] = ..., staged_version: _Optional[str] = ..., staged_bytes: _Optional[int] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ("engines",)
