@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from control_service.adapters.api import EngineApi, Observed
 from control_service.adapters.config import AdapterConfig
@@ -188,7 +188,7 @@ class AdapterHandler:
         op: Operation,
         what: str,
         cap: float | None,
-        ticker: Callable[[], Awaitable[None]] | None,
+        ticker: Callable[[], Coroutine[Any, Any, None]] | None,
         call: Callable[[float], Awaitable[T]],
         in_doubt: Callable[[], None] | None = None,
     ) -> T:
@@ -239,7 +239,9 @@ class AdapterHandler:
             return await self.api.running(self.config.status_timeout_s)
         return None
 
-    def _drain_ticker(self, op: Operation, before: int | None) -> Callable[[], Awaitable[None]]:
+    def _drain_ticker(
+        self, op: Operation, before: int | None
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
         async def tick() -> None:
             while True:
                 await asyncio.sleep(self.config.progress_interval_s)
@@ -251,7 +253,7 @@ class AdapterHandler:
 
     def _load_ticker(
         self, op: Operation, stage: list[str], started: float
-    ) -> Callable[[], Awaitable[None]]:
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
         async def tick() -> None:
             budget = int(_left(op))
             while True:

@@ -23,6 +23,8 @@ import httpx
 # Between retries of a safe call: short, since the whole call is bounded by its own timeout.
 _RETRY_BACKOFF_S = (0.05, 0.2, 0.5)
 _MAX_ERROR_TEXT = 300
+# 5xx worth another try on a safe call; 503 is an answer (SGLang's /ready says "paused").
+_RETRIED = frozenset({500, 502, 504})
 
 
 class HttpError(Exception):
@@ -132,7 +134,7 @@ class EngineHttp:
                 if not (safe and err.code == "UNAVAILABLE" and attempt < self._retries):
                     raise
             else:
-                if not (safe and response.status >= 500 and attempt < self._retries):
+                if not (safe and response.status in _RETRIED and attempt < self._retries):
                     return response
             backoff = _RETRY_BACKOFF_S[attempt]
             attempt += 1

@@ -39,3 +39,19 @@ def _event(request_id: str, engine: str, seq: int, reply: wire.Reply) -> pb.Cont
 
 def engine_state(state: dict[str, Any] | None) -> pb.EngineState | None:
     return None if state is None else pb.EngineState(**state)
+
+
+_MODES = {"abort": pb.PAUSE_MODE_ABORT, "wait": pb.PAUSE_MODE_WAIT, "keep": pb.PAUSE_MODE_KEEP}
+_FIXED = frozenset({"pause_modes", "cancel", "progress"})
+
+
+def engine_capabilities(caps: dict[str, Any] | None) -> pb.EngineCapabilities | None:
+    """wire's checked capabilities (pause modes it knows, booleans) as the proto message."""
+    if caps is None:
+        return None
+    return pb.EngineCapabilities(
+        pause_modes=[_MODES[mode] for mode in caps["pause_modes"]],
+        cancel=caps["cancel"],
+        progress=caps["progress"],
+        flags={k: v for k, v in caps.items() if k not in _FIXED},
+    )

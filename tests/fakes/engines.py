@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import threading
 import time
@@ -233,6 +234,10 @@ class FastDeployFake:
 def make_handler(state: FakeState, engine: Any) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the real servers (uvicorn) do
+
+        def setup(self) -> None:
+            super().setup()  # headers and body go out as separate writes: no Nagle delay
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # the request log is the record; stderr stays quiet

@@ -77,3 +77,36 @@ class FakeEngine:
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         assert not violations, f"fake {self.kind} saw: {violations}"
+
+
+class AdapterProcess:
+    """`python -m control_service.adapters KIND --url URL --bind tcp://127.0.0.1:0` as a process;
+    `endpoint` is its bound ROUTER once it printed its ready line."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+        self.ready: dict[str, Any] = {}
+
+    def start(self, kind: str, url: str, *args: str) -> str:
+        argv = [sys.executable, "-m", "control_service.adapters", kind, "--url", url, *args]
+        if "--bind" not in args:
+            argv += ["--bind", "tcp://127.0.0.1:0"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=REPO)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # bounded: the adapter prints it or exits
+        if not line:
+            raise AssertionError(f"adapter {kind} exited ({self.proc.wait(10)}) before ready")
+        self.ready = json.loads(line)
+        self.endpoint = self.ready["endpoint"]
+        return self.endpoint
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code
