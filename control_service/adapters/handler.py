@@ -44,6 +44,7 @@ class AdapterHandler:
         self.mode: str | None = None  # how this adapter paused it (KEEP changes the load)
         self.version = ""  # read from the engine, or (no version query) the one last set
         self.resume_in_doubt = ""  # the request_id of a resume that got no answer
+        self.read_error: HttpError | None = None  # why the last read failed
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -81,9 +82,9 @@ class AdapterHandler:
         try:
             seen = await self.api.observe(timeout or self.config.status_timeout_s)
         except HttpError as err:
-            self.paused = None
+            self.paused, self.read_error = None, err
             return f"the engine's state is unknown ({err.message})"
-        self.paused = seen.paused
+        self.paused, self.read_error = seen.paused, None
         if not seen.paused:
             self.mode = None
             self.resume_in_doubt = ""
@@ -149,6 +150,8 @@ class AdapterHandler:
     async def resume(self, op: Operation) -> Done:
         api = self.api
         async with self._lock:
+            if self.resume_in_doubt:  # did that resume take effect after all? (clears if so)
+                await self.reconcile(max(min(self.config.status_timeout_s, _left(op)), _MIN_STEP_S))
             await self._known(op)
             if self.paused is False:
                 return Done("already serving: nothing sent")
@@ -179,9 +182,8 @@ class AdapterHandler:
         if self.paused is None:
             await self.reconcile(max(min(self.config.status_timeout_s, _left(op)), _MIN_STEP_S))
             if self.paused is None:
-                raise EngineError(
-                    "UNAVAILABLE", f"{self.api.label} at {self.config.url} cannot be reached"
-                )
+                why = self.read_error or HttpError("UNAVAILABLE", "no state read")
+                raise self._error(why, "reading its state")
 
     async def _step(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -195,11 +196,14 @@ def _parse(raw: bytes) -> Any:
         return text
 
 
-def _reason(err: Exception) -> str:
-    text = str(err) or type(err).__name__
-    if "refused" in text.lower():
-        return "connection refused"
-    return _short(text)
+def _reason(err: BaseException) -> str:
+    """The operating system's reason where httpx wraps it ('connection refused', ...)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno).lower()
+        seen = seen.__cause__ or seen.__context__
+    return _short(str(err) or type(err).__name__)
 
 
 def _short(text: str) -> str:
