@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from control_service.adapters.api import Observed, expect_ok, json_field
 from control_service.adapters.http import EngineHttp
+from control_service.protocol import names
 
 DYNAMIC_LOAD = (
     "start FastDeploy (2.6 or later) with --dynamic-load-weight for its /v1 control routes"
@@ -21,7 +22,7 @@ DYNAMIC_LOAD = (
 
 class FastDeployApi:
     label = "FastDeploy"
-    pause_modes = frozenset({"abort"})
+    pause_modes: frozenset[str] = frozenset({names.ABORT})
     has_version = False
     clear_cache = False
 

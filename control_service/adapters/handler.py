@@ -28,6 +28,7 @@ from control_service.adapters.api import EngineApi, Observed
 from control_service.adapters.config import AdapterConfig
 from control_service.adapters.http import HttpError
 from control_service.engine import Capabilities, Done, EngineError, EngineState, Operation
+from control_service.protocol import names
 
 log = logging.getLogger("control_service.adapters")
 
@@ -104,9 +105,9 @@ class AdapterHandler:
             if self.paused:
                 return Done(f"already paused (mode {self.mode or 'unknown'}): nothing sent")
             op.accepted(f"{api.label}: pause, mode {mode}")
-            before = await self._running() if mode in ("abort", "wait") else None
+            before = await self._running() if mode in (names.ABORT, names.WAIT) else None
             op.progress("pausing", 0, 1, f"mode {mode}")
-            ticker = self._drain_ticker(op, before) if mode == "wait" else None
+            ticker = self._drain_ticker(op, before) if mode == names.WAIT else None
             await self._step(op, "pause", self.config.pause_timeout_s, ticker,
                              lambda t: api.pause(mode, clear_cache, t))  # fmt: skip
             self.paused, self.mode = True, mode
@@ -114,8 +115,8 @@ class AdapterHandler:
             count = before or 0
             return Done(
                 f"{api.label} paused (mode {mode})",
-                aborted=count if mode == "abort" else 0,
-                drained=count if mode == "wait" else 0,
+                aborted=count if mode == names.ABORT else 0,
+                drained=count if mode == names.WAIT else 0,
             )
 
     async def update_weights(self, op: Operation, uri: str, version: str) -> Done:
@@ -135,7 +136,7 @@ class AdapterHandler:
             op.progress("loading", 0, 0, uri)
             ticker = self._load_ticker(op, stage, started)
             message = await self._step(op, "load", self.config.load_timeout_s, ticker,
-                                       lambda t: api.load(uri, version, self.mode == "keep", t,
+                                       lambda t: api.load(uri, version, self.mode == names.KEEP, t,
                                                           phase))  # fmt: skip
             if api.has_version:
                 await self.reconcile(min(self.config.status_timeout_s, _left(op)))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from control_service.adapters.api import Observed, expect_ok, json_field
 from control_service.adapters.http import EngineHttp, HttpError
+from control_service.protocol import names
 
 NOT_SGLANG = "is the URL an SGLang (0.5.23 or later) server?"
 _READY_NOTE = "SGLang has no pause query: /ready answers 503, taken as paused (or unhealthy)"
@@ -22,7 +23,7 @@ _READY_NOTE = "SGLang has no pause query: /ready answers 503, taken as paused (o
 
 class SglangApi:
     label = "SGLang"
-    pause_modes = frozenset({"abort", "keep"})
+    pause_modes: frozenset[str] = frozenset({names.ABORT, names.KEEP})
     has_version = True
     clear_cache = True
 
@@ -47,10 +48,10 @@ class SglangApi:
 
     async def pause(self, mode: str, clear_cache: bool, timeout: float) -> int:
         deadline = time.monotonic() + timeout
-        if mode == "abort":
+        if mode == names.ABORT:
             await self._pause_generation("abort", timeout)
         await self._pause_generation("in_place", _left(deadline))
-        if clear_cache and mode == "abort":  # KEEP keeps the KV cache: that is its point
+        if clear_cache and mode == names.ABORT:  # KEEP keeps the KV cache: that is its point
             response = await self.http.request("POST", "/flush_cache", timeout=_left(deadline))
             expect_ok(response, "flush_cache", NOT_SGLANG)
         return 0

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from control_service.adapters.api import Observed, expect_ok, json_field
 from control_service.adapters.http import EngineHttp
+from control_service.protocol import names
 
 DEV_MODE = "start vLLM with VLLM_SERVER_DEV_MODE=1 (its RL admin routes exist only in dev mode)"
 _RUNNING = "vllm:num_requests_running"
@@ -19,7 +20,7 @@ _RUNNING = "vllm:num_requests_running"
 
 class VllmApi:
     label = "vLLM"
-    pause_modes = frozenset({"abort", "wait", "keep"})
+    pause_modes: frozenset[str] = frozenset(names.PAUSE_MODES)
     has_version = True
     clear_cache = True
 
@@ -45,7 +46,7 @@ class VllmApi:
 
     async def pause(self, mode: str, clear_cache: bool, timeout: float) -> int:
         params = {"mode": mode}
-        if mode != "keep":  # vLLM ignores clear_cache for keep: not sent, so the log says so
+        if mode != names.KEEP:  # vLLM ignores clear_cache for keep: not sent, so the log says so
             params["clear_cache"] = "true" if clear_cache else "false"
         response = await self.http.request("POST", "/pause", params=params, timeout=timeout)
         expect_ok(response, f"pause (mode={mode})", DEV_MODE)

@@ -17,6 +17,24 @@ class CurveConfig:
     secret_key: Path
     allowed_clients: Path | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse bad key material here, as one line, not later as a socket traceback."""
+        self.keys()
+        if self.allowed_clients is not None and not self.allowed_clients.is_dir():
+            raise ValueError(f"{self.allowed_clients} is not a folder")
+
+    def keys(self) -> tuple[bytes, bytes]:
+        """(public, secret) from the key pair file; ValueError naming what is wrong."""
+        import zmq.auth
+
+        try:
+            public, secret = zmq.auth.load_certificate(self.secret_key)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{self.secret_key}: not a zmq.auth key file ({err})") from None
+        if secret is None:
+            raise ValueError(f"{self.secret_key}: no secret key (give the .key_secret file)")
+        return public, secret
+
 
 @dataclass(frozen=True, slots=True)
 class EngineServerConfig:

@@ -153,9 +153,10 @@ class EngineServer:
             return None
         from zmq.auth.asyncio import AsyncioAuthenticator
 
-        public, secret = zmq.auth.load_certificate(curve.secret_key)
-        if secret is None:
-            raise EngineServerError(f"{curve.secret_key}: no secret key (a .key_secret file)")
+        try:
+            public, secret = curve.keys()
+        except ValueError as err:
+            raise EngineServerError(str(err)) from None
         auth = AsyncioAuthenticator(ctx)
         auth.start()
         allowed = curve.allowed_clients

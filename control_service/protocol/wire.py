@@ -15,14 +15,22 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, TypeGuard
 
+from control_service.protocol import names as _names
+
+# Re-exported: an engine reads the protocol's words here, beside the codec that checks them.
+from control_service.protocol.names import ENGINE_METHODS as METHODS
+from control_service.protocol.names import ERROR_CODES as ERROR_CODES
+
 PROTOCOL_VERSION: Final = 1
 MAX_FRAME_BYTES: Final = 1 << 20
-MAX_REQUEST_ID_CHARS: Final = 256
+# Above a caller's 128 (names.MAX_REQUEST_ID_CHARS): the service's own ids add a suffix to it
+# (a refit step's "<id>/policy-resume-2").
+MAX_WIRE_ID_CHARS: Final = 256
 MAX_TEXT_CHARS: Final = 4096
 
-METHODS: Final = frozenset({"pause", "update_weights", "resume", "status", "cancel"})
-MUTATIONS: Final = frozenset({"pause", "update_weights", "resume"})
-PAUSE_MODES: Final = frozenset({"abort", "wait", "keep"})
+# Frozen sets of the shared words, for membership tests on the decode path.
+MUTATIONS: Final = frozenset(_names.MUTATIONS)
+PAUSE_MODES: Final = frozenset(_names.PAUSE_MODES)
 ACCEPTED: Final = "accepted"
 PROGRESS: Final = "progress"
 RESULT: Final = "result"
@@ -30,21 +38,11 @@ ERROR: Final = "error"
 KINDS: Final = frozenset({ACCEPTED, PROGRESS, RESULT, ERROR})
 TERMINAL_KINDS: Final = frozenset({RESULT, ERROR})
 
-# gRPC status names an engine may put in an error reply (everything but OK).
-ERROR_CODES: Final = frozenset(
-    {
-        "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-        "UNAUTHENTICATED",
-    }
-)  # fmt: skip
-
 # The optional `capabilities` of a status result: what the engine supports. An engine that omits
 # it supports everything below (DEFAULT_CAPABILITIES); unknown yes/no flags are kept, by name.
 MAX_CAPABILITIES: Final = 32
 MAX_CAPABILITY_NAME_CHARS: Final = 64
-DEFAULT_PAUSE_MODES: Final = ("abort", "keep", "wait")  # sorted, as decoded
+DEFAULT_PAUSE_MODES: Final = tuple(sorted(_names.PAUSE_MODES))  # sorted, as decoded
 DEFAULT_CAPABILITIES: Final = MappingProxyType(
     {"pause_modes": DEFAULT_PAUSE_MODES, "cancel": True, "progress": True}
 )
@@ -64,10 +62,8 @@ try:  # orjson (the `fast` extra) is ~5x quicker on the reply path; same JSON on
 
     _encode: Callable[[Any], bytes] = orjson.dumps
     _decode: Callable[[bytes], Any] = orjson.loads
-    CODEC = "orjson"
 except ImportError:  # pragma: no cover - exercised where orjson is not installed
     _encode, _decode = _stdlib_codec()
-    CODEC = "json"
 
 
 class WireError(ValueError):
@@ -240,8 +236,8 @@ def _maybe_id(obj: dict[str, Any]) -> str | None:
 
 def _request_id(obj: dict[str, Any]) -> str:
     rid = obj.get("request_id")
-    if not isinstance(rid, str) or not 0 < len(rid) <= MAX_REQUEST_ID_CHARS:
-        raise WireError(f"request_id must be a string of 1-{MAX_REQUEST_ID_CHARS} characters")
+    if not isinstance(rid, str) or not 0 < len(rid) <= MAX_WIRE_ID_CHARS:
+        raise WireError(f"request_id must be a string of 1-{MAX_WIRE_ID_CHARS} characters")
     return rid
 
 

@@ -22,7 +22,7 @@ import grpc
 import structlog
 
 from control_service.errors import ControlError, unavailable
-from control_service.protocol import wire
+from control_service.protocol import names, wire
 from control_service.server.config import ServiceConfig
 from control_service.server.deadlines import Deadlines
 from control_service.server.engine_link import EngineLink
@@ -33,7 +33,7 @@ from control_service.server.refit import RefitDriver
 log = structlog.get_logger("control_service.server.dispatcher")
 
 _CANCEL_TIMEOUT_S = 5.0
-_PAUSING = frozenset({"pause", "refit"})  # the methods whose arguments need capabilities
+_PAUSING = frozenset({names.PAUSE, names.REFIT})  # the methods whose arguments need capabilities
 _OK = grpc.StatusCode.OK
 # Outcomes about time or reachability, not about the operation: a retry runs again, even when
 # the engine itself reported them (its own timeout_s can fire as ours does).
@@ -67,7 +67,6 @@ class Dispatcher:
         config: ServiceConfig,
         links: dict[str, EngineLink],
         metrics: Metrics | None = None,
-        on_engine_change: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -84,7 +83,8 @@ class Dispatcher:
         # engine -> why it is down though its link is up: its status said UNAVAILABLE (an
         # adapter whose engine is unreachable). Readiness and GetStatus show it down.
         self.engine_down: dict[str, str] = {}
-        self._on_engine_change = on_engine_change
+        # Called when an engine's health (engine_down) changes: the server republishes health.
+        self.on_engine_change: Callable[[], None] | None = None
         self._ids = itertools.count(1)
         self._drivers: set[asyncio.Task[None]] = set()
         # Set when the last running operation ends, while shutdown waits for that (wait_idle).
@@ -107,7 +107,7 @@ class Dispatcher:
         if command.method in _PAUSING:
             self._check_capable(command)
         self._check_engines_free(command, None)
-        if command.method == "refit":
+        if command.method == names.REFIT:
             return self._start_refit(command)
         return self._start(command, None)
 
@@ -130,7 +130,7 @@ class Dispatcher:
         if op.owner is None:
             for name in command.engines:
                 self._busy[name] = op
-        if "version" in command.args and command.method in ("update_weights", "refit"):
+        if "version" in command.args and command.method in (names.UPDATE_WEIGHTS, names.REFIT):
             for name in command.engines:
                 self.expected_versions[name] = command.args["version"]
 
@@ -221,7 +221,7 @@ class Dispatcher:
         try:
             for part in op.parts.values():
                 link = self.links[part.engine]
-                link.slots.open(rid, part)  # EngineLink.open, without the extra call
+                link.open(rid, part)
                 opened.append(link)
         except ControlError:
             for link in opened:
@@ -277,7 +277,7 @@ class Dispatcher:
 
     def _send_cancel(self, link: EngineLink, request_id: str) -> None:
         try:
-            link.send(wire.Request(request_id, "cancel", {}, _CANCEL_TIMEOUT_S))
+            link.send(wire.Request(request_id, names.CANCEL, {}, _CANCEL_TIMEOUT_S))
         except ControlError:
             pass  # the engine is gone: there is nothing left to cancel
 
@@ -299,14 +299,18 @@ class Dispatcher:
             and op.owner is None
             and (outcome.code is _OK or outcome.code not in _FRESH)
         ):
-            records = self._records  # remember the outcome for retries (inline: per call)
-            if rid in records:  # a new key is inserted last already
-                records.move_to_end(rid)
-            records[rid] = (self._loop.time(), op)
-            while len(records) > self.config.retry_max_records:
-                records.popitem(last=False)
+            self._remember(rid, op)
         if not self.running and self._idle is not None:
             self._idle.set()
+
+    def _remember(self, rid: str, op: Operation) -> None:
+        """Keep a finished operation's outcome for retries (the newest last, bounded)."""
+        records = self._records
+        if rid in records:  # a new key is inserted last already
+            records.move_to_end(rid)
+        records[rid] = (self._loop.time(), op)
+        while len(records) > self.config.retry_max_records:
+            records.popitem(last=False)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no operation runs; False if `timeout` passed first."""
@@ -346,7 +350,7 @@ class Dispatcher:
         try:
             link.open(rid, waiter)
             sent = time.perf_counter()
-            link.send(wire.Request(rid, "status", {}, timeout))
+            link.send(wire.Request(rid, names.STATUS, {}, timeout))
             reply = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
             if self.metrics is not None:
                 self.metrics.engine_rtt.labels(name).observe(time.perf_counter() - sent)
@@ -372,8 +376,8 @@ class Dispatcher:
             self.engine_down[name] = down
         else:
             self.engine_down.pop(name, None)
-        if bool(was) != bool(down) and self._on_engine_change is not None:
-            self._on_engine_change()
+        if bool(was) != bool(down) and self.on_engine_change is not None:
+            self.on_engine_change()
 
 
 class _OneReply:

@@ -10,20 +10,26 @@ from typing import Any
 
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.protocol import wire
+from control_service.protocol.proto_enums import PAUSE_MODE_VALUES
+from control_service.server.operations import Event
 
 
-def event(
-    request_id: str, engine: str, seq: int, reply: wire.Reply, step: str = ""
-) -> pb.ControlEvent:
-    e = _event(request_id, engine, seq, reply)
-    if step:
-        e.step = step
-    return e
+def event(request_id: str, event: Event) -> pb.ControlEvent:
+    """The ControlEvent a caller receives for one engine reply."""
+    reply = event.reply
+    # Each field accepts a mapping (see the .pyi): wire.decode_reply has shaped `data` to exactly
+    # that message's fields, so one constructor call builds the submessage too (half the cost
+    # of building it apart, measured), and an unknown key would still raise.
+    submessage: dict[str, Any] = {_FIELD[reply.kind]: reply.data}
+    message = pb.ControlEvent(
+        request_id=request_id, engine=event.engine, seq=event.seq, **submessage
+    )
+    if event.step:
+        message.step = event.step
+    return message
 
 
-# The ControlEvent field each reply kind fills. wire.decode_reply has shaped `data` to exactly
-# that message's fields, so it initialises the submessage as a dict: one constructor call
-# instead of three (half the cost, measured), and an unknown key would still raise.
+# The ControlEvent field each reply kind fills.
 _FIELD = {
     wire.RESULT: "result",
     wire.PROGRESS: "progress",
@@ -32,16 +38,10 @@ _FIELD = {
 }
 
 
-def _event(request_id: str, engine: str, seq: int, reply: wire.Reply) -> pb.ControlEvent:
-    submessage = {_FIELD[reply.kind]: reply.data}  # each field accepts a mapping (see the .pyi)
-    return pb.ControlEvent(request_id=request_id, engine=engine, seq=seq, **submessage)  # type: ignore[arg-type]
-
-
 def engine_state(state: dict[str, Any] | None) -> pb.EngineState | None:
     return None if state is None else pb.EngineState(**state)
 
 
-_MODES = {"abort": pb.PAUSE_MODE_ABORT, "wait": pb.PAUSE_MODE_WAIT, "keep": pb.PAUSE_MODE_KEEP}
 _FIXED = frozenset({"pause_modes", "cancel", "progress"})
 
 
@@ -50,7 +50,7 @@ def engine_capabilities(caps: dict[str, Any] | None) -> pb.EngineCapabilities | 
     if caps is None:
         return None
     return pb.EngineCapabilities(
-        pause_modes=[_MODES[mode] for mode in caps["pause_modes"]],
+        pause_modes=[PAUSE_MODE_VALUES[mode] for mode in caps["pause_modes"]],
         cancel=caps["cancel"],
         progress=caps["progress"],
         flags={k: v for k, v in caps.items() if k not in _FIXED},

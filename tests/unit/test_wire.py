@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from control_service.protocol import wire
 from control_service.server import messages
+from control_service.server.operations import Event
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -73,7 +74,7 @@ def test_valid_replies_round_trip(rid: str, code: str, message: str, n: int) -> 
     ):
         decoded = wire.decode_reply(wire.encode_reply(reply))
         assert decoded.request_id == rid and decoded.kind == reply.kind
-        messages.event(rid, "e0", 1, decoded)  # every decoded reply converts to a ControlEvent
+        messages.event(rid, Event("e0", 1, decoded))  # every decoded reply makes a ControlEvent
 
 
 def test_frame_over_limit_rejected_before_parsing() -> None:
@@ -144,7 +145,7 @@ def _decode_checked(body: bytes) -> None:
         reply = wire.decode_reply(body)
     except wire.WireError:
         return
-    messages.event(reply.request_id, "e0", 1, reply)  # must not raise: the data is trusted
+    messages.event(reply.request_id, Event("e0", 1, reply))  # must not raise: the data is trusted
 
 
 @settings(max_examples=200, deadline=None)
