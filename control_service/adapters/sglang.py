@@ -65,6 +65,7 @@ class SglangApi:
     async def load(
         self, uri: str, version: str, kept_cache: bool, timeout: float, phase: Callable[[str], None]
     ) -> str:
+        deadline = time.monotonic() + timeout
         body: dict[str, object] = {"model_path": uri, "weight_version": version}
         if kept_cache:
             body["flush_cache"] = False  # frozen requests hold the cache: a flush would fail
@@ -74,9 +75,9 @@ class SglangApi:
         success = response.body.get("success") if isinstance(response.body, dict) else None
         if success is True and response.ok:
             return f"SGLang: {response.text()}"
-        if success is False:  # the engine's own verdict; the caller re-reads what is loaded
-            message = f"SGLang refused the load: {response.text()}"
-            raise HttpError("UNKNOWN", message, response.status)
+        if success is False:  # the engine's verdict; whether the weights changed is read here
+            message = f"SGLang reports the load failed: {response.text()}"
+            raise HttpError("UNKNOWN", f"{message}; {await self._which(uri, deadline)}")
         expect_ok(response, "update_weights_from_disk", NOT_SGLANG)
         raise HttpError("INTERNAL", f"update_weights_from_disk: no 'success' in {response.text()}")
 
@@ -84,13 +85,20 @@ class SglangApi:
         response = await self.http.request("POST", "/continue_generation", timeout=timeout)
         expect_ok(response, "continue_generation", NOT_SGLANG)
 
-    async def model_path(self, timeout: float) -> str:
-        """The checkpoint SGLang says it serves: after a failed load, tells whether it changed."""
-        info = expect_ok(
-            await self.http.request("GET", "/model_info", timeout=timeout, safe=True),
-            "model_info", NOT_SGLANG,
-        )  # fmt: skip
-        return str(json_field(info, "model_path", str, "model_info"))
+    async def _which(self, uri: str, deadline: float) -> str:
+        """After a failed load, which weights SGLang serves: a failed cache flush comes after
+        the weights changed, and then it serves the new weights under the old version."""
+        try:
+            info = expect_ok(
+                await self.http.request("GET", "/model_info", timeout=_left(deadline), safe=True),
+                "model_info", NOT_SGLANG,
+            )  # fmt: skip
+            path = str(json_field(info, "model_path", str, "model_info"))
+        except HttpError as err:
+            return f"which weights it serves is unknown ({err.message})"
+        if path == uri:
+            return f"its model_path is now {uri}: the NEW weights are loaded"
+        return f"its model_path is still {path}: the old weights are loaded"
 
 
 def _left(deadline: float) -> float:

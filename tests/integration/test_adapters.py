@@ -154,6 +154,19 @@ def test_sglang_failed_load_reports_its_message_and_the_version_reread(
     assert code == "UNKNOWN"
     assert "/ckpt/bad not found" in message, "the engine's own words"
     assert "paused, version default" in message, "what a fresh read found"
+    assert "the old weights are loaded" in message
+
+
+def test_sglang_load_failing_after_the_weights_changed_says_so(
+    fake_engine: Fake, start_adapter: Adapter, client: Callable[[str], EngineClient]
+) -> None:
+    fake = fake_engine("sglang")
+    engine = client(start_adapter("sglang", fake.url).endpoint)
+    engine.result("pause", PAUSE_ABORT)
+    fake.knobs(running=1)  # a request admitted between the abort and the freeze (a race)
+    code, message = error_of(engine.call("update_weights", {"uri": "/ckpt/new", "version": "4"}))
+    assert code == "UNKNOWN" and "Failed to flush cache" in message
+    assert "the NEW weights are loaded" in message and "version default" in message
 
 
 def test_sglang_api_key(
