@@ -247,6 +247,8 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Callable[[str], Any], str], ...] = (
      "pause mode when a Pause names none"),
     ("--status-timeout", ServiceConfig, "status_timeout_s", positive_float,
      "seconds GetStatus waits for each engine"),
+    ("--engine-probe-interval", ServiceConfig, "engine_probe_interval_s", non_negative_float,
+     "seconds between the service's own status probes of each engine (0: at link-up only)"),
     ("--max-open-slots", ServiceConfig, "max_open_slots", positive_int,
      "open engine replies across all calls; past it RESOURCE_EXHAUSTED"),
     ("--slot-queue-events", ServiceConfig, "slot_queue_events", positive_int,
