@@ -14,6 +14,7 @@ from control_service.server import ControlServer, LinkFactory
 from control_service.server.config import EngineConfig, LinkConfig, ServiceConfig
 from control_service.server.engine_link import EngineLink
 from engine_stub.checkpoint import write_checkpoint
+from tests.fakes.process import AdapterProcess, FakeEngine
 from tests.harness import Service, StartService
 from tests.stub_process import StubProcess
 
@@ -88,3 +89,36 @@ def checkpoint(tmp_path: Path) -> Callable[[int], tuple[str, int]]:
         return str(directory), write_checkpoint(directory, seed=seed)
 
     return make
+
+
+@pytest.fixture
+def fake_engine() -> Iterator[Callable[..., FakeEngine]]:
+    """fake_engine("vllm", *flags) -> a started HTTP fake; each is checked (no duplicate resume
+    seen) and stopped at teardown."""
+    fakes: list[FakeEngine] = []
+
+    def start(kind: str, *args: str) -> FakeEngine:
+        fake = FakeEngine(kind)
+        fakes.append(fake)
+        fake.start(*args)
+        return fake
+
+    yield start
+    for fake in fakes:
+        fake.stop()
+
+
+@pytest.fixture
+def start_adapter() -> Iterator[Callable[..., AdapterProcess]]:
+    """start_adapter("vllm", url, *flags) -> a running `python -m control_service.adapters`."""
+    adapters: list[AdapterProcess] = []
+
+    def start(kind: str, url: str, *args: str) -> AdapterProcess:
+        adapter = AdapterProcess()
+        adapters.append(adapter)
+        adapter.start(kind, url, *args)
+        return adapter
+
+    yield start
+    for adapter in adapters:
+        adapter.stop()

@@ -247,6 +247,8 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Callable[[str], Any], str], ...] = (
      "pause mode when a Pause names none"),
     ("--status-timeout", ServiceConfig, "status_timeout_s", positive_float,
      "seconds GetStatus waits for each engine"),
+    ("--engine-probe-interval", ServiceConfig, "engine_probe_interval_s", non_negative_float,
+     "seconds between the service's own status probes of each engine (0: at link-up only)"),
     ("--max-open-slots", ServiceConfig, "max_open_slots", positive_int,
      "open engine replies across all calls; past it RESOURCE_EXHAUSTED"),
     ("--slot-queue-events", ServiceConfig, "slot_queue_events", positive_int,
@@ -434,7 +436,24 @@ def build_parser() -> Parser:
     _add_serve(commands)
     _add_call(commands)
     _add_demo(commands)
+    _add_adapt(commands)
     return parser
+
+
+def _add_adapt(commands: Any) -> None:
+    """A thin wrapper: every argument goes to `python -m control_service.adapters`."""
+    adapt = commands.add_parser(
+        "adapt",
+        help="drive a vLLM, SGLang or FastDeploy engine (run beside it)",
+        add_help=False,  # --help too is the adapter's
+    )
+    adapt.add_argument("adapter_args", nargs=argparse.REMAINDER)
+
+
+def run_adapt(argv: Sequence[str]) -> int:
+    from control_service.adapters.__main__ import main as adapt
+
+    return adapt(argv, prog="control-service adapt")
 
 
 def _add_serve(commands: Any) -> None:
@@ -679,6 +698,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `control-service` script and `python -m control_service`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["adapt"]:  # every further argument is the adapter's, --help included
+        return run_adapt(argv[1:])
     args = parse_args(argv)
     try:
         return args.run(args)

@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from control_service.server.refit import RefitDriver
 log = structlog.get_logger("control_service.server.dispatcher")
 
 _CANCEL_TIMEOUT_S = 5.0
+_PAUSING = frozenset({names.PAUSE, names.REFIT})  # the methods whose arguments need capabilities
 _OK = grpc.StatusCode.OK
 # Outcomes about time or reachability, not about the operation: a retry runs again, even when
 # the engine itself reported them (its own timeout_s can fire as ours does).
@@ -47,6 +49,7 @@ class EngineReport:
     state: dict[str, Any] | None
     error: str
     expected_version: str = ""
+    capabilities: dict[str, Any] | None = None
 
     @property
     def skewed(self) -> bool:
@@ -60,7 +63,10 @@ class EngineReport:
 
 class Dispatcher:
     def __init__(
-        self, config: ServiceConfig, links: dict[str, EngineLink], metrics: Metrics | None = None
+        self,
+        config: ServiceConfig,
+        links: dict[str, EngineLink],
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -72,6 +78,13 @@ class Dispatcher:
         self._busy: dict[str, Operation] = {}
         # engine -> the weight version last requested of it, for version-skew reports.
         self.expected_versions: dict[str, str] = {}
+        # engine -> what it reported it can do, from status replies since its link came up.
+        self.capabilities: dict[str, dict[str, Any]] = {}
+        # engine -> why it is down though its link is up: its status said UNAVAILABLE (an
+        # adapter whose engine is unreachable). Readiness and GetStatus show it down.
+        self.engine_down: dict[str, str] = {}
+        # Called when an engine's health (engine_down) changes: the server republishes health.
+        self.on_engine_change: Callable[[], None] | None = None
         self._ids = itertools.count(1)
         self._drivers: set[asyncio.Task[None]] = set()
         # Set when the last running operation ends, while shutdown waits for that (wait_idle).
@@ -91,6 +104,8 @@ class Dispatcher:
                 return existing, existing.subscribe()
         if self.closing:
             raise unavailable("the service is shutting down")
+        if command.method in _PAUSING:
+            self._check_capable(command)
         self._check_engines_free(command, None)
         if command.method == names.REFIT:
             return self._start_refit(command)
@@ -161,6 +176,34 @@ class Dispatcher:
             del self._records[request_id]
             return None
         return entry[1]
+
+    def _check_capable(self, command: Command) -> None:
+        """Refuse, before anything is sent to any engine, a call that some engine has said it
+        cannot honour, so a fleet is never left half-paused. An engine whose capabilities are
+        not known yet (its link came up less than a status round trip ago) is not refused here:
+        that engine refuses an unknown mode itself."""
+        mode, clear_cache = command.args["mode"], command.args["clear_cache"]
+        lacking = []
+        for name in command.engines:
+            caps = self.capabilities.get(name)
+            if caps is None:
+                continue
+            missing = [] if mode in caps["pause_modes"] else [f"pause mode {mode.upper()}"]
+            if clear_cache and caps.get("clear_cache") is False:
+                missing.append("clear_cache")
+            if missing:
+                lacking.append(f"{name} lacks {' and '.join(missing)}")
+        if lacking:
+            raise ControlError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{len(lacking)} of {len(command.engines)} engines cannot honour this "
+                f"{command.method}; nothing was sent: {'; '.join(lacking)}",
+            )
+
+    def forget(self, engine: str) -> None:
+        """The engine's link went down: what it said of itself may not hold for what comes back."""
+        self.capabilities.pop(engine, None)
+        self.engine_down.pop(engine, None)
 
     def _check_engines_free(self, command: Command, owner: Operation | None) -> None:
         for name in command.engines:
@@ -290,7 +333,12 @@ class Dispatcher:
         reports = await asyncio.gather(*(self._status_one(name) for name in engines))
         expected = self.expected_versions
         return [
-            dataclasses.replace(r, expected_version=expected.get(r.engine, "")) for r in reports
+            dataclasses.replace(
+                r,
+                expected_version=expected.get(r.engine, ""),
+                capabilities=self.capabilities.get(r.engine),
+            )
+            for r in reports
         ]
 
     async def _status_one(self, name: str) -> EngineReport:
@@ -314,8 +362,23 @@ class Dispatcher:
         finally:
             link.slots.close(rid)  # on every exit, cancellation of the caller included
         if reply.kind == wire.ERROR:
-            return EngineReport(name, True, None, f"{reply.data['code']}: {reply.data['message']}")
+            why = f"{reply.data['code']}: {reply.data['message']}"
+            down = reply.data["code"] == "UNAVAILABLE"  # the engine behind its adapter is down
+            self._engine_health(name, why if down else "")
+            return EngineReport(name, not down, None, why)
+        if link.up:  # a link lost meanwhile forgot the engine: do not learn it back
+            self.capabilities[name] = wire.reported_capabilities(reply.data)
+            self._engine_health(name, "")
         return EngineReport(name, True, reply.data["state"], "")
+
+    def _engine_health(self, name: str, down: str) -> None:
+        was = self.engine_down.get(name, "")
+        if down:
+            self.engine_down[name] = down
+        else:
+            self.engine_down.pop(name, None)
+        if bool(was) != bool(down) and self.on_engine_change is not None:
+            self.on_engine_change()
 
 
 class _OneReply:

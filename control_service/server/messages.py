@@ -10,6 +10,7 @@ from typing import Any
 
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.protocol import wire
+from control_service.protocol.proto_enums import PAUSE_MODE_VALUES
 from control_service.server.operations import Event
 
 
@@ -39,3 +40,18 @@ _FIELD = {
 
 def engine_state(state: dict[str, Any] | None) -> pb.EngineState | None:
     return None if state is None else pb.EngineState(**state)
+
+
+_FIXED = frozenset({"pause_modes", "cancel", "progress"})
+
+
+def engine_capabilities(caps: dict[str, Any] | None) -> pb.EngineCapabilities | None:
+    """wire's checked capabilities (pause modes it knows, booleans) as the proto message."""
+    if caps is None:
+        return None
+    return pb.EngineCapabilities(
+        pause_modes=[PAUSE_MODE_VALUES[mode] for mode in caps["pause_modes"]],
+        cancel=caps["cancel"],
+        progress=caps["progress"],
+        flags={k: v for k, v in caps.items() if k not in _FIXED},
+    )

@@ -1,7 +1,10 @@
 """Assembles the service: engine links, dispatcher, servicer, health, reflection; and stops it.
 
 Health: the overall service "" and control.v1.ControlService are SERVING only while every engine
-link is up, so a readiness probe (Kubernetes' gRPC probe, grpcurl) sees engine loss at once.
+link is up and no engine's status says it is unreachable (an adapter whose engine is down), so a
+readiness probe (Kubernetes' gRPC probe, grpcurl) sees engine loss at once. Engines are asked for
+their status when their link comes up and every `engine_probe_interval_s`: that is also how the
+service learns their capabilities (dispatcher._check_capable).
 "liveness" is SERVING from start to shutdown whatever the engines do: a gRPC liveness probe on it
 proves the event loop answers, without restarting the sidecar because its engine is down.
 Shutdown: health goes NOT_SERVING, new calls are refused, running ones get the grace period to
@@ -73,6 +76,8 @@ class ControlServer:
         self._health_task: asyncio.Task[None] | None = None
         self._health_dirty = asyncio.Event()
         self._links_changed = asyncio.Event()
+        self._probe_now = asyncio.Event()
+        self._probe_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     @property
@@ -83,6 +88,7 @@ class ControlServer:
         """Bind, connect to the engines, serve. Returns the bound port."""
         c = self.config
         self.dispatcher = self._dispatcher_factory(c, self.links, self.metrics)
+        self.dispatcher.on_engine_change = self._health_dirty.set
         token = c.security.token()
         interceptors = (
             [BearerTokenInterceptor(token, c.security.auth_exempt_health)] if token else []
@@ -122,6 +128,7 @@ class ControlServer:
         for link in self.links.values():
             link.start(self._zmq)
         self._health_task = asyncio.create_task(self._health_loop())
+        self._probe_task = asyncio.create_task(self._probe_loop())
         await server.start()
         self._server = server
         log.info("serving", listen=c.listen, port=port, engines=[e.name for e in c.engines])
@@ -141,8 +148,9 @@ class ControlServer:
         if not await self.dispatcher.wait_idle(grace):
             self.dispatcher.fail_all(unavailable("the service is shutting down"))
         await self._server.stop(_STATUS_FLUSH_S)
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in (self._health_task, self._probe_task):
+            if task is not None:
+                task.cancel()
         for link in self.links.values():
             link.close()
         self._zmq.term()
@@ -156,8 +164,25 @@ class ControlServer:
     # -------------------------------------------------------------------------------- health
 
     def _on_link_change(self, link: EngineLink) -> None:
+        if not link.up and self.dispatcher is not None:
+            self.dispatcher.forget(link.name)
         self._health_dirty.set()
         self._links_changed.set()
+        self._probe_now.set()
+
+    async def _probe_loop(self) -> None:
+        """Ask every engine whose link is up for its status: at once when a link changes, then
+        every probe interval. The dispatcher learns capabilities and engine health from it."""
+        interval = self.config.engine_probe_interval_s
+        while True:
+            self._probe_now.clear()
+            up = tuple(name for name, link in self.links.items() if link.up)
+            if up and self.dispatcher is not None:
+                await self.dispatcher.status(up)
+            try:
+                await asyncio.wait_for(self._probe_now.wait(), interval or None)
+            except TimeoutError:
+                pass
 
     async def wait_engines_up(self, timeout: float) -> bool:
         """Wait until every engine link is up; False if `timeout` passed first."""
@@ -184,7 +209,8 @@ class ControlServer:
     async def _publish_health(self) -> None:
         if self._stopping:
             return
-        up = all(link.up for link in self.links.values())
+        down = self.dispatcher.engine_down if self.dispatcher is not None else {}
+        up = all(link.up and name not in down for name, link in self.links.items())
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if up

@@ -148,6 +148,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     state=messages.engine_state(r.state),
                     error=r.error,
                     expected_version=r.expected_version,
+                    capabilities=messages.engine_capabilities(r.capabilities),
                 )
                 for r in reports
             ],

@@ -35,7 +35,11 @@ async def test_scrape_after_calls(
 ) -> None:
     stub = start_stub()
     port = free_port()
-    service = await start_service({"e0": stub.endpoint}, metrics_port=port)
+    # Probes only at link-up, so the status round trips are that one and the GetStatus below.
+    service = await start_service(
+        {"e0": stub.endpoint}, metrics_port=port, engine_probe_interval_s=0
+    )
+    await eventually(lambda: "e0" in service.server.dispatcher.capabilities)
     await service.events("Pause", pb.PauseRequest(), timeout=10)
     await service.events("Pause", pb.PauseRequest(), timeout=10)
     await service.failed("UpdateWeights", pb.UpdateWeightsRequest(uri="/no", version="1"))
@@ -60,7 +64,7 @@ async def test_scrape_after_calls(
     assert m[("control_engine_up", (("engine", "e0"),))] == 1
     assert m[("control_engine_malformed_frames_total", (("engine", "e0"),))] == 1
     assert m[("control_engine_late_replies_total", (("engine", "e0"),))] == 1
-    assert m[("control_engine_rtt_seconds_count", (("engine", "e0"),))] == 1
+    assert m[("control_engine_rtt_seconds_count", (("engine", "e0"),))] == 2
 
     await service.server.stop(grace=1.0)
     with pytest.raises(OSError):  # the stopped server no longer holds the metrics port

@@ -16,6 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "control_service"
 
 # layer -> the modules it must never import (a prefix matches the module and everything below)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
+    # adapters: the engine library, the protocol and an HTTP client, nothing of the service
+    "adapters": (
+        "control_service.server",
+        "control_service.cli",
+        "control_service.client",
+        "control_service.errors",
+        "grpc",
+    ),
     "client": ("control_service.server", "control_service.cli", "control_service.engine"),
     "engine": ("control_service.server", "control_service.cli", "control_service.client"),
     "protocol": (

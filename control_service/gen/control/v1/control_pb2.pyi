@@ -161,18 +161,39 @@ class GetStatusResponse(_message.Message):
     def __init__(self, engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ..., skewed_engines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EngineStatus(_message.Message):
-    __slots__ = ("engine", "reachable", "state", "error", "expected_version")
+    __slots__ = ("engine", "reachable", "state", "error", "expected_version", "capabilities")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     engine: str
     reachable: bool
     state: EngineState
     error: str
     expected_version: str
-    def __init__(self, engine: _Optional[str] = ..., reachable: _Optional[bool] = ..., state: _Optional[_Union[EngineState, _Mapping]] = ..., error: _Optional[str] = ..., expected_version: _Optional[str] = ...) -> None: ...
+    capabilities: EngineCapabilities
+    def __init__(self, engine: _Optional[str] = ..., reachable: _Optional[bool] = ..., state: _Optional[_Union[EngineState, _Mapping]] = ..., error: _Optional[str] = ..., expected_version: _Optional[str] = ..., capabilities: _Optional[_Union[EngineCapabilities, _Mapping]] = ...) -> None: ...
+
+class EngineCapabilities(_message.Message):
+    __slots__ = ("pause_modes", "cancel", "progress", "flags")
+    class FlagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bool
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bool] = ...) -> None: ...
+    PAUSE_MODES_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    pause_modes: _containers.RepeatedScalarFieldContainer[PauseMode]
+    cancel: bool
+    progress: bool
+    flags: _containers.ScalarMap[str, bool]
+    def __init__(self, pause_modes: _Optional[_Iterable[_Union[PauseMode, str]]] = ..., cancel: _Optional[bool] = ..., progress: _Optional[bool] = ..., flags: _Optional[_Mapping[str, bool]] = ...) -> None: ...
 
 class RefitRequest(_message.Message):
     __slots__ = ("request_id", "mode", "clear_cache", "uri", "version", "timeout", "pause_timeout", "update_timeout", "resume_timeout", "on_failure", "engines")

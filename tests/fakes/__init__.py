@@ -1,0 +1,3 @@
+"""HTTP fakes of the engines the adapters drive (vLLM, SGLang, FastDeploy).
+
+Test code, never shipped."""
