@@ -54,6 +54,13 @@ class Commands:
         args = {"uri": req.uri, "version": req.version}
         return self._command(rid, req, names.UPDATE_WEIGHTS, args, time_remaining)
 
+    def stage_weights(self, req: pb.StageWeightsRequest, time_remaining: float | None) -> Command:
+        rid = request_id(req.request_id)
+        _require_text("uri", req.uri, MAX_URI_CHARS)
+        _require_text("version", req.version, MAX_VERSION_CHARS)
+        args = {"uri": req.uri, "version": req.version}
+        return self._command(rid, req, names.STAGE_WEIGHTS, args, time_remaining)
+
     def resume(self, req: pb.ResumeRequest, time_remaining: float | None) -> Command:
         return self._command(request_id(req.request_id), req, names.RESUME, {}, time_remaining)
 
@@ -78,6 +85,7 @@ class Commands:
             "uri": req.uri,
             "version": req.version,
             "on_failure": policy,
+            "stage": req.stage,
             **steps,
             "policy_timeout_s": steps["resume_timeout_s"] or self.config.default_timeout_s,
         }
@@ -112,7 +120,11 @@ class Commands:
     def _command(
         self,
         rid: str,
-        req: pb.PauseRequest | pb.UpdateWeightsRequest | pb.ResumeRequest | pb.RefitRequest,
+        req: pb.PauseRequest
+        | pb.UpdateWeightsRequest
+        | pb.StageWeightsRequest
+        | pb.ResumeRequest
+        | pb.RefitRequest,
         method: str,
         args: dict[str, Any],
         time_remaining: float | None,

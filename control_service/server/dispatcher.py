@@ -33,7 +33,8 @@ from control_service.server.refit import RefitDriver
 log = structlog.get_logger("control_service.server.dispatcher")
 
 _CANCEL_TIMEOUT_S = 5.0
-_PAUSING = frozenset({names.PAUSE, names.REFIT})  # the methods whose arguments need capabilities
+# the methods whose arguments need capabilities
+_PAUSING = frozenset({names.PAUSE, names.REFIT, names.STAGE_WEIGHTS})
 _OK = grpc.StatusCode.OK
 # Outcomes about time or reachability, not about the operation: a retry runs again, even when
 # the engine itself reported them (its own timeout_s can fire as ours does).
@@ -182,15 +183,21 @@ class Dispatcher:
         cannot honour, so a fleet is never left half-paused. An engine whose capabilities are
         not known yet (its link came up less than a status round trip ago) is not refused here:
         that engine refuses an unknown mode itself."""
-        mode, clear_cache = command.args["mode"], command.args["clear_cache"]
+        args = command.args
+        mode, clear_cache = args.get("mode"), args.get("clear_cache", False)
+        stages = command.method == names.STAGE_WEIGHTS or args.get("stage", False)
         lacking = []
         for name in command.engines:
             caps = self.capabilities.get(name)
             if caps is None:
                 continue
-            missing = [] if mode in caps["pause_modes"] else [f"pause mode {mode.upper()}"]
+            missing = []
+            if mode is not None and mode not in caps["pause_modes"]:
+                missing.append(f"pause mode {mode.upper()}")
             if clear_cache and caps.get("clear_cache") is False:
                 missing.append("clear_cache")
+            if stages and caps.get(names.CAP_STAGE) is not True:
+                missing.append("stage (staged weights)")
             if missing:
                 lacking.append(f"{name} lacks {' and '.join(missing)}")
         if lacking:

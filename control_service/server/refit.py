@@ -82,12 +82,17 @@ class RefitDriver:
 
     async def _steps(self) -> FinalStatus:
         a = self.args
+        update_args = {"uri": a["uri"], "version": a["version"]}
+        if a.get("stage", False):  # load while serving: the pause below only covers a swap
+            staged = await self._step(names.STAGE_WEIGHTS, update_args, a["update_timeout_s"])
+            if not staged.outcome.ok:
+                return self._stage_failed(staged)
+            update_args = {**update_args, names.STAGED: True}
         pause = await self._step(names.PAUSE, {"mode": a["mode"], "clear_cache": a["clear_cache"]},
                                  a["pause_timeout_s"])  # fmt: skip
         if not pause.outcome.ok:
             return await self._fail(pause)
-        update = await self._step(names.UPDATE_WEIGHTS, {"uri": a["uri"], "version": a["version"]},
-                                  a["update_timeout_s"])  # fmt: skip
+        update = await self._step(names.UPDATE_WEIGHTS, update_args, a["update_timeout_s"])
         skewed = self._skew(update)
         if not update.outcome.ok or skewed:
             return await self._fail(update, skewed)
@@ -148,6 +153,12 @@ class RefitDriver:
             for engine, data in update.results.items()
             if data["state"]["weight_version"] != version
         )  # fmt: skip
+
+    def _stage_failed(self, staged: StepResult) -> FinalStatus:
+        """Staging runs before the pause: when it fails, every engine is still serving."""
+        o = staged.outcome
+        message = f"{staged.step} failed: {o.message}; nothing was paused"
+        return FinalStatus(o.code, message, o.failures, o.engine_reported)
 
     async def _fail(
         self, failed: StepResult, skewed: tuple[EngineFailure, ...] = ()

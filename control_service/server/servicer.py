@@ -27,7 +27,12 @@ log = structlog.get_logger("control_service.calls")
 
 Context: TypeAlias = grpc.aio.ServicerContext
 MutationRequest = TypeVar(
-    "MutationRequest", pb.PauseRequest, pb.UpdateWeightsRequest, pb.ResumeRequest, pb.RefitRequest
+    "MutationRequest",
+    pb.PauseRequest,
+    pb.UpdateWeightsRequest,
+    pb.StageWeightsRequest,
+    pb.ResumeRequest,
+    pb.RefitRequest,
 )
 # Validates one RPC's request, given the call's time remaining: Commands.pause, .refit, ...
 Build: TypeAlias = Callable[[MutationRequest, float | None], Command]
@@ -50,6 +55,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     async def UpdateWeights(self, request: pb.UpdateWeightsRequest, context: Context) -> None:
         await self.relay("UpdateWeights", self._commands.update_weights, request, context)
+
+    async def StageWeights(self, request: pb.StageWeightsRequest, context: Context) -> None:
+        await self.relay("StageWeights", self._commands.stage_weights, request, context)
 
     async def Resume(self, request: pb.ResumeRequest, context: Context) -> None:
         await self.relay("Resume", self._commands.resume, request, context)

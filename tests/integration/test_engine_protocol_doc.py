@@ -55,6 +55,9 @@ def test_the_docs_minimal_engine_speaks_the_protocol(
     status = client.result("status", timeout=15.0)
     assert status.data["state"]["paused"] is False
     assert status.data["capabilities"]["pause_modes"] == ["abort", "wait"]
+    assert status.data["capabilities"]["stage"] is False, "no stage hook, no stage capability"
+    stage = client.call("stage_weights", {"uri": "/ckpt", "version": "1"})[-1]
+    assert (stage.kind, stage.data["code"]) == (wire.ERROR, "UNIMPLEMENTED")
 
     early = client.call("update_weights", {"uri": "/ckpt", "version": "1"})[-1]
     assert (early.kind, early.data["code"]) == (wire.ERROR, "FAILED_PRECONDITION")

@@ -58,6 +58,20 @@ class UpdateWeightsRequest(_message.Message):
     engines: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, request_id: _Optional[str] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class StageWeightsRequest(_message.Message):
+    __slots__ = ("request_id", "uri", "version", "timeout", "engines")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ENGINES_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    uri: str
+    version: str
+    timeout: _duration_pb2.Duration
+    engines: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ResumeRequest(_message.Message):
     __slots__ = ("request_id", "timeout", "engines")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -196,7 +210,7 @@ class EngineCapabilities(_message.Message):
     def __init__(self, pause_modes: _Optional[_Iterable[_Union[PauseMode, str]]] = ..., cancel: _Optional[bool] = ..., progress: _Optional[bool] = ..., flags: _Optional[_Mapping[str, bool]] = ...) -> None: ...
 
 class RefitRequest(_message.Message):
-    __slots__ = ("request_id", "mode", "clear_cache", "uri", "version", "timeout", "pause_timeout", "update_timeout", "resume_timeout", "on_failure", "engines")
+    __slots__ = ("request_id", "mode", "clear_cache", "uri", "version", "timeout", "pause_timeout", "update_timeout", "resume_timeout", "on_failure", "engines", "stage")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CLEAR_CACHE_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +222,7 @@ class RefitRequest(_message.Message):
     RESUME_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
     ENGINES_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     mode: PauseMode
     clear_cache: bool
@@ -219,4 +234,5 @@ class RefitRequest(_message.Message):
     resume_timeout: _duration_pb2.Duration
     on_failure: RefitFailurePolicy
     engines: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., mode: _Optional[_Union[PauseMode, str]] = ..., clear_cache: _Optional[bool] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., update_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., on_failure: _Optional[_Union[RefitFailurePolicy, str]] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...
+    stage: bool
+    def __init__(self, request_id: _Optional[str] = ..., mode: _Optional[_Union[PauseMode, str]] = ..., clear_cache: _Optional[bool] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., update_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., on_failure: _Optional[_Union[RefitFailurePolicy, str]] = ..., engines: _Optional[_Iterable[str]] = ..., stage: _Optional[bool] = ...) -> None: ...

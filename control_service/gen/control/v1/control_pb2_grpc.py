@@ -44,6 +44,11 @@ class ControlServiceStub:
                 request_serializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.UpdateWeightsRequest.SerializeToString,
                 response_deserializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.ControlEvent.FromString,
                 _registered_method=True)
+        self.StageWeights = channel.unary_stream(
+                '/control.v1.ControlService/StageWeights',
+                request_serializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.StageWeightsRequest.SerializeToString,
+                response_deserializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.ControlEvent.FromString,
+                _registered_method=True)
         self.Resume = channel.unary_stream(
                 '/control.v1.ControlService/Resume',
                 request_serializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.ResumeRequest.SerializeToString,
@@ -73,6 +78,16 @@ class ControlServiceServicer:
 
     def UpdateWeights(self, request, context):
         """Loads new weights from `uri`; the engine must be paused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StageWeights(self, request, context):
+        """Loads `uri` into each engine's staging area while it keeps serving (progress as it loads);
+        one staged version per engine, a new one replaces it. An UpdateWeights (or a Refit) of the
+        staged version then commits it: a swap under the pause instead of a load. Engines without
+        the `stage` capability are refused up front with FAILED_PRECONDITION naming them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +127,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
             'UpdateWeights': grpc.unary_stream_rpc_method_handler(
                     servicer.UpdateWeights,
                     request_deserializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.UpdateWeightsRequest.FromString,
+                    response_serializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.ControlEvent.SerializeToString,
+            ),
+            'StageWeights': grpc.unary_stream_rpc_method_handler(
+                    servicer.StageWeights,
+                    request_deserializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.StageWeightsRequest.FromString,
                     response_serializer=control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.ControlEvent.SerializeToString,
             ),
             'Resume': grpc.unary_stream_rpc_method_handler(
@@ -183,6 +203,33 @@ class ControlService:
             target,
             '/control.v1.ControlService/UpdateWeights',
             control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.UpdateWeightsRequest.SerializeToString,
+            control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.ControlEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StageWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/control.v1.ControlService/StageWeights',
+            control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.StageWeightsRequest.SerializeToString,
             control__service_dot_gen_dot_control_dot_v1_dot_control__pb2.ControlEvent.FromString,
             options,
             channel_credentials,
