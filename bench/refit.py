@@ -45,7 +45,7 @@ TENSOR = (1024, 1024)  # float32: 4 MiB per tensor
 TENSOR_MIB = 4
 REFIT_TIMEOUT_S = 600.0
 # The modes compared: what a Refit asks for in each.
-MODES: dict[str, dict[str, object]] = {"load in the pause": {}}
+MODES: dict[str, dict[str, object]] = {"load in the pause": {}, "staged": {"stage": True}}
 
 
 @dataclass(frozen=True)
@@ -153,11 +153,37 @@ def render(rows: list[Row], plan: Plan, env: list[str]) -> str:
             f"| {len(r.failures)} |"
         )
     lines.append("")
+    lines.extend(targets(rows))
     for r in rows:
         for failure in r.failures[:3]:
             lines.append(f"- failed ({r.mode}, {r.size_mib:,.0f} MiB, {r.engines}): {failure}")
     lines.extend(env)
     return "\n".join(lines)
+
+
+def targets(rows: list[Row]) -> list[str]:
+    """The issue's targets for staged refits: pause p50 <= 50 ms, and < 20% growth from the
+    smallest checkpoint to the largest; each with the unstaged figure beside it."""
+    out = []
+    by = {(r.mode, r.engines, round(r.size_mib)): r for r in rows}
+    sizes = sorted({round(r.size_mib) for r in rows})
+    for fleet in sorted({r.engines for r in rows}):
+        staged = [by.get(("staged", fleet, size)) for size in sizes]
+        plain = [by.get(("load in the pause", fleet, size)) for size in sizes]
+        if not all(staged) or not all(plain):
+            continue
+        p50s = [percentile(r.windows_ms, 50) for r in staged if r]
+        unstaged = [percentile(r.windows_ms, 50) for r in plain if r]
+        worst = max(p50s)
+        growth = p50s[-1] / p50s[0] - 1 if p50s[0] > 0 else math.inf
+        beside = ", ".join(f"{ms:,.1f} ms" for ms in unstaged)
+        out.append(
+            f"- {fleet} engine(s), staged: pause p50 at most **{worst:,.1f} ms** (target <= 50 ms): "
+            f"{'met' if worst <= 50 else '**MISSED**'}; {sizes[0]} -> {sizes[-1]} MiB grows it "
+            f"**{growth:+.0%}** (target < +20%): {'met' if growth < 0.2 else '**MISSED**'}; "
+            f"without staging: {beside}"
+        )
+    return out
 
 
 def write_section(path: Path, text: str) -> None:

@@ -123,8 +123,9 @@ def test_syscalls_reads_strace_summaries() -> None:
 @pytest.mark.slow
 def test_bench_refit_quick_reports_every_row() -> None:
     out = run("bench.refit", "--quick")
-    rows = [line for line in out.splitlines() if line.startswith("| load in the pause")]
-    assert len(rows) == 4, out  # 2 checkpoint sizes x 1 and 2 engines
+    rows = [line for line in out.splitlines() if line.startswith(("| load in", "| staged"))]
+    assert len(rows) == 8, out  # 2 modes x 2 checkpoint sizes x 1 and 2 engines
+    assert "staged: pause p50 at most" in out, "the targets are reported"
     for row in rows:
         cells = [c.strip() for c in row.split("|")]
         assert cells[-2] == "0", row  # no Refit failed
