@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 import structlog
 
+from control_service.errors import ControlError, to_grpc_status
+
 log = structlog.get_logger("control_service.server.auth")
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -43,6 +45,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _unauthenticated(request: object, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED, "missing or wrong 'authorization: Bearer <token>'"
+    error = ControlError(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or wrong 'authorization: Bearer <token>'",
+        reason="UNAUTHENTICATED",
     )
+    await context.abort_with_status(to_grpc_status(error))

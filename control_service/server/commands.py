@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from control_service.errors import ControlError, invalid
+from control_service.errors import ENDED_BY_SERVICE, ControlError, invalid
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.server.config import ServiceConfig
 from control_service.server.operations import Command
@@ -109,6 +109,8 @@ class Commands:
                 grpc.StatusCode.NOT_FOUND,
                 f"unknown engine(s) {', '.join(unknown)}; "
                 f"configured: {', '.join(self.all_engines)}",
+                reason="UNKNOWN_ENGINE",
+                engines=tuple(unknown),
             )
         if len(set(names)) != len(names):
             raise invalid("engines lists a name twice")
@@ -136,7 +138,11 @@ class Commands:
         seconds = c.default_timeout_s if timeout is None else _seconds(timeout, c.max_timeout_s)
         if time_remaining is not None:
             if time_remaining <= 0:
-                raise ControlError(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed")
+                raise ControlError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{ENDED_BY_SERVICE}: the call's deadline passed before it started",
+                    reason="DEADLINE",
+                )
             seconds = min(seconds, time_remaining)
         loop = self._loop
         if loop is None:
@@ -155,8 +161,10 @@ def request_id(value: str) -> str:
         return next(_GENERATED)
     if REQUEST_ID.fullmatch(value) is None:
         shown = value if len(value) <= 40 else value[:40] + "..."
-        raise invalid(
-            f"request_id {shown!r} must be 1-128 characters of letters, digits and . _ : -"
+        raise ControlError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request_id {shown!r} must be 1-128 characters of letters, digits and . _ : -",
+            reason="INVALID_REQUEST_ID",
         )
     return value
 

@@ -18,7 +18,7 @@ from control_service.errors import ControlError, to_grpc_status
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.gen.control.v1 import control_pb2_grpc
 from control_service.server import messages
-from control_service.server.commands import Commands
+from control_service.server.commands import REQUEST_ID, Commands
 from control_service.server.dispatcher import Dispatcher
 from control_service.server.metrics import Metrics
 
@@ -61,7 +61,8 @@ def _relay(method: str, build: str) -> Callable[..., Awaitable[None]]:
             code, message = grpc.StatusCode.OK, ""
         except ControlError as err:
             code, message = err.code, err.message
-            await context.abort_with_status(to_grpc_status(err))
+            named = request_id if REQUEST_ID.fullmatch(request_id) else ""  # never echo junk
+            await context.abort_with_status(to_grpc_status(err.about(named, engines)))
         finally:
             self._ended(method, request_id, engines, code, message, started)
 
