@@ -43,8 +43,8 @@ from control_service.client import (
 from control_service.client._utils import checked_request_id
 from control_service.errors import ControlError
 from control_service.log import LEVELS as LOG_LEVELS
+from control_service.protocol.names import PAUSE_MODES
 from control_service.server.config import (
-    PAUSE_MODES,
     EngineConfig,
     LinkConfig,
     SecurityConfig,

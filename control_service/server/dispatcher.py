@@ -21,12 +21,12 @@ import grpc
 import structlog
 
 from control_service.errors import ENDED_BY_SERVICE, ControlError, shutting_down
-from control_service.protocol import wire
+from control_service.protocol import names, wire
 from control_service.server.config import ServiceConfig
 from control_service.server.deadlines import Deadlines
 from control_service.server.engine_link import EngineLink
 from control_service.server.metrics import Metrics
-from control_service.server.operations import Command, Operation, Outcome, Part, Subscriber
+from control_service.server.operations import Command, FinalStatus, Operation, Part, Subscriber
 from control_service.server.refit import RefitDriver
 
 log = structlog.get_logger("control_service.server.dispatcher")
@@ -93,7 +93,7 @@ class Dispatcher:
         if self.closing:
             raise shutting_down()
         self._check_engines_free(command, None)
-        if command.method == "refit":
+        if command.method == names.REFIT:
             return self._start_refit(command)
         return self._start(command, None)
 
@@ -179,7 +179,7 @@ class Dispatcher:
         try:
             for part in op.parts.values():
                 link = self.links[part.engine]
-                link.slots.open(rid, part)  # EngineLink.open, without the extra call
+                link.open(rid, part)
                 opened.append(link)
         except ControlError:
             for link in opened:
@@ -237,7 +237,7 @@ class Dispatcher:
 
     def _send_cancel(self, link: EngineLink, request_id: str) -> None:
         try:
-            link.send(wire.Request(request_id, "cancel", {}, _CANCEL_TIMEOUT_S))
+            link.send(wire.Request(request_id, names.CANCEL, {}, _CANCEL_TIMEOUT_S))
         except ControlError:
             pass  # the engine is gone: there is nothing left to cancel
 
@@ -253,19 +253,23 @@ class Dispatcher:
                 del self._busy[name]
         outcome = op.outcome
         assert outcome is not None
-        if op.command.method == "update_weights":
+        if op.command.method == names.UPDATE_WEIGHTS:
             self._expect_version(op.command, outcome)
         if op.owner is None and _replayable(outcome):
-            records = self._records  # remember the outcome for retries (inline: per call)
-            if rid in records:  # a new key is inserted last already
-                records.move_to_end(rid)
-            records[rid] = (self._loop.time(), op)
-            while len(records) > self.config.retry_max_records:
-                records.popitem(last=False)
+            self._remember(rid, op)
         if not self.running and self._idle is not None:
             self._idle.set()
 
-    def _expect_version(self, command: Command, outcome: Outcome) -> None:
+    def _remember(self, rid: str, op: Operation) -> None:
+        """Keep a finished operation's outcome for retries (the newest last, bounded)."""
+        records = self._records
+        if rid in records:  # a new key is inserted last already
+            records.move_to_end(rid)
+        records[rid] = (self._loop.time(), op)
+        while len(records) > self.config.retry_max_records:
+            records.popitem(last=False)
+
+    def _expect_version(self, command: Command, outcome: FinalStatus) -> None:
         """An update that succeeded on at least one engine makes its version the expected one for
         all its engines (those that failed now serve another: skewed); one that failed
         everywhere changes nothing, as every engine kept its old weights."""
@@ -306,7 +310,7 @@ class Dispatcher:
         try:
             link.open(rid, waiter)
             sent = time.perf_counter()
-            link.send(wire.Request(rid, "status", {}, timeout))
+            link.send(wire.Request(rid, names.STATUS, {}, timeout))
             reply = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
             if self.metrics is not None:
                 self.metrics.engine_rtt.labels(name).observe(time.perf_counter() - sent)
@@ -321,7 +325,7 @@ class Dispatcher:
         return EngineReport(name, True, reply.data["state"], "")
 
 
-def _replayable(outcome: Outcome) -> bool:
+def _replayable(outcome: FinalStatus) -> bool:
     """Only outcomes the engines decided are replayed. Not one that the service imposed on any
     engine, nor one where any engine failed on time or reachability (a deadline ends a call on
     whichever side sees it first: the engine's own timeout_s or the service's timer, so a
