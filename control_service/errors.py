@@ -50,24 +50,69 @@ def unavailable(message: str) -> ControlError:
 
 ERROR_DOMAIN = "control.v1"
 
+# The whole status travels in HTTP/2 trailers, and clients refuse headers over 16 KiB (grpc's
+# default) with RESOURCE_EXHAUSTED, which would hide the real status. Message and details are
+# each bounded so that, as sent (grpc-message percent-encoded, details base64), the status stays
+# under STATUS_MAX_BYTES however long the texts an engine or a caller supplied.
+STATUS_MAX_BYTES = 8192
+_MESSAGE_MAX_SENT = 3072  # grpc-message, percent-encoded: up to 3 bytes per UTF-8 byte
+_DETAILS_MAX_BYTES = 3072  # serialized details: base64 makes 4,096
+_DETAIL_TEXT_CHARS = 512  # each engine's message inside its ErrorInfo
+CLIP_CHARS = 64  # a caller-supplied value echoed in a message
+
+
+def clip(value: object, limit: int = CLIP_CHARS) -> str:
+    """A value to echo in a message or log line, shortened to `limit` characters (repr-quoted
+    so control characters are visible)."""
+    text = value if isinstance(value, str) else str(value)
+    shown = text if len(text) <= limit else text[:limit] + "..."
+    return repr(shown) if isinstance(value, str) else shown
+
+
+def _sent_bytes(text: str) -> int:
+    """grpc-message's size on the wire: printable ASCII but '%' as is, every other byte %XX."""
+    return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in text.encode())
+
+
+def _clip_sent(text: str, limit: int) -> str:
+    if _sent_bytes(text) <= limit:
+        return text
+    low, high = 0, len(text)  # the longest prefix that fits with its marker
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _sent_bytes(text[:mid]) + 40 <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return f"{text[:low]}... ({len(text) - low} characters clipped)"
+
 
 def to_grpc_status(error: ControlError) -> grpc.Status:
-    """The rich status sent at the edge: one google.rpc.ErrorInfo per failed engine."""
+    """The rich status sent at the edge: one google.rpc.ErrorInfo per failed engine, the whole
+    under STATUS_MAX_BYTES (long texts clipped, ErrorInfos past the budget left out)."""
     from google.protobuf import any_pb2
     from google.rpc import error_details_pb2, status_pb2
     from grpc_status import rpc_status
 
     details = []
+    size = 0
     for failure in error.failures:
         info = error_details_pb2.ErrorInfo(
             reason=failure.code.name,
             domain=ERROR_DOMAIN,
-            metadata={"engine": failure.engine, "message": failure.message[:1024]},
+            metadata={
+                "engine": failure.engine[:CLIP_CHARS],
+                "message": failure.message[:_DETAIL_TEXT_CHARS],
+            },
         )
         packed = any_pb2.Any()
         packed.Pack(info)
+        size += packed.ByteSize() + 4  # + the field's tag and length
+        if size > _DETAILS_MAX_BYTES:
+            break
         details.append(packed)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    message = _clip_sent(error.message, _MESSAGE_MAX_SENT)
+    status = status_pb2.Status(code=error.code.value[0], message=message, details=details)
     return rpc_status.to_status(status)
 
 

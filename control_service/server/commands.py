@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from control_service.errors import ControlError, invalid
+from control_service.errors import ControlError, clip, invalid
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.server.config import ServiceConfig
 from control_service.server.operations import Command
@@ -103,12 +103,17 @@ class Commands:
             return self.all_engines
         if len(names) == 1 and names[0] in self._known:
             return (names[0],)
-        unknown = sorted(set(names) - set(self.all_engines))
+        for name in names:
+            if REQUEST_ID.fullmatch(name) is None:
+                raise invalid(
+                    f"engine name {clip(name)} must be 1-128 characters of letters, digits "
+                    "and . _ : -"
+                )
+        unknown = sorted(set(names) - self._known)
         if unknown:
             raise ControlError(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown engine(s) {', '.join(unknown)}; "
-                f"configured: {', '.join(self.all_engines)}",
+                f"unknown engine(s) {_listed(unknown)}; configured: {_listed(self.all_engines)}",
             )
         if len(set(names)) != len(names):
             raise invalid("engines lists a name twice")
@@ -149,14 +154,19 @@ _PREFIX = uuid.uuid4().hex[:12]
 _GENERATED = (f"{_PREFIX}-{n}" for n in itertools.count(1))
 
 
+def _listed(names: Sequence[str], limit: int = 8) -> str:
+    """Names for a message: the first `limit`, then how many more."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
 def request_id(value: str) -> str:
     """The caller's request_id, checked; a generated one when empty."""
     if not value:
         return next(_GENERATED)
     if REQUEST_ID.fullmatch(value) is None:
-        shown = value if len(value) <= 40 else value[:40] + "..."
         raise invalid(
-            f"request_id {shown!r} must be 1-128 characters of letters, digits and . _ : -"
+            f"request_id {clip(value)} must be 1-128 characters of letters, digits and . _ : -"
         )
     return value
 

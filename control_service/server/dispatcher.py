@@ -33,10 +33,16 @@ log = structlog.get_logger("control_service.server.dispatcher")
 
 _CANCEL_TIMEOUT_S = 5.0
 _OK = grpc.StatusCode.OK
-# Outcomes about time or reachability, not about the operation: a retry runs again, even when
-# the engine itself reported them (its own timeout_s can fire as ours does).
+# Outcomes about time, reachability or being busy, not about the operation: a retry runs again,
+# even when the engine itself reported them (its own timeout_s can fire as ours does; ABORTED
+# means "busy now, try again later", so replaying it would refuse every retry for the window).
 _FRESH = frozenset(
-    {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
+    {
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+    }
 )
 
 

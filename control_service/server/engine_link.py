@@ -9,6 +9,14 @@ Liveness: `up` follows the socket monitor. HANDSHAKE_SUCCEEDED (not CONNECTED: a
 still accepts TCP) means up; DISCONNECTED (heartbeat timeout, process gone) means down, and every
 open slot fails with UNAVAILABLE at once instead of waiting for its deadline. With IMMEDIATE=1 a
 send while down raises instead of queueing, so a call that failed is never delivered later.
+
+Recovery: libzmq reconnects by itself after a lost connection, but not after a protocol error
+(a failed CURVE handshake, a malformed greeting, a message over MAXMSGSIZE): it ends that
+connection for good. It announces each retry it will make (CONNECT_RETRIED) right after the
+DISCONNECTED, so a DISCONNECTED without one means no retry is coming: the link then closes the
+DEALER and opens a fresh one, with the configured reconnect interval doubling up to its maximum
+while the engine stays bad. Every slot was already failed with UNAVAILABLE at the disconnect,
+and the old socket is closed without lingering, so nothing is ever resent.
 """
 
 from __future__ import annotations
@@ -18,12 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+import grpc
 import structlog
 import zmq
 import zmq.auth
 from zmq.utils.monitor import parse_monitor_message
 
-from control_service.errors import unavailable
+from control_service.errors import ControlError, unavailable
 from control_service.protocol import wire
 from control_service.server.config import EngineConfig, LinkConfig
 from control_service.server.slots import ReplySink, SlotBudget, SlotTable
@@ -37,8 +46,13 @@ _MONITOR_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_CONNECT_RETRIED
     | zmq.EVENT_MONITOR_STOPPED
 )
+# How long after a DISCONNECTED libzmq gets to announce its retry. Both events come from the same
+# I/O-thread step, microseconds apart; the margin only covers our loop being busy.
+_RETRY_NOTICE_S = 0.05
+_CANCEL_TIMEOUT_S = 5.0
 # A hard transport cap far above the protocol's limit: ZMQ drops the *connection* on a larger
 # message, so the protocol limit is enforced per frame in wire.decode_reply instead.
 _TRANSPORT_MAX_BYTES = 64 << 20
@@ -63,6 +77,7 @@ class LinkCounters:
     send_failures: int = 0
     malformed: int = 0
     disconnects: int = 0
+    recreated: int = 0  # fresh sockets after a disconnect libzmq would not retry
 
 
 class EngineLink:
@@ -88,13 +103,23 @@ class EngineLink:
         self._events: Events | None = None  # the socket's getsockopt, typed for EVENTS
         self._monitor: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._context: zmq.Context | None = None
+        self._retry_announced = False  # CONNECT_RETRIED seen since the last DISCONNECTED
+        self._retry_check: asyncio.TimerHandle | None = None
+        self._recreate_timer: asyncio.TimerHandle | None = None
+        self._backoff_s = config.reconnect_ivl_s
 
     # ------------------------------------------------------------------------------ lifecycle
 
     def start(self, context: zmq.Context) -> None:
         """Connect (ZMQ reconnects by itself from then on). Call from the event loop's thread."""
         self._loop = asyncio.get_running_loop()
-        sock = context.socket(zmq.DEALER)
+        self._context = context
+        self._open_socket()
+
+    def _open_socket(self) -> None:
+        assert self._loop is not None and self._context is not None
+        sock = self._context.socket(zmq.DEALER)
         self._configure(sock)
         self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         sock.connect(self.endpoint)
@@ -103,6 +128,17 @@ class EngineLink:
         self._loop.add_reader(sock.FD, self._drain)
         self._loop.add_reader(self._monitor.FD, self._drain_monitor)
         self._loop.call_soon(self._drain_monitor)
+
+    def _close_socket(self) -> None:
+        loop, sock, monitor = self._loop, self._sock, self._monitor
+        self._sock = self._monitor = None
+        self._events = None
+        if loop is not None and sock is not None and monitor is not None:
+            loop.remove_reader(sock.FD)
+            loop.remove_reader(monitor.FD)
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
 
     def _configure(self, sock: zmq.Socket) -> None:
         c = self.config
@@ -125,15 +161,12 @@ class EngineLink:
     def close(self, reason: str = "service shutting down") -> None:
         """Fail what is still open, then close the sockets without lingering."""
         self._set_down(reason, expected=True)
-        loop, sock, monitor = self._loop, self._sock, self._monitor
-        self._sock = self._monitor = None
-        self._events = None
-        if loop is not None and sock is not None and monitor is not None:
-            loop.remove_reader(sock.FD)
-            loop.remove_reader(monitor.FD)
-            sock.disable_monitor()
-            monitor.close(linger=0)
-            sock.close(linger=0)
+        for timer in (self._retry_check, self._recreate_timer):
+            if timer is not None:
+                timer.cancel()
+        self._retry_check = self._recreate_timer = None
+        self._context = None  # no recreation after close
+        self._close_socket()
 
     # ------------------------------------------------------------------------------ requests
 
@@ -205,9 +238,23 @@ class EngineLink:
             )
 
     def _malformed(self, reason: str, request_id: str | None) -> None:
+        """Drop the frame. When it names a request with an open slot, that engine's part of the
+        call fails now with INTERNAL (rather than waiting out its deadline for a reply that this
+        engine has just shown it cannot give), and the engine is told to stop."""
         self.counters.malformed += 1
         log.warning("malformed engine frame dropped", engine=self.name, request_id=request_id,
                     reason=reason)  # fmt: skip
+        if request_id is None or request_id not in self.slots:
+            return
+        error = ControlError(
+            grpc.StatusCode.INTERNAL,
+            f"engine {self.name} sent a reply that breaks the protocol: {reason}",
+        )
+        if self.slots.fail(request_id, error) and self.up:
+            try:
+                self.send(wire.Request(request_id, "cancel", {}, _CANCEL_TIMEOUT_S))
+            except ControlError:
+                pass  # the engine is gone: nothing left to cancel
 
     # ------------------------------------------------------------------------------ liveness
 
@@ -230,9 +277,13 @@ class EngineLink:
 
     def _on_monitor_event(self, event: int) -> None:
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._backoff_s = self.config.reconnect_ivl_s
             self._set_up()
+        elif event == zmq.EVENT_CONNECT_RETRIED:
+            self._retry_announced = True
         elif event == zmq.EVENT_DISCONNECTED:
             self.counters.disconnects += 1
+            self._watch_for_retry()
             # A failed handshake is followed by DISCONNECTED: keep the reason that explains it.
             if self.up or not self.down_reason.startswith(_HANDSHAKE):
                 self._set_down("connection lost (engine exited or missed heartbeats)")
@@ -240,6 +291,40 @@ class EngineLink:
             self._handshake_failed(f"{_HANDSHAKE} refused: the engine does not accept our key")
         elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
             self._handshake_failed(f"{_HANDSHAKE} failed: wrong CURVE server key or security mode")
+
+    # ------------------------------------------------------------------------------ recovery
+
+    def _watch_for_retry(self) -> None:
+        """After a DISCONNECTED: if libzmq announces no retry, recreate the socket."""
+        assert self._loop is not None
+        self._retry_announced = False
+        if self._retry_check is None:
+            self._retry_check = self._loop.call_later(_RETRY_NOTICE_S, self._check_retry)
+
+    def _check_retry(self) -> None:
+        self._retry_check = None
+        self._drain_monitor()  # an announcement already queued counts, however busy the loop
+        if self._retry_announced or self._sock is None or self._recreate_timer is not None:
+            return
+        assert self._loop is not None
+        if not self.down_reason.startswith(_HANDSHAKE):
+            self.down_reason = "the engine broke the transport protocol (e.g. a frame over the cap)"
+        delay = self._backoff_s
+        self._backoff_s = min(delay * 2, self.config.reconnect_ivl_max_s)
+        log.info("engine link ended without a retry: reconnecting on a fresh socket",
+                 engine=self.name, reason=self.down_reason, in_s=delay)  # fmt: skip
+        self._recreate_timer = self._loop.call_later(delay, self._recreate)
+
+    def _recreate(self) -> None:
+        """A fresh DEALER (and monitor) in place of one libzmq has given up on. Anything still
+        open fails with UNAVAILABLE first: the old socket's requests are never resent."""
+        self._recreate_timer = None
+        if self._context is None or self._sock is None:
+            return  # closed meanwhile
+        self._set_down(self.down_reason or "reconnecting")
+        self._close_socket()
+        self.counters.recreated += 1
+        self._open_socket()
 
     def _handshake_failed(self, reason: str) -> None:
         """The link never comes up and no call fails with it, so say it once in the log: an

@@ -97,6 +97,15 @@ class SlotTable:
         sink.on_reply(reply)
         return True
 
+    def fail(self, request_id: str, error: ControlError) -> bool:
+        """Close one slot and tell its owner why (a malformed reply for it); False if none."""
+        sink = self._sinks.pop(request_id, None)
+        if sink is None:
+            return False
+        self._budget.open -= 1
+        sink.on_lost(error)
+        return True
+
     def fail_all(self, error: ControlError) -> int:
         """Close every slot and tell each owner why (engine lost, shutdown); returns how many."""
         count = 0

@@ -1,5 +1,6 @@
 """One bad engine frame never harms the calls beside it: a purpose-built ZMQ peer answers every
-request with each kind of broken frame first, then the real reply, then a second terminal."""
+request with each kind of broken frame first (naming no open request), then the real reply, then
+a second terminal. A broken frame that names an open request fails that engine's part at once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import zmq
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.protocol import wire
 from tests.harness import StartService, eventually
+from tests.scripted_engine import ScriptedEngine, healthy
 
 
 def bad_frames(rid: str) -> list[list[bytes]]:
@@ -43,7 +45,8 @@ BAD_PER_REQUEST = len(bad_frames("x"))
 
 @pytest.fixture
 def hostile_engine() -> Iterator[str]:
-    """A ROUTER that precedes every real reply with every bad frame, and repeats the terminal."""
+    """A ROUTER that precedes every real reply with every bad frame (for a request nobody has
+    open: one that names an open request ends it, see below), and repeats the terminal."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -60,7 +63,7 @@ def hostile_engine() -> Iterator[str]:
             request = wire.decode_request(body)
             if request.method == "cancel":
                 continue
-            for frames in bad_frames(request.request_id):
+            for frames in bad_frames("nobody-asked"):
                 sock.send_multipart([identity, *frames])
             good = wire.result(request.request_id, wire.state(True, "good", 0))
             sock.send_multipart([identity, b"", wire.encode_reply(good)])
@@ -95,6 +98,7 @@ async def test_bad_frames_are_dropped_and_counted_and_harm_nothing(
 
     links = service.server.links.values()
     await eventually(lambda: sum(link.slots.counters.unmatched for link in links) == 32)
+    await eventually(lambda: sum(link.counters.malformed for link in links) == 32 * BAD_PER_REQUEST)
     assert sum(link.counters.malformed for link in links) == 32 * BAD_PER_REQUEST
     assert all(link.up for link in links), "bad frames never take the link down"
     assert service.server.open_slots == 0
@@ -121,3 +125,31 @@ async def test_a_bug_handling_one_frame_does_not_stall_the_frames_queued_behind_
     link = service.server.links["e0"]
     await eventually(lambda: link.slots.counters.unmatched == 1)
     assert link.counters.malformed == BAD_PER_REQUEST  # the frame the bug cost is counted too
+
+
+async def test_a_malformed_reply_naming_a_call_fails_that_engines_part_at_once(
+    start_service: StartService,
+) -> None:
+    """Not its whole deadline (120 s by default): INTERNAL at once, naming the engine and the
+    rule it broke; the engine is told to cancel; the engine beside it is unharmed."""
+
+    def broken(request: wire.Request) -> list[bytes]:
+        if request.method != "pause":
+            return healthy(request)
+        bad = {"v": 1, "request_id": request.request_id, "kind": "result", "data": {"aborted": -1}}
+        return [json.dumps(bad).encode()]
+
+    with ScriptedEngine(broken) as bad, ScriptedEngine() as good:
+        service = await start_service({"bad": bad.endpoint, "good": good.endpoint})
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        err, _ = await service.failed("Pause", pb.PauseRequest(request_id="m-1"), timeout=30)
+        assert loop.time() - started < 2.0, "failed at once, not at the deadline"
+        assert err.code().name == "INTERNAL"
+        assert "engine bad" in err.details() and "aborted must be an integer" in err.details()
+        await eventually(lambda: any(r.method == "cancel" for r in bad.requests))
+        events = await service.events(
+            "Pause", pb.PauseRequest(request_id="m-2", engines=["good"]), timeout=10
+        )
+        assert events[-1].result.state.paused, "the engine beside it is unharmed"
+        assert service.server.open_slots == 0
