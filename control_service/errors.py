@@ -54,9 +54,13 @@ ERROR_DOMAIN = "control.v1"
 # default) with RESOURCE_EXHAUSTED, which would hide the real status. Message and details are
 # each bounded so that, as sent (grpc-message percent-encoded, details base64), the status stays
 # under STATUS_MAX_BYTES however long the texts an engine or a caller supplied.
+# The message is sent twice: in grpc-message (percent-encoded, up to 3 bytes per UTF-8 byte) and
+# inside grpc-status-details-bin (the serialized google.rpc.Status, base64: 4 bytes per 3), so at
+# worst 2,400 + 4/3 * (1,500 + 2,048 + framing) < 7,200 bytes.
 STATUS_MAX_BYTES = 8192
-_MESSAGE_MAX_SENT = 3072  # grpc-message, percent-encoded: up to 3 bytes per UTF-8 byte
-_DETAILS_MAX_BYTES = 3072  # serialized details: base64 makes 4,096
+_MESSAGE_MAX_SENT = 2400
+_MESSAGE_MAX_UTF8 = 1500
+_DETAILS_MAX_BYTES = 2048
 _DETAIL_TEXT_CHARS = 512  # each engine's message inside its ErrorInfo
 CLIP_CHARS = 64  # a caller-supplied value echoed in a message
 
@@ -74,13 +78,20 @@ def _sent_bytes(text: str) -> int:
     return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in text.encode())
 
 
-def _clip_sent(text: str, limit: int) -> str:
-    if _sent_bytes(text) <= limit:
+def _fits(text: str, margin: int = 0) -> bool:
+    return (
+        _sent_bytes(text) + margin <= _MESSAGE_MAX_SENT
+        and len(text.encode()) + margin <= _MESSAGE_MAX_UTF8
+    )
+
+
+def _clip_message(text: str) -> str:
+    if _fits(text):
         return text
-    low, high = 0, len(text)  # the longest prefix that fits with its marker
+    low, high = 0, min(len(text), _MESSAGE_MAX_UTF8)  # the longest prefix that fits + marker
     while low < high:
         mid = (low + high + 1) // 2
-        if _sent_bytes(text[:mid]) + 40 <= limit:
+        if _fits(text[:mid], margin=40):
             low = mid
         else:
             high = mid - 1
@@ -111,7 +122,7 @@ def to_grpc_status(error: ControlError) -> grpc.Status:
         if size > _DETAILS_MAX_BYTES:
             break
         details.append(packed)
-    message = _clip_sent(error.message, _MESSAGE_MAX_SENT)
+    message = _clip_message(error.message)
     status = status_pb2.Status(code=error.code.value[0], message=message, details=details)
     return rpc_status.to_status(status)
 
