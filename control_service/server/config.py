@@ -78,6 +78,9 @@ class LinkConfig:
     max_frame_bytes: int = 1 << 20
     # Outgoing requests queued on the socket at most; past it a send fails with UNAVAILABLE.
     send_hwm: int = 10_000
+    # Status probes in flight per engine. Their own bound, apart from the calls' slot budget, so
+    # that many GetStatus against a slow engine never refuse a mutation.
+    max_status_probes: int = 64
     # CURVE: the engines' public key and this service's key pair (zmq.auth certificate files).
     curve_server_key: Path | None = None
     curve_client_key: Path | None = None

@@ -302,7 +302,7 @@ class Dispatcher:
         waiter = _OneReply()
         timeout = self.config.status_timeout_s
         try:
-            link.open(rid, waiter)
+            link.probes.open(rid, waiter)  # the probes' own bound, not the calls' slot budget
             sent = time.perf_counter()
             link.send(wire.Request(rid, "status", {}, timeout))
             reply = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
@@ -313,7 +313,7 @@ class Dispatcher:
         except TimeoutError:
             return EngineReport(name, True, None, f"no status reply within {timeout:g}s")
         finally:
-            link.slots.close(rid)  # on every exit, cancellation of the caller included
+            link.probes.close(rid)  # on every exit, cancellation of the caller included
         if reply.kind == wire.ERROR:
             return EngineReport(name, True, None, f"{reply.data['code']}: {reply.data['message']}")
         return EngineReport(name, True, reply.data["state"], "")

@@ -95,6 +95,7 @@ class EngineLink:
         self.endpoint = engine.endpoint
         self.config = config
         self.slots = SlotTable(budget)
+        self.probes = SlotTable(SlotBudget(config.max_status_probes))  # status probes' slots
         self.counters = LinkCounters()
         self.up = False
         self.down_reason = "not connected yet"
@@ -229,7 +230,8 @@ class EngineLink:
         except wire.WireError as err:
             self._malformed(err.reason, err.request_id)
             return
-        if not self.slots.deliver(reply):
+        table = self.probes if reply.request_id in self.probes else self.slots
+        if not table.deliver(reply):
             log.info(
                 "reply dropped: no open slot",
                 engine=self.name,
@@ -244,13 +246,16 @@ class EngineLink:
         self.counters.malformed += 1
         log.warning("malformed engine frame dropped", engine=self.name, request_id=request_id,
                     reason=reason)  # fmt: skip
-        if request_id is None or request_id not in self.slots:
+        if request_id is None:
+            return
+        table = self.probes if request_id in self.probes else self.slots
+        if request_id not in table:
             return
         error = ControlError(
             grpc.StatusCode.INTERNAL,
             f"engine {self.name} sent a reply that breaks the protocol: {reason}",
         )
-        if self.slots.fail(request_id, error) and self.up:
+        if table.fail(request_id, error) and self.up:
             try:
                 self.send(wire.Request(request_id, "cancel", {}, _CANCEL_TIMEOUT_S))
             except ControlError:
@@ -343,7 +348,8 @@ class EngineLink:
 
     def _set_down(self, reason: str, expected: bool = False) -> None:
         was_up, self.up, self.down_reason = self.up, False, reason
-        failed = self.slots.fail_all(unavailable(f"engine {self.name} is unreachable: {reason}"))
+        error = unavailable(f"engine {self.name} is unreachable: {reason}")
+        failed = self.slots.fail_all(error) + self.probes.fail_all(error)
         if was_up or failed:
             report = log.info if expected and not failed else log.warning
             report("engine down", engine=self.name, reason=reason, failed_calls=failed)
