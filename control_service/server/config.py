@@ -127,13 +127,34 @@ class SecurityConfig:
             _check_tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     def token(self) -> str | None:
-        """The bearer token, read once at start; None means no token is required."""
-        token = self.auth_token
+        """The bearer token, read once at start; None means no token is required. The same rule
+        whichever its source (flag, environment, file): see `bearer_token`."""
         if self.auth_token_file is not None:
-            token = self.auth_token_file.read_text(encoding="utf-8").strip()
-        if token is not None and len(token) < 16:
-            raise invalid("the auth token must be at least 16 characters")
-        return token
+            try:
+                text = self.auth_token_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise invalid(f"cannot read the auth token file: {err}") from None
+            return bearer_token(text, f"the file {self.auth_token_file}")
+        if self.auth_token is not None:
+            return bearer_token(self.auth_token, "the flag or environment")
+        return None
+
+
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]{16,4096}")
+
+
+def bearer_token(text: str, source: str) -> str:
+    """Surrounding whitespace (a file's or a variable's trailing newline) is dropped; what is
+    left must be 16-4,096 visible ASCII characters, the only ones a caller can send in an
+    `authorization` header. A token outside that is refused at start: accepted, it would lock
+    every caller out. The token itself is never echoed."""
+    token = text.strip()
+    if _TOKEN_CHARS.fullmatch(token) is None:
+        raise invalid(
+            f"the auth token from {source} must be 16-4096 visible ASCII characters "
+            f"(no spaces, control or non-ASCII characters); got {len(token)} characters"
+        )
+    return token
 
 
 def _curve_keys(path: Path, need_secret: bool) -> None:
