@@ -211,8 +211,11 @@ class ServiceConfig:
     # at the engine. 0 cancels at once.
     detach_grace_s: float = 5.0
     shutdown_grace_s: float = 10.0
-    # Prometheus /metrics on this HTTP port; 0 means off.
+    # Prometheus /metrics on this HTTP port, on the gRPC listen host; 0 means off.
     metrics_port: int = 0
+    # Or HOST:PORT for /metrics (wins over metrics_port): e.g. 0.0.0.0:9090 for a scraper
+    # outside the pod while gRPC listens on loopback only.
+    metrics_listen: str = ""
 
     def __post_init__(self) -> None:
         if not self.engines:
@@ -229,3 +232,22 @@ class ServiceConfig:
         for name in ("max_open_slots", "slot_queue_events", "retry_max_records"):
             if getattr(self, name) < 1:
                 raise invalid(f"{name} must be >= 1")
+        if self.metrics_listen:
+            _host_port(self.metrics_listen, "the metrics address")
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where /metrics is served, or None when off. Without metrics_listen: the gRPC listen
+        host (never every interface unless gRPC itself listens on every interface)."""
+        if self.metrics_listen:
+            return _host_port(self.metrics_listen, "the metrics address")
+        if not self.metrics_port:
+            return None
+        host = "127.0.0.1" if self.listen.startswith("unix:") else self.listen.rpartition(":")[0]
+        return host.strip("[]") or "127.0.0.1", self.metrics_port
+
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise invalid(f"{what} {text!r} must be HOST:PORT with a port in 1-65535")
+    return host.strip("[]"), int(port)
