@@ -78,6 +78,11 @@ class LinkConfig:
     max_frame_bytes: int = 1 << 20
     # Outgoing requests queued on the socket at most; past it a send fails with UNAVAILABLE.
     send_hwm: int = 10_000
+    # Incoming messages libzmq's I/O thread queues for us. While the queue has room it keeps
+    # reading the connection, heartbeats included, whatever our event loop is doing: an engine
+    # is declared dead for its own silence, not for a moment of ours (libzmq's default of 1,000
+    # is one burst of progress; past the bound it stops reading, and the heartbeat fails).
+    recv_hwm: int = 100_000
     # Status probes in flight per engine. Their own bound, apart from the calls' slot budget, so
     # that many GetStatus against a slow engine never refuse a mutation.
     max_status_probes: int = 64
@@ -202,6 +207,11 @@ class ServiceConfig:
     max_open_slots: int = 4096
     # Events buffered per caller before the oldest progress events are dropped (never a result).
     slot_queue_events: int = 256
+    # Callers attached to one operation (same request_id) at most; past it RESOURCE_EXHAUSTED.
+    # Each engine reply is handed to every attached caller: this bounds that work per reply.
+    max_callers_per_operation: int = 64
+    # HTTP/2 streams (calls) one client connection may have open at once.
+    max_concurrent_streams: int = 1024
     max_message_bytes: int = 64 * 1024
     # How long, and how many, finished operations are remembered so a retry replays the outcome.
     retry_window_s: float = 600.0
@@ -229,7 +239,13 @@ class ServiceConfig:
             raise invalid("detach grace and retry window must be >= 0")
         if not 0 < self.default_timeout_s <= self.max_timeout_s:
             raise invalid("need 0 < default timeout <= max timeout")
-        for name in ("max_open_slots", "slot_queue_events", "retry_max_records"):
+        for name in (
+            "max_open_slots",
+            "slot_queue_events",
+            "retry_max_records",
+            "max_callers_per_operation",
+            "max_concurrent_streams",
+        ):
             if getattr(self, name) < 1:
                 raise invalid(f"{name} must be >= 1")
         if self.metrics_listen:

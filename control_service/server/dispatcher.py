@@ -105,8 +105,9 @@ class Dispatcher:
     def _start(self, command: Command, owner: Operation | None) -> tuple[Operation, Subscriber]:
         """Open every slot, then send: the order this service exists for."""
         op = Operation(
-            command, self.config.slot_queue_events, self._part_done, self._finished, owner=owner
-        )
+            command, self.config.slot_queue_events, self._part_done, self._finished, owner=owner,
+            max_callers=self.config.max_callers_per_operation,
+        )  # fmt: skip
         sub = op.subscribe()
         self._open_slots(op)
         self._register(op)
@@ -127,8 +128,9 @@ class Dispatcher:
 
     def _start_refit(self, command: Command) -> tuple[Operation, Subscriber]:
         op = Operation(
-            command, self.config.slot_queue_events, self._part_done, self._finished, driven=True
-        )
+            command, self.config.slot_queue_events, self._part_done, self._finished, driven=True,
+            max_callers=self.config.max_callers_per_operation,
+        )  # fmt: skip
         sub = op.subscribe()
         self._register(op)
         driver = RefitDriver(op, self._start_step, self._probe)

@@ -78,6 +78,7 @@ class ControlServer:
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", 4 << 20),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", c.max_concurrent_streams),
             ],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
