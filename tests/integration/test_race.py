@@ -23,12 +23,12 @@ class ReplyInsideSendLink(EngineLink):
     def start(self, context: object) -> None:
         self._set_up()
 
-    def _transmit(self, body: bytes) -> None:
+    def transmit(self, body: bytes) -> None:
         request = wire.decode_request(body)
         if request.method == "cancel":
             return
         reply = wire.result(request.request_id, wire.state(True, "v-instant", 0), "instant")
-        self._on_frames([b"", wire.encode_reply(reply)])
+        self.receive([b"", wire.encode_reply(reply)])
 
 
 async def test_reply_delivered_inside_send_reaches_its_caller(start_service: StartService) -> None:
@@ -68,7 +68,7 @@ async def test_unknown_request_id_reply_is_dropped_not_cached(start_service: Sta
     service = await start_service(["inproc://unused"], link_factory=ReplyInsideSendLink)
     link = service.server.links["e0"]
     stray = wire.result("never-asked", wire.state(True, "x", 0))
-    link._on_frames([b"", wire.encode_reply(stray)])
+    link.receive([b"", wire.encode_reply(stray)])
     assert link.slots.counters.unmatched == 1
     # A later call with that very request_id must not receive the stray reply's payload.
     events = await service.events("Pause", pb.PauseRequest(request_id="never-asked"), timeout=2.0)
