@@ -42,10 +42,11 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import parse_monitor_message
 
-from control_service.errors import ControlError, unavailable
+from control_service.errors import ControlError, clip, unavailable
 from control_service.protocol import wire
 from control_service.server.config import EngineConfig, LinkConfig
 from control_service.server.slots import ReplySink, SlotBudget, SlotTable
+from control_service.server.throttle import Throttle
 
 log = structlog.get_logger("control_service.server.engine_link")
 
@@ -117,6 +118,7 @@ class EngineLink:
         self._monitor: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._log_throttle = Throttle()  # stray and malformed frames: one line a second
         self._context: zmq.Context | None = None
         self._retry_announced = False  # CONNECT_RETRIED seen since the last DISCONNECTED
         self._retry_check: asyncio.TimerHandle | None = None
@@ -266,20 +268,22 @@ class EngineLink:
             return
         table = self.probes if reply.request_id in self.probes else self.slots
         if not table.deliver(reply):
-            log.info(
-                "reply dropped: no open slot",
-                engine=self.name,
-                request_id=reply.request_id,
-                kind=reply.kind,
-            )
+            held = self._log_throttle.allow("unmatched")
+            if held is not None:
+                log.info("reply dropped: no open slot", engine=self.name,
+                         request_id=clip(reply.request_id), kind=reply.kind,
+                         suppressed=held)  # fmt: skip
 
     def _malformed(self, reason: str, request_id: str | None) -> None:
         """Drop the frame. When it names a request with an open slot, that engine's part of the
         call fails now with INTERNAL (rather than waiting out its deadline for a reply that this
         engine has just shown it cannot give), and the engine is told to stop."""
         self.counters.malformed += 1
-        log.warning("malformed engine frame dropped", engine=self.name, request_id=request_id,
-                    reason=reason)  # fmt: skip
+        reason = clip(reason, 256)
+        held = self._log_throttle.allow("malformed")
+        if held is not None:
+            log.warning("malformed engine frame dropped", engine=self.name,
+                        request_id=clip(request_id), reason=reason, suppressed=held)  # fmt: skip
         if request_id is None:
             return
         table = self.probes if request_id in self.probes else self.slots

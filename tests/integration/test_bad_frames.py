@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import structlog
 import zmq
 
 from control_service.gen.control.v1 import control_pb2 as pb
@@ -153,3 +154,35 @@ async def test_a_malformed_reply_naming_a_call_fails_that_engines_part_at_once(
         )
         assert events[-1].result.state.paused, "the engine beside it is unharmed"
         assert service.server.open_slots == 0
+
+
+async def test_a_burst_of_stray_and_huge_frames_writes_few_short_log_lines(
+    start_service: StartService,
+) -> None:
+    """2,000 replies for calls nobody made and a malformed frame with a 60 KB field, in one
+    burst: one line per kind (the next one says how many were held back), every value clipped."""
+    huge_kind = "k" * 60_000
+
+    def noisy(request: wire.Request) -> list[bytes]:
+        if request.method != "pause":
+            return healthy(request)
+        strays = [
+            wire.encode_reply(wire.result(f"ghost-{i}", wire.state(True, "x", 0)))
+            for i in range(2_000)
+        ]
+        bad = {"v": 1, "request_id": "r" * 200, "kind": huge_kind, "data": {}}
+        return [*strays, json.dumps(bad).encode(), *healthy(request)]
+
+    with ScriptedEngine(noisy) as engine, structlog.testing.capture_logs() as logs:
+        service = await start_service({"e0": engine.endpoint})
+        events = await service.events("Pause", pb.PauseRequest(request_id="n-1"), timeout=10)
+        assert events[-1].result.state.paused
+        link = service.server.links["e0"]
+        await eventually(lambda: link.slots.counters.unmatched == 2_000)
+    link_lines = [e for e in logs if e.get("engine") == "e0" and "dropped" in e["event"]]
+    assert {e["event"] for e in link_lines} == {
+        "reply dropped: no open slot",
+        "malformed engine frame dropped",
+    }
+    assert len(link_lines) <= 3, [e["event"] for e in link_lines][:10]
+    assert all(len(repr(e)) < 2_000 for e in link_lines), "every value clipped"
