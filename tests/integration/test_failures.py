@@ -81,7 +81,7 @@ async def test_frozen_engine_detected_by_heartbeat(
     )
     await wait_stub(stub, "frozen", "pause")
     frozen_at = loop.time()
-    stub.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    stub.send_signal(signal.SIGSTOP)
     try:
         err, _ = await asyncio.wait_for(call, 10)
         assert err.code() == Code.UNAVAILABLE
@@ -89,7 +89,7 @@ async def test_frozen_engine_detected_by_heartbeat(
         health = await _health(service)
         assert health == "NOT_SERVING"
     finally:
-        stub.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        stub.send_signal(signal.SIGCONT)
     assert await service.server.wait_engines_up(10.0)
     stub.knob(silent=False)
     events = await service.events("Pause", pb.PauseRequest(request_id="thawed"), timeout=10)

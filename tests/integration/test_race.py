@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
+
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.protocol import wire
 from control_service.server.engine_link import EngineLink
@@ -18,10 +20,9 @@ from tests.stub_process import StubProcess
 
 
 class ReplyInsideSendLink(EngineLink):
-    """An engine link whose send delivers the engine's reply before send returns."""
-
-    def start(self, context: object) -> None:
-        self._set_up()
+    """An engine link whose send delivers the engine's reply before send returns (its engine
+    endpoint is an inproc:// one nobody binds: the link is up once connected, and nothing is
+    ever put on its socket)."""
 
     def transmit(self, body: bytes) -> None:
         request = wire.decode_request(body)
@@ -80,6 +81,7 @@ async def _pause_ok(service: Service, request_id: str) -> None:
     assert events[-1].HasField("result") and events[-1].request_id == request_id
 
 
+@pytest.mark.slow
 async def test_10000_sequential_calls_to_an_instant_engine(
     start_service: StartService, start_stub: Callable[..., StubProcess]
 ) -> None:
@@ -92,6 +94,7 @@ async def test_10000_sequential_calls_to_an_instant_engine(
     assert service.server.open_slots == 0
 
 
+@pytest.mark.slow
 async def test_10000_concurrent_calls_64_in_flight_to_an_instant_engine(
     start_service: StartService, start_stub: Callable[..., StubProcess]
 ) -> None:
