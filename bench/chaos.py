@@ -112,9 +112,9 @@ def inject(fault: str, stubs: list[StubProcess], index: int, keys: Keys) -> None
     stub = stubs[index]
     endpoint = stub.endpoint
     if fault == "stop":
-        stub.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        stub.send_signal(signal.SIGSTOP)
         time.sleep(1.5)
-        stub.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        stub.send_signal(signal.SIGCONT)
         return
     stub.kill()
     if fault == "kill":

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from control_service.errors import ControlError, clip, invalid
+from control_service.errors import ENDED_BY_SERVICE, ControlError, clip, invalid
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.protocol import names
 from control_service.protocol.proto_enums import PAUSE_MODE_NAMES, REFIT_POLICY_NAMES
@@ -105,6 +105,8 @@ class Commands:
             raise ControlError(
                 grpc.StatusCode.NOT_FOUND,
                 f"unknown engine(s) {_listed(unknown)}; configured: {_listed(self.all_engines)}",
+                reason="UNKNOWN_ENGINE",
+                engines=tuple(unknown),
             )
         if len(set(requested)) != len(requested):
             raise invalid("engines lists a name twice")
@@ -132,7 +134,11 @@ class Commands:
         seconds = c.default_timeout_s if timeout is None else _seconds(timeout, c.max_timeout_s)
         if time_remaining is not None:
             if time_remaining <= 0:
-                raise ControlError(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed")
+                raise ControlError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{ENDED_BY_SERVICE}: the call's deadline passed before it started",
+                    reason="DEADLINE",
+                )
             seconds = min(seconds, time_remaining)
         loop = self._loop
         if loop is None:
@@ -156,7 +162,11 @@ def request_id(value: str) -> str:
     if not value:
         return next(_GENERATED)
     if not names.is_request_id(value):
-        raise invalid(f"request_id {clip(value)} must be {names.REQUEST_ID_RULE}")
+        raise ControlError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request_id {clip(value)} must be {names.REQUEST_ID_RULE}",
+            reason="INVALID_REQUEST_ID",
+        )
     return value
 
 

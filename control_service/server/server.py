@@ -20,7 +20,7 @@ import zmq
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control_service.errors import unavailable
+from control_service.errors import shutting_down, unavailable
 from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
 from control_service.server.auth import BearerTokenInterceptor
 from control_service.server.commands import Commands
@@ -142,7 +142,7 @@ class ControlServer:
         await self.health.enter_graceful_shutdown()
         self.dispatcher.closing = True
         if not await self.dispatcher.wait_idle(grace):
-            self.dispatcher.fail_all(unavailable("the service is shutting down"))
+            self.dispatcher.fail_all(shutting_down())
         await self._server.stop(_STATUS_FLUSH_S)
         if self._health_task is not None:
             self._health_task.cancel()
