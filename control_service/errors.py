@@ -123,11 +123,60 @@ def shutting_down() -> ControlError:
 ERROR_DOMAIN = "control.v1"
 _MAX_METADATA_CHARS = 1024
 
+# The whole status travels in HTTP/2 trailers, and clients refuse headers over 16 KiB (grpc's
+# default) with RESOURCE_EXHAUSTED, which would hide the real status. Message and details are
+# each bounded so that, as sent (grpc-message percent-encoded, details base64), the status stays
+# under STATUS_MAX_BYTES however long the texts an engine or a caller supplied.
+# The message is sent twice: in grpc-message (percent-encoded, up to 3 bytes per UTF-8 byte) and
+# inside grpc-status-details-bin (the serialized google.rpc.Status, base64: 4 bytes per 3), so at
+# worst 2,400 + 4/3 * (1,500 + 2,048 + framing) < 7,200 bytes.
+STATUS_MAX_BYTES = 8192
+_MESSAGE_MAX_SENT = 2400
+_MESSAGE_MAX_UTF8 = 1500
+_DETAILS_MAX_BYTES = 2048
+_DETAIL_TEXT_CHARS = 512  # each engine's message inside its ErrorInfo
+CLIP_CHARS = 64  # a caller-supplied value echoed in a message
+
+
+def clip(value: object, limit: int = CLIP_CHARS) -> str:
+    """A value to echo in a message or log line, shortened to `limit` characters (repr-quoted
+    so control characters are visible)."""
+    text = value if isinstance(value, str) else str(value)
+    shown = text if len(text) <= limit else text[:limit] + "..."
+    return repr(shown) if isinstance(value, str) else shown
+
+
+def _sent_bytes(text: str) -> int:
+    """grpc-message's size on the wire: printable ASCII but '%' as is, every other byte %XX."""
+    return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in text.encode())
+
+
+def _fits(text: str, margin: int = 0) -> bool:
+    return (
+        _sent_bytes(text) + margin <= _MESSAGE_MAX_SENT
+        and len(text.encode()) + margin <= _MESSAGE_MAX_UTF8
+    )
+
+
+def _clip_message(text: str) -> str:
+    if _fits(text):
+        return text
+    low, high = 0, min(len(text), _MESSAGE_MAX_UTF8)  # the longest prefix that fits + marker
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _fits(text[:mid], margin=40):
+            low = mid
+        else:
+            high = mid - 1
+    return f"{text[:low]}... ({len(text) - low} characters clipped)"
+
 
 def to_grpc_status(error: ControlError) -> grpc.Status:
     """The rich status sent at the edge. Its first detail is the call's ErrorInfo: the stable
     reason, with the request_id and engines it is about; then one ErrorInfo per failed engine
-    (reason: that engine's status code name, metadata: engine, message), as clients read them."""
+    (reason: that engine's status code name, metadata: engine, message), as clients read them.
+    The whole stays under STATUS_MAX_BYTES: long texts clipped, engines' ErrorInfos past the
+    budget left out (the call's own always fits)."""
     from google.protobuf import any_pb2
     from google.rpc import error_details_pb2, status_pb2
     from grpc_status import rpc_status
@@ -141,24 +190,29 @@ def to_grpc_status(error: ControlError) -> grpc.Status:
                 reason=failure.code.name,
                 domain=ERROR_DOMAIN,
                 metadata={
-                    "engine": failure.engine,
-                    "message": failure.message[:_MAX_METADATA_CHARS],
+                    "engine": failure.engine[:CLIP_CHARS],
+                    "message": failure.message[: min(_MAX_METADATA_CHARS, _DETAIL_TEXT_CHARS)],
                 },
             )
         )
     details = []
+    size = 0
     for info in infos:
         packed = any_pb2.Any()
         packed.Pack(info)
+        size += packed.ByteSize() + 4  # + the field's tag and length
+        if size > _DETAILS_MAX_BYTES:
+            break
         details.append(packed)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    message = _clip_message(error.message)
+    status = status_pb2.Status(code=error.code.value[0], message=message, details=details)
     return rpc_status.to_status(status)
 
 
 def _call_metadata(error: ControlError) -> dict[str, str]:
     metadata = {}
     if error.request_id:
-        metadata["request_id"] = error.request_id
+        metadata["request_id"] = error.request_id[:_MAX_METADATA_CHARS]
     if error.engines:
         metadata["engines"] = ",".join(error.engines)[:_MAX_METADATA_CHARS]
     if error.code is grpc.StatusCode.DEADLINE_EXCEEDED:

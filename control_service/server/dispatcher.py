@@ -33,10 +33,16 @@ log = structlog.get_logger("control_service.server.dispatcher")
 
 _CANCEL_TIMEOUT_S = 5.0
 _OK = grpc.StatusCode.OK
-# Outcomes about time or reachability, not about the operation: a retry runs again, even when
-# the engine itself reported them (its own timeout_s can fire as ours does).
+# Outcomes about time, reachability or being busy, not about the operation: a retry runs again,
+# even when the engine itself reported them (its own timeout_s can fire as ours does; ABORTED
+# means "busy now, try again later", so replaying it would refuse every retry for the window).
 _FRESH = frozenset(
-    {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
+    {
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+    }
 )
 
 
@@ -100,8 +106,9 @@ class Dispatcher:
     def _start(self, command: Command, owner: Operation | None) -> tuple[Operation, Subscriber]:
         """Open every slot, then send: the order this service exists for."""
         op = Operation(
-            command, self.config.slot_queue_events, self._part_done, self._finished, owner=owner
-        )
+            command, self.config.slot_queue_events, self._part_done, self._finished, owner=owner,
+            max_callers=self.config.max_callers_per_operation,
+        )  # fmt: skip
         sub = op.subscribe()
         self._open_slots(op)
         self._register(op)
@@ -119,8 +126,9 @@ class Dispatcher:
 
     def _start_refit(self, command: Command) -> tuple[Operation, Subscriber]:
         op = Operation(
-            command, self.config.slot_queue_events, self._part_done, self._finished, driven=True
-        )
+            command, self.config.slot_queue_events, self._part_done, self._finished, driven=True,
+            max_callers=self.config.max_callers_per_operation,
+        )  # fmt: skip
         sub = op.subscribe()
         self._register(op)
         driver = RefitDriver(op, self._start_step, self._probe)
@@ -308,7 +316,7 @@ class Dispatcher:
         waiter = _OneReply()
         timeout = self.config.status_timeout_s
         try:
-            link.open(rid, waiter)
+            link.probes.open(rid, waiter)  # the probes' own bound, not the calls' slot budget
             sent = time.perf_counter()
             link.send(wire.Request(rid, names.STATUS, {}, timeout))
             reply = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
@@ -319,7 +327,7 @@ class Dispatcher:
         except TimeoutError:
             return EngineReport(name, True, None, f"no status reply within {timeout:g}s")
         finally:
-            link.slots.close(rid)  # on every exit, cancellation of the caller included
+            link.probes.close(rid)  # on every exit, cancellation of the caller included
         if reply.kind == wire.ERROR:
             return EngineReport(name, True, None, f"{reply.data['code']}: {reply.data['message']}")
         return EngineReport(name, True, reply.data["state"], "")

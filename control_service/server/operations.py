@@ -181,8 +181,10 @@ class Operation:
         on_finished: Callable[[Operation], None],
         driven: bool = False,
         owner: Operation | None = None,
+        max_callers: int = 64,
     ) -> None:
         self.command = command
+        self.max_callers = max_callers
         # A Refit's step has its Refit as owner: it runs on engines the owner holds.
         self.owner = owner
         # A driven operation (Refit) has no engine parts of its own: a task publishes its events
@@ -216,6 +218,12 @@ class Operation:
                 sub.push(event)
             sub.close()
         else:
+            if len(self.subscribers) >= self.max_callers:
+                raise ControlError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{len(self.subscribers)} callers are attached to request_id "
+                    f"{self.command.request_id}, the limit is {self.max_callers}",
+                )
             self._stop_detach_timer()
             self.subscribers.append(sub)
         return sub

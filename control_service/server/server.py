@@ -93,6 +93,7 @@ class ControlServer:
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", 4 << 20),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", c.max_concurrent_streams),
             ],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
@@ -112,11 +113,13 @@ class ControlServer:
             port = 0
         if port == 0:
             raise unavailable(f"cannot listen on {c.listen} (address in use or not local)")
-        if c.metrics_port:
+        metrics_at = c.metrics_address()
+        if metrics_at is not None:
+            host, metrics_port = metrics_at
             try:
-                self.metrics.serve(c.metrics_port)
+                self.metrics.serve(metrics_port, host)
             except OSError as err:  # before any engine is connected: nothing to undo
-                raise unavailable(f"cannot serve metrics on port {c.metrics_port}: {err}") from None
+                raise unavailable(f"cannot serve metrics on {host}:{metrics_port}: {err}") from None
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._publish_health()
         for link in self.links.values():

@@ -130,7 +130,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         if ok:
             self._log.info("call ended", **fields)
         else:
-            self._log.warning("call ended", error=message, **fields)
+            self._log.warning("call ended", error=message[:1024], **fields)
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context

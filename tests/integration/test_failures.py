@@ -277,3 +277,19 @@ async def test_status_caller_cancelled_while_engine_silent_leaks_no_slot(
         await service.stub.GetStatus(pb.GetStatusRequest(), timeout=0.3)
     assert info.value.code() == Code.DEADLINE_EXCEEDED
     await eventually(lambda: service.server.open_slots == 0)
+
+
+async def test_engine_reported_aborted_is_never_replayed(
+    start_service: StartService, start_stub: Stubs
+) -> None:
+    """ABORTED means "busy, try again later": a retry with the same request_id asks the engine
+    again instead of getting the recorded ABORTED for the next 10 minutes."""
+    stub = start_stub()
+    service = await start_service([stub.endpoint])
+    mark = stub.mark()
+    stub.knob(fail_next={"code": "ABORTED", "message": "busy loading"})
+    err, _ = await service.failed("Pause", pb.PauseRequest(request_id="busy-1"), timeout=10)
+    assert err.code() == Code.ABORTED
+    events = await service.events("Pause", pb.PauseRequest(request_id="busy-1"), timeout=10)
+    assert events[-1].result.state.paused, "the retry ran on the engine"
+    assert len(stub.requests("pause", since=mark)) == 2
