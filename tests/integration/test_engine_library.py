@@ -197,7 +197,8 @@ def test_status_reports_capabilities(launch: Launch) -> None:
     _, client = launch()
     status = client.result("status")
     caps = status.data["capabilities"]
-    assert caps == {"pause_modes": ["abort", "keep", "wait"], "cancel": True, "progress": True}
+    assert caps == {"pause_modes": ["abort", "keep", "wait"], "cancel": True, "progress": True,
+                    "stage": True}  # fmt: skip
     assert wire.reported_capabilities(status.data) == caps
 
 
