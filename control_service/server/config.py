@@ -13,10 +13,21 @@ from pathlib import Path
 
 import zmq.auth
 
-from control_service.errors import ControlError, invalid
-
 ENGINE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 PAUSE_MODES = ("abort", "wait", "keep")
+
+
+class ConfigError(Exception):
+    """A configuration the service cannot start with: a plain error, not a call's status.
+
+    `fields` names the configuration fields at fault (e.g. ("tls_cert", "tls_key")), so a front
+    end can point at its own spelling of them (a flag, a variable) while this layer names none.
+    """
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +39,13 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if not ENGINE_NAME.match(self.name):
-            raise invalid(f"engine name {self.name!r} must be 1-64 characters of [A-Za-z0-9._-]")
+            raise ConfigError(
+                f"engine name {self.name!r} must be 1-64 characters of [A-Za-z0-9._-]"
+            )
         if not self.endpoint.startswith(("tcp://", "ipc://", "inproc://")):
-            raise invalid(f"engine endpoint {self.endpoint!r} must be tcp://, ipc:// or inproc://")
+            raise ConfigError(
+                f"engine endpoint {self.endpoint!r} must be tcp://, ipc:// or inproc://"
+            )
 
     @classmethod
     def parse(cls, text: str, default_name: str = "engine") -> EngineConfig:
@@ -50,7 +65,7 @@ def load_engines(path: Path) -> list[EngineConfig]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise invalid(f"cannot read engines file {path}: {err}") from None
+        raise ConfigError(f"cannot read engines file {path}: {err}") from None
     engines: list[EngineConfig] = []
     for number, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].strip()
@@ -58,12 +73,12 @@ def load_engines(path: Path) -> list[EngineConfig]:
             continue
         try:
             engines.append(EngineConfig.parse(text, default_name=f"engine-{number}"))
-        except ControlError as err:
-            raise invalid(f"{path}:{number}: {err.message}") from None
+        except ConfigError as err:
+            raise ConfigError(f"{path}:{number}: {err.message}") from None
         if len(engines) > MAX_ENGINES:
-            raise invalid(f"{path}: more than {MAX_ENGINES} engines")
+            raise ConfigError(f"{path}: more than {MAX_ENGINES} engines")
     if not engines:
-        raise invalid(f"{path}: no engines listed")
+        raise ConfigError(f"{path}: no engines listed")
     return engines
 
 
@@ -84,10 +99,14 @@ class LinkConfig:
 
     def __post_init__(self) -> None:
         if (self.curve_server_key is None) != (self.curve_client_key is None):
-            raise invalid("the CURVE server key and client key go together")
+            raise ConfigError(
+                "the CURVE server key and client key go together",
+                "curve_server_key",
+                "curve_client_key",
+            )
         for path in (self.curve_server_key, self.curve_client_key):
             if path is not None and not path.is_file():
-                raise invalid(f"{path} is not a readable file")
+                raise ConfigError(f"{path} is not a readable file")
         if self.curve_server_key is not None and self.curve_client_key is not None:
             # Checked here so a wrong file is a one-line configuration error at start, not a
             # traceback from the socket options when the link first connects.
@@ -111,14 +130,20 @@ class SecurityConfig:
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise invalid("--tls-cert and --tls-key go together")
+            raise ConfigError("the TLS certificate and key go together", "tls_cert", "tls_key")
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise invalid("--tls-client-ca needs --tls-cert and --tls-key")
+            raise ConfigError(
+                "a client CA (mutual TLS) needs the server's TLS certificate and key",
+                "tls_client_ca",
+                "tls_cert",
+            )
         if self.auth_token is not None and self.auth_token_file is not None:
-            raise invalid("give the token once: --auth-token or --auth-token-file")
+            raise ConfigError(
+                "give the token once: as a value or as a file", "auth_token", "auth_token_file"
+            )
         for path in (self.tls_cert, self.tls_key, self.tls_client_ca, self.auth_token_file):
             if path is not None and not path.is_file():
-                raise invalid(f"{path} is not a readable file")
+                raise ConfigError(f"{path} is not a readable file")
         if self.tls_cert is not None and self.tls_key is not None:
             # gRPC reports a bad PEM only as "cannot bind": check the files the same way here.
             _check_tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)
@@ -129,7 +154,7 @@ class SecurityConfig:
         if self.auth_token_file is not None:
             token = self.auth_token_file.read_text(encoding="utf-8").strip()
         if token is not None and len(token) < 16:
-            raise invalid("the auth token must be at least 16 characters")
+            raise ConfigError("the auth token must be at least 16 characters")
         return token
 
 
@@ -138,9 +163,9 @@ def _curve_keys(path: Path, need_secret: bool) -> None:
     try:
         _public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as err:
-        raise invalid(f"{path}: not a zmq.auth CURVE key file ({err})") from None
+        raise ConfigError(f"{path}: not a zmq.auth CURVE key file ({err})") from None
     if need_secret and secret is None:
-        raise invalid(f"{path}: has no secret key (give the .key_secret file)")
+        raise ConfigError(f"{path}: has no secret key (give the .key_secret file)")
 
 
 def _no_password() -> str:
@@ -154,14 +179,14 @@ def _check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
     try:
         context.load_cert_chain(cert, key, password=_no_password)
     except (OSError, ssl.SSLError) as err:
-        raise invalid(
+        raise ConfigError(
             f"{cert} / {key}: need a PEM certificate chain and its matching unencrypted key ({err})"
         ) from None
     if client_ca is not None:
         try:
             context.load_verify_locations(cafile=client_ca)
         except (OSError, ssl.SSLError) as err:
-            raise invalid(f"{client_ca}: not PEM CA certificates ({err})") from None
+            raise ConfigError(f"{client_ca}: not PEM CA certificates ({err})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,16 +217,22 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         if not self.engines:
-            raise invalid("at least one engine is required")
+            raise ConfigError("at least one engine is required")
         names = [e.name for e in self.engines]
         if len(set(names)) != len(names):
-            raise invalid(f"engine names must be unique, got {names}")
+            raise ConfigError(f"engine names must be unique, got {names}")
         if self.default_pause_mode not in PAUSE_MODES:
-            raise invalid(f"default pause mode must be one of {PAUSE_MODES}")
+            raise ConfigError(
+                f"default pause mode must be one of {PAUSE_MODES}", "default_pause_mode"
+            )
         if self.detach_grace_s < 0 or self.retry_window_s < 0:
-            raise invalid("detach grace and retry window must be >= 0")
+            raise ConfigError(
+                "detach grace and retry window must be >= 0", "detach_grace_s", "retry_window_s"
+            )
         if not 0 < self.default_timeout_s <= self.max_timeout_s:
-            raise invalid("need 0 < default timeout <= max timeout")
+            raise ConfigError(
+                "need 0 < default timeout <= max timeout", "default_timeout_s", "max_timeout_s"
+            )
         for name in ("max_open_slots", "slot_queue_events", "retry_max_records"):
             if getattr(self, name) < 1:
-                raise invalid(f"{name} must be >= 1")
+                raise ConfigError(f"{name} must be >= 1", name)
