@@ -17,6 +17,7 @@ import click
 from control_service.cli import aio, call, demo, exit_codes, healthcheck, serve
 from control_service.cli.params import CONTEXT
 from control_service.cli.render import printable
+from control_service.server.config import ConfigError
 
 COMMANDS: tuple[click.Command, ...] = (serve.command, call.command, demo.command,
                                         healthcheck.command)  # fmt: skip
@@ -24,8 +25,6 @@ COMMANDS: tuple[click.Command, ...] = (serve.command, call.command, demo.command
 
 class Plan(Protocol):
     """What a command's callback returns: everything checked, nothing started yet."""
-
-    loop: str  # aio.LOOPS
 
     async def run(self, out: TextIO, err: TextIO) -> int: ...
 
@@ -62,20 +61,23 @@ def run_command(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Parse, run the plan on the event loop it asks for, and map the outcome to an exit code."""
+    """Parse, run the plan on the event loop, and map the outcome to an exit code."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
         plan = parse(argv, command, prog)
         if isinstance(plan, int):
             return plan
-        return aio.run(plan.run(out, err), loop=plan.loop)
+        return aio.run(plan.run(out, err))
     except click.exceptions.NoArgsIsHelpError as error:  # a group without its command
         err.write(error.format_message() + "\n")
         return usage_exit
     except click.UsageError as error:
         where = error.ctx.command_path if error.ctx else prog
         err.write(f"{where}: error: {printable(error.format_message())}\n")
+        return usage_exit
+    except ConfigError as error:  # e.g. CONTROL_SERVICE_LOOP, read as the loop starts
+        err.write(f"{prog}: error: {printable(error.message)}\n")
         return usage_exit
     except click.ClickException as error:  # e.g. a file it could not open
         err.write(f"{prog}: error: {printable(error.format_message())}\n")

@@ -27,7 +27,7 @@ from control_service.cli.params import (
 from control_service.client import ClientConfig, ControlClient, Outcome, StepTimeouts, TlsConfig
 from control_service.client._utils import checked_request_id
 from control_service.errors import ControlError
-from control_service.server.config import PAUSE_MODES
+from control_service.protocol.names import PAUSE_MODES
 
 FILE = click.Path(path_type=Path)
 CONNECTION = (
@@ -97,7 +97,6 @@ class Call:
     engines: tuple[str, ...] = ()
     request_id: str | None = None
     arguments: dict[str, Any] = field(default_factory=dict)  # the action's own
-    loop = "auto"
 
     async def run(self, out: TextIO, err: TextIO) -> int:
         return await self.run_with(CallOutput(out, json_lines=self.json_lines), err)

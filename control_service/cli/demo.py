@@ -46,9 +46,6 @@ class DemoOptions:
     ready_timeout_s: float = 30.0
     log_level: str = "warning"
     log_format: str = "auto"
-    # The demo starts engine processes; uvloop's subprocess_exec refuses `process_group`, which
-    # EmbeddedEngines passes, so the demo runs on the standard loop.
-    loop = "asyncio"
 
     async def run(self, out: TextIO, err: TextIO) -> int:
         configure_logging(self.log_level, self.log_format)

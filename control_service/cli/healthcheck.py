@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from control_service.cli.params import CONTEXT, option, with_options
+from control_service.protocol.names import bearer_metadata
 
 ENV_PREFIX = "CONTROL_SERVICE_HEALTH"
 UNHEALTHY = 1
@@ -64,7 +65,7 @@ async def check(
         channel = grpc.aio.insecure_channel(target, options=options)
     else:
         channel = grpc.aio.secure_channel(target, credentials, options=options)
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    metadata = bearer_metadata(token)
     async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service=service)
@@ -84,7 +85,6 @@ class HealthCheck:
     tls_key: Path | None = None
     tls_server_name: str | None = None
     token: str | None = None
-    loop = "auto"
 
     async def run(self, out: TextIO, err: TextIO) -> int:
         environ = os.environ

@@ -29,8 +29,8 @@ from control_service.cli.params import (
 from control_service.cli.render import format_error
 from control_service.errors import ControlError
 from control_service.log import LEVELS as LOG_LEVELS
+from control_service.protocol.names import PAUSE_MODES
 from control_service.server.config import (
-    PAUSE_MODES,
     ConfigError,
     EngineConfig,
     LinkConfig,
@@ -186,7 +186,6 @@ class Serve:
     engine_args: tuple[str, ...]
     log_level: str
     log_format: str
-    loop = "auto"
 
     async def run(self, out: TextIO, err: TextIO) -> int:
         configure_logging(self.log_level, self.log_format)
