@@ -193,3 +193,28 @@ async def test_client_and_cli_over_mutual_tls_with_a_token(
     code, _, err = await run_cli("call", "status", *flags)
     assert code == 100 + grpc.StatusCode.UNAUTHENTICATED.value[0] == 116, err
     assert err.startswith("error: UNAUTHENTICATED: "), err
+
+
+async def test_ctrl_c_during_a_call_exits_130() -> None:
+    """A service that accepts TCP but never speaks HTTP/2: the call hangs until interrupted."""
+    import signal
+    import socket
+
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        target = f"127.0.0.1:{mute.getsockname()[1]}"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_SERVICE_")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "control_service", "call", "--target", target,
+            "--timeout", "100", "pause", env=clean,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        header = await asyncio.wait_for(proc.stdout.readline(), 60)  # the call has started
+        assert header.startswith(b"pause request_id="), header
+        proc.send_signal(signal.SIGINT)
+        err = await asyncio.wait_for(proc.stderr.read(), 30)
+        assert await asyncio.wait_for(proc.wait(), 30) == 130
+    assert err == b"interrupted\n"
