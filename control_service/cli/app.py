@@ -32,7 +32,8 @@ class Plan(Protocol):
 @click.group(
     "control-service",
     context_settings={**CONTEXT, "auto_envvar_prefix": None},
-    epilog="Configuration flags also read CONTROL_SERVICE_<FLAG> (flags win). " + exit_codes.HELP,
+    epilog="Configuration flags also read CONTROL_SERVICE_<FLAG> (flags win); "
+    "CONTROL_SERVICE_LOOP=auto|uvloop|asyncio picks the event loop. " + exit_codes.HELP,
 )
 def root() -> None:
     """gRPC control plane between RL trainers and LLM inference engines."""
