@@ -73,9 +73,12 @@ class ListenAddress(click.ParamType):
 
     name = "HOST:PORT"
 
+    def __init__(self, optional: bool = False) -> None:
+        self.optional = optional  # "" means none
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value)
-        if text.startswith("unix:"):
+        if (self.optional and not text) or text.startswith("unix:"):
             return text
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:

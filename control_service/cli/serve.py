@@ -40,6 +40,7 @@ from control_service.server.config import (
 )
 
 FILE = click.Path(path_type=Path)
+OPTIONAL_ADDRESS = ListenAddress(optional=True)
 BOOL_OR_BARE = {"type": click.BOOL, "is_flag": False, "flag_value": "true"}
 
 # (flag, config class, field, click type, help): every ServiceConfig/LinkConfig/SecurityConfig
@@ -58,6 +59,10 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Any, str], ...] = (
      "open engine replies across all calls; past it RESOURCE_EXHAUSTED"),
     ("--slot-queue-events", ServiceConfig, "slot_queue_events", POSITIVE_INT,
      "events buffered per caller before old progress is dropped"),
+    ("--max-callers-per-call", ServiceConfig, "max_callers_per_operation", POSITIVE_INT,
+     "callers attached to one request_id at most; past it RESOURCE_EXHAUSTED"),
+    ("--max-streams-per-connection", ServiceConfig, "max_concurrent_streams", POSITIVE_INT,
+     "HTTP/2 streams (calls) one client connection may have open at once"),
     ("--max-message-bytes", ServiceConfig, "max_message_bytes", POSITIVE_INT,
      "largest gRPC message accepted, bytes"),
     ("--retry-window", ServiceConfig, "retry_window_s", NON_NEGATIVE_FLOAT,
@@ -69,7 +74,9 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Any, str], ...] = (
     ("--shutdown-grace", ServiceConfig, "shutdown_grace_s", NON_NEGATIVE_FLOAT,
      "seconds running calls get to finish on SIGTERM"),
     ("--metrics-port", ServiceConfig, "metrics_port", NON_NEGATIVE_INT,
-     "serve Prometheus /metrics on this HTTP port (0: off)"),
+     "serve Prometheus /metrics on this HTTP port, on the --listen host (0: off)"),
+    ("--metrics-listen", ServiceConfig, "metrics_listen", OPTIONAL_ADDRESS,
+     "serve Prometheus /metrics on HOST:PORT instead (e.g. 0.0.0.0:9090 for a scraper)"),
     ("--tls-cert", SecurityConfig, "tls_cert", FILE, "PEM server certificate chain: serve TLS"),
     ("--tls-key", SecurityConfig, "tls_key", FILE, "PEM server private key"),
     ("--tls-client-ca", SecurityConfig, "tls_client_ca", FILE,
@@ -96,6 +103,10 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Any, str], ...] = (
      "largest engine frame accepted, bytes"),
     ("--send-hwm", LinkConfig, "send_hwm", POSITIVE_INT,
      "requests queued per engine socket; past it UNAVAILABLE"),
+    ("--recv-hwm", LinkConfig, "recv_hwm", POSITIVE_INT,
+     "engine replies queued by ZMQ per engine socket before it stops reading"),
+    ("--max-status-probes", LinkConfig, "max_status_probes", POSITIVE_INT,
+     "status probes in flight per engine (apart from the calls' slots)"),
 )  # fmt: skip
 
 FLAG_OF_FIELD = {name: flag for flag, _cls, name, _type, _help in SERVICE_FLAGS}

@@ -24,14 +24,14 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import zmq
 import zmq.asyncio
 import zmq.auth
 
-from control_service.protocol import wire
+from control_service.protocol import names, wire
 
 from .config import EngineServerConfig
 from .handler import Done, EngineError, EngineHandler, EngineState, Operation, clip
@@ -41,6 +41,10 @@ log = logging.getLogger("control_service.engine")
 
 # Sends one encoded reply body to one peer; returns False when the peer is known to be gone.
 Sender = Callable[[bytes, bytes], "bool | None"]
+
+# Peers one operation answers (the first, and repeats from restarted services): bounded, as
+# everything a peer can make grow.
+MAX_PEERS_PER_OPERATION = 16
 
 # Plain ints: flag arithmetic on pyzmq's enum constants builds enum objects on every send.
 _EVENTS = int(zmq.EVENTS)
@@ -67,11 +71,6 @@ class _Running:
     finished: bool = False
 
 
-@dataclass(slots=True)
-class _StatusCalls:
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-
 class EngineServer:
     """Serve one handler on one ROUTER until stopped.
 
@@ -95,7 +94,7 @@ class EngineServer:
         self._sender: Sender = sender or self.send_frame
         self._records = OutcomeRecords(config.outcome_records, config.outcome_ttl_s)
         self._running: _Running | None = None
-        self._status = _StatusCalls()
+        self._status_tasks: set[asyncio.Task[None]] = set()
         self._sock: zmq.Socket[bytes] | None = None
         self._endpoint = ""
         self._closing = False
@@ -171,7 +170,7 @@ class EngineServer:
     async def _shutdown(self) -> None:
         """Cancel what runs; their ends are not sent (the socket closes with linger 0)."""
         self._closing = True
-        tasks = list(self._status.tasks)
+        tasks = list(self._status_tasks)
         if self._running is not None and self._running.task is not None:
             tasks.append(self._running.task)
         for task in tasks:
@@ -207,12 +206,12 @@ class EngineServer:
         except wire.WireError as err:
             self._reject(identity, err.request_id, f"bad request: {err.reason}")
             return
-        if request.method == "status":
+        if request.method == names.STATUS:
             self._answer_status(identity, request)
             return
         if self._on_request is not None:
             self._on_request(request)
-        if request.method == "cancel":
+        if request.method == names.CANCEL:
             self._cancel(request.request_id)
         else:
             self._mutation(identity, request)
@@ -246,15 +245,15 @@ class EngineServer:
         if isinstance(got, EngineState):
             self._send(identity, self._status_reply(request, got))
             return
-        if len(self._status.tasks) >= self.config.max_status_in_flight:
+        if len(self._status_tasks) >= self.config.max_status_in_flight:
             _discard(got)
             limit = self.config.max_status_in_flight
             message = f"{limit} status calls are already running"
             self._send(identity, wire.error(request.request_id, "RESOURCE_EXHAUSTED", message))
             return
         task = asyncio.get_running_loop().create_task(self._status_later(identity, request, got))
-        self._status.tasks.add(task)
-        task.add_done_callback(self._status.tasks.discard)
+        self._status_tasks.add(task)
+        task.add_done_callback(self._status_tasks.discard)
 
     async def _status_later(
         self, identity: bytes, request: wire.Request, pending: Awaitable[EngineState]
@@ -308,6 +307,9 @@ class EngineServer:
             self._send(identity, _other_call(request))
         elif identity in running.peers:
             log.info("duplicate %s ignored: it is running and will answer", rid)
+        elif len(running.peers) >= MAX_PEERS_PER_OPERATION:
+            message = f"{rid} already has {MAX_PEERS_PER_OPERATION} peers waiting on it"
+            self._send(identity, wire.error(rid, "RESOURCE_EXHAUSTED", message))
         else:
             log.info("%s %s repeated by another peer: attached", request.method, rid)
             running.peers.append(identity)
@@ -331,7 +333,7 @@ class EngineServer:
                 return EngineError("UNIMPLEMENTED", f"this engine has no pause mode {mode}")
             if not isinstance(args.get("clear_cache", False), bool):
                 return EngineError("INVALID_ARGUMENT", "clear_cache must be a boolean")
-        elif request.method == "update_weights":
+        elif request.method == names.UPDATE_WEIGHTS:
             for key in ("uri", "version"):
                 value = args.get(key)
                 if not isinstance(value, str) or not 0 < len(value) <= wire.MAX_TEXT_CHARS:
@@ -343,7 +345,7 @@ class EngineServer:
         run = _Running(request, [identity])
         deadline = time.monotonic() + request.timeout_s
         run.op = op = Operation(
-            request.request_id, request.method, deadline, functools.partial(self._to_peers, run)
+            request.request_id, request.method, deadline, functools.partial(self._report, run)
         )
         try:
             answer = self._call_handler(op, request)
@@ -361,7 +363,7 @@ class EngineServer:
         args, handler = request.args, self.handler
         if request.method == "pause":
             return handler.pause(op, args["mode"], args.get("clear_cache", False))
-        if request.method == "update_weights":
+        if request.method == names.UPDATE_WEIGHTS:
             return handler.update_weights(op, args["uri"], args["version"])
         return handler.resume(op)
 
@@ -459,6 +461,14 @@ class EngineServer:
         )
 
     # ------------------------------------------------------------------------------ sending
+
+    def _report(self, run: _Running, reply: wire.Reply) -> None:
+        """accepted/progress from the handler; dropped once the operation has ended, so nothing
+        ever follows a terminal reply (a worker thread may still be reporting)."""
+        if run.finished:
+            log.debug("%s after the end of %s dropped", reply.kind, reply.request_id)
+            return
+        self._to_peers(run, reply)
 
     def _to_peers(self, run: _Running, reply: wire.Reply) -> None:
         """One reply to every peer waiting on the operation; a peer known gone is forgotten."""

@@ -105,5 +105,5 @@ def test_bad_security_configuration_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="go together") as info:
         SecurityConfig(tls_cert=short)
     assert info.value.fields == ("tls_cert", "tls_key")
-    with pytest.raises(ConfigError, match="16 characters"):
+    with pytest.raises(ConfigError, match="16-4096 visible ASCII characters"):
         SecurityConfig(auth_token_file=short).token()
