@@ -13,6 +13,7 @@ import click
 
 from control_service import log
 from control_service.cli import exit_codes
+from control_service.cli.output import print_error
 from control_service.cli.params import (
     CONTEXT,
     NON_NEGATIVE_FLOAT,
@@ -26,7 +27,6 @@ from control_service.cli.params import (
     option,
     with_options,
 )
-from control_service.cli.render import format_error
 from control_service.errors import ControlError
 from control_service.log import LEVELS as LOG_LEVELS
 from control_service.protocol.names import PAUSE_MODES
@@ -112,10 +112,6 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Any, str], ...] = (
 FLAG_OF_FIELD = {name: flag for flag, _cls, name, _type, _help in SERVICE_FLAGS}
 
 
-def _param(flag: str) -> str:
-    return flag.removeprefix("--").replace("-", "_")
-
-
 def _default(cls: type, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
@@ -175,7 +171,7 @@ def service_config(params: dict[str, Any], embedded: int) -> ServiceConfig:
         raise ConfigError("at least one engine is required (--engine or --embedded-engines)")
     fields: dict[type, dict[str, Any]] = {ServiceConfig: {}, LinkConfig: {}, SecurityConfig: {}}
     for flag, cls, name, _kind, _help in SERVICE_FLAGS:
-        fields[cls][name] = params[_param(flag)]
+        fields[cls][name] = params[flag.removeprefix("--").replace("-", "_")]
     security = SecurityConfig(**fields[SecurityConfig])
     security.token()  # a bad token file fails at start, with the rest of the configuration
     return ServiceConfig(
@@ -203,7 +199,7 @@ class Serve:
         try:
             await self._serve()
         except ControlError as error:
-            err.write("".join(line + "\n" for line in format_error(error)))
+            print_error(error, err)
             return exit_codes.FAILURE
         except (OSError, RuntimeError) as error:  # e.g. grpc's "Failed to bind to address"
             err.write(f"error: {error}\n")
