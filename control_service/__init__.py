@@ -7,7 +7,7 @@ A trainer needs only what is re-exported here, the client::
     async with ControlClient(ClientConfig(target="127.0.0.1:50051")) as control:
         await control.refit("/ckpt/step-100", "100")
 
-The rest is for running and extending the service: `control-service serve` (cli.py) or
+The rest is for running and extending the service: `control-service serve` (cli/) or
 `server.ControlServer`, the engine protocol in `wire` (both sides use it), and the generated
 gRPC code fenced in `gen`. The client is imported on first use, not here, so that an engine
 importing `control_service.protocol.wire` does not load gRPC.
