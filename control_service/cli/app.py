@@ -546,6 +546,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         run_loop(_serve(config, explicit, args))
     except ControlError as error:
+        if error.code == grpc.StatusCode.INVALID_ARGUMENT:  # configuration found wanting at start
+            return usage_error("serve", error.message)
         _print_lines(format_error(error), sys.stderr)
         return EXIT_FAILURE
     except (OSError, RuntimeError) as error:  # e.g. grpc's "Failed to bind to address"

@@ -16,13 +16,13 @@ from collections.abc import Callable
 
 import grpc
 import structlog
-import zmq
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from control_service.errors import unavailable
 from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
 from control_service.server.auth import BearerTokenInterceptor
+from control_service.server.capacity import link_context
 from control_service.server.commands import Commands
 from control_service.server.config import EngineConfig, LinkConfig, SecurityConfig, ServiceConfig
 from control_service.server.dispatcher import Dispatcher
@@ -45,6 +45,8 @@ LinkFactory = Callable[
 class ControlServer:
     def __init__(self, config: ServiceConfig, link_factory: LinkFactory = EngineLink) -> None:
         self.config = config
+        # First: when the engines cannot fit in this process, that is a configuration error.
+        self._zmq = link_context(len(config.engines))
         self.budget = SlotBudget(config.max_open_slots)
         self.links = {
             e.name: link_factory(e, config.link, self.budget, self._on_link_change)
@@ -54,7 +56,6 @@ class ControlServer:
         self.metrics = Metrics(self.links, self.budget)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
-        self._zmq = zmq.Context()
         self._health_task: asyncio.Task[None] | None = None
         self._health_dirty = asyncio.Event()
         self._links_changed = asyncio.Event()
