@@ -49,15 +49,24 @@ def unavailable(message: str) -> ControlError:
 
 
 ERROR_DOMAIN = "control.v1"
+# The status travels in trailers, and gRPC clients drop a call whose trailers exceed 8-16 KiB
+# (8 KiB by default: the call then fails RESOURCE_EXHAUSTED "metadata size exceeds ...", its real
+# status lost). A call failing on hundreds of engines must still arrive as itself, so its
+# message and its ErrorInfo details are bounded here; every engine's own error is still in its
+# EngineError event on the stream.
+MAX_STATUS_MESSAGE_BYTES = 2048
+MAX_STATUS_DETAILS_BYTES = 3072  # base64 in the trailer: 4 KiB
 
 
 def to_grpc_status(error: ControlError) -> grpc.Status:
-    """The rich status sent at the edge: one google.rpc.ErrorInfo per failed engine."""
+    """The rich status sent at the edge: one google.rpc.ErrorInfo per failed engine, as many
+    as fit in MAX_STATUS_DETAILS_BYTES (the message says how many engines it leaves out)."""
     from google.protobuf import any_pb2
     from google.rpc import error_details_pb2, status_pb2
     from grpc_status import rpc_status
 
-    details = []
+    details: list[any_pb2.Any] = []
+    size = 0
     for failure in error.failures:
         info = error_details_pb2.ErrorInfo(
             reason=failure.code.name,
@@ -66,9 +75,25 @@ def to_grpc_status(error: ControlError) -> grpc.Status:
         )
         packed = any_pb2.Any()
         packed.Pack(info)
+        size += packed.ByteSize()
+        if size > MAX_STATUS_DETAILS_BYTES:
+            break
         details.append(packed)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    message = _bounded(error.message, len(error.failures) - len(details))
+    status = status_pb2.Status(code=error.code.value[0], message=message, details=details)
     return rpc_status.to_status(status)
+
+
+def _bounded(message: str, engines_left_out: int) -> str:
+    """The message within MAX_STATUS_MESSAGE_BYTES (UTF-8), saying what it leaves out."""
+    where = "each engine's error is in its own event on the stream"
+    note = f" [{engines_left_out} more failed engines not in the details: {where}]"
+    note = note if engines_left_out else ""
+    data = message.encode()
+    if len(data) + len(note.encode()) <= MAX_STATUS_MESSAGE_BYTES:
+        return message + note
+    note = " ..." + (note or f" [cut: {where}]")
+    return data[: MAX_STATUS_MESSAGE_BYTES - len(note.encode())].decode(errors="ignore") + note
 
 
 def from_rpc_error(err: grpc.RpcError) -> ControlError:

@@ -1,7 +1,9 @@
-"""The trainer's side: an async client for ControlService, its config and its typed results.
+"""The trainer's side: an async and a blocking client for ControlService, their config and
+typed results.
 
-The public names live here; `_client.py` holds the client and `_utils.py` its private helpers
-(channel building, request ids, retries), the way Triton's and Temporal's clients are laid out.
+The public names live here; `_client.py` holds the async client and what both clients share
+(request building, retries, the event log), `_sync.py` the blocking one, and `_utils.py` their
+private helpers, the way Triton's and Temporal's clients are laid out.
 This package never imports the server.
 """
 
@@ -13,6 +15,7 @@ from control_service.client._client import (
     StepTimeouts,
     TlsConfig,
 )
+from control_service.client._sync import SyncControlClient
 from control_service.client._utils import new_request_id
 from control_service.errors import ControlError, EngineFailure
 
@@ -24,6 +27,7 @@ __all__ = [
     "Outcome",
     "ServiceStatus",
     "StepTimeouts",
+    "SyncControlClient",
     "TlsConfig",
     "new_request_id",
 ]

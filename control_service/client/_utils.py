@@ -76,7 +76,7 @@ def grpc_deadline(timeout_s: float | None, margin_s: float) -> float | None:
     return None if timeout_s is None else timeout_s + margin_s
 
 
-def error_from_rpc(error: grpc.aio.AioRpcError) -> ControlError:
+def error_from_rpc(error: grpc.RpcError) -> ControlError:
     """The client-side ControlError for a failed call, with one EngineFailure per ErrorInfo.
 
     The mapping itself lives in control_service.errors next to its inverse (to_grpc_status), so

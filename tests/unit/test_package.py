@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import control_service
-from control_service.client import _client as client
+from control_service import client
 
 
 def test_the_client_is_reexported() -> None:
