@@ -1,62 +1,108 @@
 """Where the service's CPU goes, by phase of a call: thread CPU time measured around our code.
 
-Installed in the service process by `bench._service --account` before the server is built, it
-wraps a few methods at class level (no source is edited) and adds up the thread CPU time
-(`time.thread_time_ns`, user + system of the event loop's thread) spent inside each. Why not a
-sampling profiler: on this VM py-spy attributes time to whichever frame is on the stack when
-the process is stopped, which over-weights system calls and can't separate our Python from
-gRPC's and ZMQ's C; these wrappers measure our phases directly, in the real server, under real
-load. Each wrapper costs ~0.5 us (two clock reads); nested phases are listed under their parent.
+`bench._service --account` builds its ControlServer with the factories here (`FACTORIES`):
+subclasses of the engine link, dispatcher and servicer whose overrides of the public steps of a
+call add up the thread CPU time (`time.thread_time_ns`, user + system of the event loop's
+thread) spent inside each. Nothing is patched: they go in through the server's own seams, so a
+rename fails loudly at import. Why not a sampling profiler: on this VM py-spy attributes time to
+whichever frame is on the stack when the process is stopped, which over-weights system calls and
+can't separate our Python from gRPC's and ZMQ's C; these overrides measure our phases directly,
+in the real server, under real load. Each costs ~0.5 us (two clock reads); nested phases are
+listed under their parent.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-# (name shown, parent or "", owner object, attribute)
-PHASES: list[tuple[str, str, str, str]] = [
-    ("validate: request -> Command", "", "control_service.server.commands:Commands", "pause"),
-    ("submit: admit, slot, timer, send", "", "control_service.server.dispatcher:Dispatcher", "submit"),
-    ("zmq send", "submit: admit, slot, timer, send", "control_service.server.engine_link:EngineLink",
-     "_transmit"),
-    ("reply: zmq recv .. op finished", "", "control_service.server.engine_link:EngineLink", "_drain"),
-    ("decode, deliver, finish", "reply: zmq recv .. op finished",
-     "control_service.server.engine_link:EngineLink", "_on_frames"),
-    ("build ControlEvent", "", "control_service.server.messages:", "event"),
-    ("unsubscribe", "", "control_service.server.dispatcher:Dispatcher", "unsubscribe"),
-    ("end: metrics, log line", "", "control_service.server.servicer:ControlServicer", "_ended"),
-]  # fmt: skip
+import grpc
+
+from control_service.gen.control.v1 import control_pb2 as pb
+from control_service.server.commands import Commands
+from control_service.server.dispatcher import Dispatcher
+from control_service.server.engine_link import EngineLink
+from control_service.server.metrics import Metrics
+from control_service.server.operations import Command, Operation, Subscriber
+from control_service.server.servicer import ControlServicer
+
+VALIDATE = "validate: request -> Command"
+SUBMIT = "submit: admit, slot, timer, send"
+SEND = "zmq send"
+REPLY = "reply: zmq recv .. op finished"
+DELIVER = "decode, deliver, finish"
+UNSUBSCRIBE = "unsubscribe"
+END = "end: metrics, log line"
+# (name shown, parent or ""), in the order shown
+PHASES: list[tuple[str, str]] = [
+    (VALIDATE, ""),
+    (SUBMIT, ""),
+    (SEND, SUBMIT),
+    (REPLY, ""),
+    (DELIVER, REPLY),
+    (UNSUBSCRIBE, ""),
+    (END, ""),
+]
 
 spent_ns: dict[str, int] = {}
+_T = TypeVar("_T")
+_clock = time.thread_time_ns
 
 
-def _wrap(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    clock = time.thread_time_ns
-
-    @functools.wraps(func)
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        started = clock()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            spent_ns[name] = spent_ns.get(name, 0) + clock() - started
-
-    return timed
+def _timed(name: str, func: Callable[..., _T], *args: Any) -> _T:
+    started = _clock()
+    try:
+        return func(*args)
+    finally:
+        spent_ns[name] = spent_ns.get(name, 0) + _clock() - started
 
 
-def install() -> None:
-    """Wrap every phase. Call before the ControlServer is built (links register `_drain`
-    with the event loop when they start; the servicer module looks up `messages.event`)."""
-    import importlib
+class TimedLink(EngineLink):
+    def transmit(self, body: bytes) -> None:
+        _timed(SEND, super().transmit, body)
 
-    for name, _, owner, attribute in PHASES:
-        module_name, _, class_name = owner.partition(":")
-        module = importlib.import_module(module_name)
-        target = getattr(module, class_name) if class_name else module
-        setattr(target, attribute, _wrap(name, getattr(target, attribute)))
+    def drain(self) -> None:
+        _timed(REPLY, super().drain)
+
+    def receive(self, frames: list[bytes]) -> None:
+        _timed(DELIVER, super().receive, frames)
+
+
+class TimedDispatcher(Dispatcher):
+    def submit(self, command: Command) -> tuple[Operation, Subscriber]:
+        return _timed(SUBMIT, super().submit, command)
+
+    def unsubscribe(self, op: Operation, sub: Subscriber) -> None:
+        _timed(UNSUBSCRIBE, super().unsubscribe, op, sub)
+
+
+class TimedCommands(Commands):
+    def pause(self, req: pb.PauseRequest, time_remaining: float | None) -> Command:
+        return _timed(VALIDATE, super().pause, req, time_remaining)
+
+
+class TimedServicer(ControlServicer):
+    def __init__(self, dispatcher: Dispatcher, commands: Commands, metrics: Metrics) -> None:
+        super().__init__(dispatcher, TimedCommands(commands.config), metrics)
+
+    def call_ended(
+        self,
+        method: str,
+        request_id: str,
+        engines: tuple[str, ...],
+        code: grpc.StatusCode,
+        message: str,
+        started: float,
+    ) -> None:
+        _timed(END, super().call_ended, method, request_id, engines, code, message, started)
+
+
+FACTORIES: dict[str, Any] = {
+    "link_factory": TimedLink,
+    "dispatcher_factory": TimedDispatcher,
+    "servicer_factory": TimedServicer,
+}
 
 
 def snapshot() -> dict[str, int]:

@@ -21,6 +21,9 @@ from control_service.cli.aio import run
 from control_service.errors import ControlError
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.protocol import wire
+from control_service.server.commands import Commands
+from control_service.server.dispatcher import Dispatcher
+from control_service.server.metrics import Metrics
 from control_service.server.servicer import ControlServicer
 
 _IDS = itertools.count()
@@ -48,20 +51,27 @@ class _Terminal:
             self.future.set_exception(error)
 
 
-async def _bare_pause(self: ControlServicer, request: pb.PauseRequest, context: Any) -> None:
-    link = self._dispatcher.links[request.engines[0]]
-    rid = f"bare-{next(_IDS)}"
-    future: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
-    link.open(rid, _Terminal(future))  # the slot first, then the send
-    try:
-        link.send_encoded(wire.encode_request(wire.Request(rid, "pause", _ARGS, 10.0)))
-        await future
-        await context.write(_EVENT)
-    finally:
-        link.slots.close(rid)
+class BareServicer(ControlServicer):
+    """The service's servicer with Pause reduced to its transport, built by ControlServer
+    through its `servicer_factory` seam."""
+
+    def __init__(self, dispatcher: Dispatcher, commands: Commands, metrics: Metrics) -> None:
+        super().__init__(dispatcher, commands, metrics)
+        self._links = dispatcher.links
+
+    async def Pause(self, request: pb.PauseRequest, context: Any) -> None:
+        link = self._links[request.engines[0]]
+        rid = f"bare-{next(_IDS)}"
+        future: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
+        link.open(rid, _Terminal(future))  # the slot first, then the send
+        try:
+            link.send_encoded(wire.encode_request(wire.Request(rid, "pause", _ARGS, 10.0)))
+            await future
+            await context.write(_EVENT)
+        finally:
+            link.slots.close(rid)
 
 
 if __name__ == "__main__":
     die_with_parent()
-    ControlServicer.Pause = _bare_pause
-    sys.exit(run(service.serve(sys.argv[1:])))
+    sys.exit(run(service.serve(sys.argv[1:], servicer_factory=BareServicer)))

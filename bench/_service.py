@@ -2,7 +2,7 @@
 
     python -m bench._service [--account] NAME=ENDPOINT [NAME=ENDPOINT ...]
 
-Starts `ControlServer` with those engine entries on 127.0.0.1:0 (logging at warning), waits for
+Starts `ControlServer` (with the given factories: see bench/_bare.py) with those engine entries on 127.0.0.1:0 (logging at warning), waits for
 every engine link to be up, then prints `{"port", "pid", "engines"}`. Commands on stdin, one a
 line, each answered by one JSON line:
 
@@ -55,10 +55,11 @@ def stats(server: ControlServer) -> dict[str, Any]:
     }
 
 
-async def serve(entries: list[str]) -> int:
+async def serve(entries: list[str], **factories: Any) -> int:
+    """`factories`: ControlServer's seams (link_factory, servicer_factory, ...)."""
     configure("warning")
     engines = tuple(EngineConfig.parse(entry) for entry in entries)
-    server = ControlServer(ServiceConfig(engines=engines, listen="127.0.0.1:0"))
+    server = ControlServer(ServiceConfig(engines=engines, listen="127.0.0.1:0"), **factories)
     port = await server.start()
     if not await server.wait_engines_up(ENGINES_UP_TIMEOUT_S):
         down = [name for name, link in server.links.items() if not link.up]
@@ -97,9 +98,10 @@ async def serve(entries: list[str]) -> int:
 if __name__ == "__main__":
     die_with_parent()
     argv = sys.argv[1:]
+    factories: dict[str, Any] = {}
     if "--account" in argv:
         argv.remove("--account")
-        _accounting.install()
+        factories = _accounting.FACTORIES
     if not argv:
         sys.exit("usage: python -m bench._service [--account] NAME=ENDPOINT [NAME=ENDPOINT ...]")
-    sys.exit(run(serve(argv)))
+    sys.exit(run(serve(argv, **factories)))

@@ -71,7 +71,7 @@ def _table(
         "|---|--:|--:|",
     ]
     top = 0.0
-    for name, parent, _, _ in _accounting.PHASES:
+    for name, parent in _accounting.PHASES:
         us = (after.get(name, 0) - before.get(name, 0)) / calls / 1000
         if not parent:
             top += us

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from control_service.cli.aio import run as run_loop
+from control_service.engine import CurveConfig
 from control_service.protocol import wire
 
 from .engine import SimConfig
-from .server import Knobs, ServerConfig, run
+from .handler import Knobs
+from .server import ServerConfig, parse_knobs, run
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -41,25 +43,6 @@ def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return check
 
 
-def _curve_secret(text: str) -> Path:
-    """A zmq.auth key pair file with its secret key (checked now, not as a socket traceback)."""
-    import zmq.auth
-
-    try:
-        _public, secret = zmq.auth.load_certificate(text)
-    except (OSError, ValueError) as err:
-        raise argparse.ArgumentTypeError(f"{text}: not a zmq.auth key file ({err})") from None
-    if secret is None:
-        raise argparse.ArgumentTypeError(f"{text}: no secret key (give the .key_secret file)")
-    return Path(text)
-
-
-def _folder(text: str) -> Path:
-    if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is not a folder")
-    return Path(text)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine_stub", description=__doc__)
     p.add_argument(
@@ -70,12 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default="engine-stub", help="the engine's name in logs")
     p.add_argument(
         "--curve-secret-key",
-        type=_curve_secret,
+        type=Path,
         help="CURVE: this engine's key pair (a zmq.auth .key_secret file); encrypts the link",
     )
     p.add_argument(
         "--curve-allowed-clients",
-        type=_folder,
+        type=Path,
         help="CURVE: a folder of client public keys (.key files); others are refused",
     )
     p.add_argument(
@@ -92,10 +75,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sim.add_argument(
         "--token-interval", type=_positive(float), default=0.005, help="seconds per token"
     )
+    sim.add_argument(
+        "--load-interval",
+        type=_non_negative(float),
+        default=0.0,
+        help="extra seconds per checkpoint file loaded (a slow disk)",
+    )
     knobs = p.add_argument_group("test knobs (also settable as JSON lines on stdin)")
     knobs.add_argument(
         "--reply-delay",
-        type=_non_negative(float),
+        type=float,
         default=0.0,
         help="wait this many seconds before sending each reply",
     )
@@ -114,20 +103,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.curve_allowed_clients is not None and args.curve_secret_key is None:
         p.error("--curve-allowed-clients needs --curve-secret-key")
+    args.curve = None
+    if args.curve_secret_key is not None:
+        try:  # the library's own checks, as one line
+            args.curve = CurveConfig(args.curve_secret_key, args.curve_allowed_clients)
+        except ValueError as err:
+            p.error(f"--curve-secret-key/--curve-allowed-clients: {err}")
+    args.knobs = _knobs(p, args)
     return args  # fmt: skip
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
-    fail = (args.fail_next, f"injected {args.fail_next}") if args.fail_next else None
     return ServerConfig(
         bind=args.bind,
         name=args.name,
-        curve_secret_key=args.curve_secret_key,
-        curve_allowed_clients=args.curve_allowed_clients,
-        sim=SimConfig(args.requests, args.tokens, args.token_interval),
-        knobs=Knobs(
-            reply_delay=args.reply_delay, instant=args.instant, silent=args.silent, fail_next=fail
-        ),
+        curve=args.curve,
+        sim=SimConfig(args.requests, args.tokens, args.token_interval, args.load_interval),
+        knobs=args.knobs,
+    )
+
+
+def _knobs(p: argparse.ArgumentParser, args: argparse.Namespace) -> Knobs:
+    """The knob flags, checked by the same parser as knob lines on stdin."""
+    line: dict[str, object] = {"reply_delay": args.reply_delay, "instant": args.instant,
+                               "silent": args.silent}  # fmt: skip
+    if args.fail_next:
+        line["fail_next"] = {"code": args.fail_next}
+    try:
+        knobs = parse_knobs(line)
+    except ValueError as err:
+        p.error(str(err))
+    fail = knobs.get("fail_next")
+    return Knobs(
+        reply_delay=knobs["reply_delay"],
+        instant=knobs["instant"],
+        silent=knobs["silent"],
+        fail_next=(fail["code"], fail["message"]) if fail else None,
     )
 
 

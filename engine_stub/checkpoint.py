@@ -8,10 +8,16 @@ stub many times and never loads weights.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import time
 from pathlib import Path
 
 SUFFIX = ".safetensors"
+# A checkpoint is a folder of shards, maybe in a few sub-folders: far inside these bounds.
+MAX_DEPTH = 8
+MAX_ENTRIES = 10_000
 
 
 def write_checkpoint(
@@ -50,16 +56,72 @@ def checkpoint_root(uri: str) -> Path:
     return Path(uri.removeprefix("file://"))
 
 
-def checkpoint_files(uri: str) -> list[Path]:
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read, with the gRPC status name that says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def checkpoint_files(
+    uri: str,
+    deadline: float,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_entries: int = MAX_ENTRIES,
+) -> list[Path]:
     """Every *.safetensors file under `uri` (a directory path or file:// URI), sorted by path.
 
-    Returns [] when the directory is missing, is not a directory or holds no such file, so the
-    caller can answer NOT_FOUND in one place.
+    The walk is bounded because `uri` comes off the wire: at most `max_depth` folders deep and
+    `max_entries` entries seen, and it stops at `deadline` (time.monotonic()) since it runs in a
+    thread that the caller's cancellation cannot stop. It does not follow symlinked folders.
+    Returns [] when the directory is missing or holds no such file (NOT_FOUND in one place);
+    raises CheckpointError for anything else the file system refuses.
     """
     root = checkpoint_root(uri)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.rglob(f"*{SUFFIX}") if p.is_file())
+    try:
+        if not root.is_dir():
+            return []
+        found: list[Path] = []
+        seen = 0
+        pending = [(root, 0)]
+        while pending:
+            folder, depth = pending.pop()
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    seen += 1
+                    _check_bounds(uri, seen, max_entries, deadline)
+                    if entry.is_dir(follow_symlinks=False):
+                        if depth + 1 > max_depth:
+                            raise CheckpointError(
+                                "INVALID_ARGUMENT",
+                                f"{uri} nests folders more than {max_depth} deep: "
+                                "not a checkpoint directory",
+                            )
+                        pending.append((Path(entry.path), depth + 1))
+                    elif entry.name.endswith(SUFFIX) and entry.is_file():
+                        found.append(Path(entry.path))
+    except OSError as err:
+        raise CheckpointError(_os_error_code(err), f"{uri}: {err.strerror or err}") from None
+    return sorted(found)
+
+
+def _check_bounds(uri: str, seen: int, max_entries: int, deadline: float) -> None:
+    if seen > max_entries:
+        message = f"{uri} holds more than {max_entries} entries: not a checkpoint directory"
+        raise CheckpointError("INVALID_ARGUMENT", message)
+    if seen % 64 == 0 and time.monotonic() >= deadline:
+        raise CheckpointError("DEADLINE_EXCEEDED", f"listing {uri} ran out of time")
+
+
+def _os_error_code(err: OSError) -> str:
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "NOT_FOUND"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "PERMISSION_DENIED"
+    return "INVALID_ARGUMENT"  # ENAMETOOLONG, ELOOP, EINVAL...: the uri itself is bad
 
 
 def hash_file(path: Path, digest: hashlib._Hash) -> None:

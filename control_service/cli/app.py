@@ -23,6 +23,7 @@ from typing import Any, NoReturn, TextIO
 import grpc
 
 from control_service import log
+from control_service.cli.aio import loop_choice
 from control_service.cli.aio import run as run_loop
 from control_service.cli.render import (
     EventPrinter,
@@ -42,8 +43,8 @@ from control_service.client import (
 from control_service.client._utils import checked_request_id
 from control_service.errors import ControlError
 from control_service.log import LEVELS as LOG_LEVELS
+from control_service.protocol.names import PAUSE_MODES
 from control_service.server.config import (
-    PAUSE_MODES,
     EngineConfig,
     LinkConfig,
     SecurityConfig,
@@ -539,6 +540,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Validate everything, start embedded engines if asked, serve until signalled."""
     try:
         config = service_config(args)
+        loop_choice()  # a bad CONTROL_SERVICE_LOOP is bad configuration: exit 2 before anything
     except ControlError as error:
         return usage_error("serve", error.message)
     explicit = tuple(engine_configs(args.engine))

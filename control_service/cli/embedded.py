@@ -53,8 +53,9 @@ class EmbeddedEngines:
 
     ``async with EmbeddedEngines(2) as engines:`` yields their EngineConfigs (named engine-0,
     engine-1, ...); on exit each gets SIGTERM, and SIGKILL if still alive after `stop_timeout_s`.
-    Engines run in their own process group so a terminal's Ctrl-C reaches only the service,
-    which then stops gracefully before its engines go away.
+    Engines run in their own session (hence process group) so a terminal's Ctrl-C reaches only
+    the service, which then stops gracefully before its engines go away. This runs on both event
+    loops the CLI may pick (control_service/cli/aio.py).
 
     extra_args: passed through to every engine_stub command line.
     forward_stderr: copy the engines' logs to our stderr (engine_stub names itself in each line);
@@ -164,7 +165,9 @@ class EmbeddedEngines:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             limit=MAX_LINE_BYTES,
-            process_group=0,
+            # A session of its own (so a process group of its own): the portable spelling, as
+            # uvloop rejects `process_group` (ValueError: unexpected kwargs).
+            start_new_session=True,
         )
         engine = _Engine(name, process)
         self._engines.append(engine)

@@ -24,6 +24,8 @@ from typing import NoReturn
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from control_service.protocol.names import bearer_metadata
+
 ENV_PREFIX = "CONTROL_SERVICE_HEALTH_"
 UNHEALTHY = 1
 
@@ -104,7 +106,7 @@ async def check(
         channel = grpc.aio.insecure_channel(target, options=options)
     else:
         channel = grpc.aio.secure_channel(target, credentials, options=options)
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    metadata = bearer_metadata(token)
     async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service=service)

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import grpc
 
 from control_service.client import _utils as utils
+from control_service.client._config import ClientConfig, StepTimeouts, TlsConfig
 from control_service.client._utils import EventCallback, new_request_id
 from control_service.errors import ControlError, EngineFailure, invalid
 from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
+from control_service.protocol.names import RESUME_OLD_WEIGHTS
+from control_service.protocol.names import PauseMode as PauseModeName
+from control_service.protocol.names import RefitPolicy as RefitPolicyName
 
 __all__ = [
     "ClientConfig",
@@ -45,109 +48,6 @@ __all__ = [
     "TlsConfig",
     "new_request_id",
 ]
-
-PauseModeName = Literal["abort", "wait", "keep"]
-
-
-@dataclass(frozen=True, slots=True)
-class TlsConfig:
-    """TLS for the channel: a root CA to trust, and optionally a client cert+key for mTLS.
-
-    With no root_cert the system's trust store is used. `server_name_override` is for test
-    certificates whose subject does not match the target host.
-    """
-
-    root_cert: Path | None = None
-    cert_chain: Path | None = None
-    private_key: Path | None = None
-    server_name_override: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.cert_chain is None) != (self.private_key is None):
-            raise invalid("a TLS client certificate needs both a certificate chain and a key")
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        """The channel credentials; reads the PEM files now so a bad path fails at connect."""
-        return grpc.ssl_channel_credentials(
-            root_certificates=utils.read_optional(self.root_cert),
-            private_key=utils.read_optional(self.private_key),
-            certificate_chain=utils.read_optional(self.cert_chain),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class StepTimeouts:
-    """Per-step limits of a Refit (seconds; None: only the overall timeout applies)."""
-
-    pause: float | None = None
-    update: float | None = None
-    resume: float | None = None
-
-    def items(self) -> list[tuple[str, float]]:
-        return [
-            (name, utils.check_timeout(value))  # type: ignore[misc]
-            for name, value in (
-                ("pause", self.pause),
-                ("update", self.update),
-                ("resume", self.resume),
-            )  # fmt: skip
-            if value is not None
-        ]
-
-
-RefitPolicyName = Literal["resume_old_weights", "stay_paused"]
-REFIT_POLICIES: dict[str, control_pb2.RefitFailurePolicy] = {
-    "resume_old_weights": control_pb2.REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS,
-    "stay_paused": control_pb2.REFIT_FAILURE_POLICY_STAY_PAUSED,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ClientConfig:
-    """Everything a `ControlClient` needs, validated once when built.
-
-    timeout_s: the operation timeout sent with each mutating call (None: the server's default);
-        the transport deadline is this plus `deadline_margin_s`, so that the server, not the
-        client, reports which engines were late.
-    status_timeout_s: deadline of GetStatus when the call gives none.
-    retries: how many times an UNAVAILABLE call is retried with the same request id.
-    keepalive_time_s: HTTP/2 ping interval while a call is open (None: no pings).
-    channel_options: extra grpc channel options, applied last (they win).
-    """
-
-    target: str = "127.0.0.1:50051"
-    timeout_s: float | None = None
-    status_timeout_s: float = 10.0
-    deadline_margin_s: float = 5.0
-    retries: int = 0
-    retry_backoff_s: float = 0.2
-    retry_backoff_max_s: float = 2.0
-    tls: TlsConfig | None = None
-    bearer_token: str | None = None
-    keepalive_time_s: float | None = 30.0
-    keepalive_timeout_s: float = 10.0
-    channel_options: tuple[tuple[str, Any], ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        if not self.target:
-            raise invalid("client target must be 'host:port'")
-        utils.check_timeout(self.timeout_s)
-        for name in ("status_timeout_s", "keepalive_timeout_s", "retry_backoff_s"):
-            if not getattr(self, name) > 0:
-                raise invalid(f"{name} must be > 0")
-        if self.keepalive_time_s is not None and not self.keepalive_time_s > 0:
-            raise invalid("keepalive_time_s must be > 0 or None")
-        if self.deadline_margin_s < 0 or self.retries < 0:
-            raise invalid("deadline_margin_s and retries must be >= 0")
-        if self.retry_backoff_max_s < self.retry_backoff_s:
-            raise invalid("retry_backoff_max_s must be >= retry_backoff_s")
-
-    def options(self) -> list[tuple[str, Any]]:
-        """The grpc channel options this config implies, the caller's own last."""
-        options = utils.keepalive_options(self.keepalive_time_s, self.keepalive_timeout_s)
-        if self.tls is not None and self.tls.server_name_override:
-            options.append(("grpc.ssl_target_name_override", self.tls.server_name_override))
-        return options + list(self.channel_options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +189,7 @@ class ControlClient:
         *,
         mode: PauseModeName | None = None,
         clear_cache: bool = False,
-        on_failure: RefitPolicyName = "resume_old_weights",
+        on_failure: RefitPolicyName = RESUME_OLD_WEIGHTS,
         steps: StepTimeouts | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
@@ -411,15 +311,13 @@ def refit_request(
 ) -> control_pb2.RefitRequest:
     if not uri or not version:
         raise invalid("refit needs a non-empty uri and version")
-    if on_failure not in REFIT_POLICIES:
-        raise invalid(f"on_failure must be one of {sorted(REFIT_POLICIES)}")
     request = control_pb2.RefitRequest(
         request_id=utils.checked_request_id(request_id),
         mode=utils.pause_mode(mode),
         clear_cache=clear_cache,
         uri=uri,
         version=version,
-        on_failure=REFIT_POLICIES[on_failure],
+        on_failure=utils.refit_policy(on_failure),
         engines=list(engines),
     )
     for name, seconds in (steps or StepTimeouts()).items():
@@ -433,7 +331,7 @@ def with_timeout(request: Any, timeout: float | None, config: ClientConfig) -> f
     timeout_s = utils.check_timeout(timeout if timeout is not None else config.timeout_s)
     if timeout_s is not None:
         request.timeout.CopyFrom(utils.duration(timeout_s))
-    return utils.grpc_deadline(timeout_s, config.deadline_margin_s)
+    return config.transport_deadline(timeout_s)
 
 
 def status_deadline(timeout: float | None, config: ClientConfig) -> float:
@@ -467,4 +365,4 @@ def retry_delay(error: grpc.RpcError, made: int, config: ClientConfig) -> float:
     the call's ControlError when it is not retried (not UNAVAILABLE, or retries used up)."""
     if error.code() != grpc.StatusCode.UNAVAILABLE or made > config.retries:
         raise utils.error_from_rpc(error) from error
-    return utils.backoff_s(made, config.retry_backoff_s, config.retry_backoff_max_s)
+    return config.retry_delay_s(made)

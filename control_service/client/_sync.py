@@ -23,13 +23,11 @@ import grpc
 
 from control_service.client import _utils as utils
 from control_service.client._client import (
-    ClientConfig,
     EventLog,
     Outcome,
     PauseModeName,
     RefitPolicyName,
     ServiceStatus,
-    StepTimeouts,
     pause_request,
     refit_request,
     resume_request,
@@ -38,6 +36,7 @@ from control_service.client._client import (
     update_weights_request,
     with_timeout,
 )
+from control_service.client._config import ClientConfig, StepTimeouts
 from control_service.errors import ControlError
 from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
 

@@ -7,7 +7,6 @@ can be tested on their own without a server.
 from __future__ import annotations
 
 import inspect
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -18,15 +17,8 @@ from google.protobuf import duration_pb2
 
 from control_service.errors import ControlError, from_rpc_error, invalid
 from control_service.gen.control.v1 import control_pb2
-
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-PAUSE_MODES: dict[str | None, control_pb2.PauseMode] = {
-    None: control_pb2.PAUSE_MODE_UNSPECIFIED,
-    "abort": control_pb2.PAUSE_MODE_ABORT,
-    "wait": control_pb2.PAUSE_MODE_WAIT,
-    "keep": control_pb2.PAUSE_MODE_KEEP,
-}
+from control_service.protocol import names
+from control_service.protocol.proto_enums import PAUSE_MODE_VALUES, REFIT_POLICY_VALUES
 
 EventCallback = Callable[[control_pb2.ControlEvent], Awaitable[None] | None]
 
@@ -40,17 +32,27 @@ def checked_request_id(request_id: str | None) -> str:
     """The caller's id, or a new one; a malformed id fails here rather than after a round trip."""
     if not request_id:
         return new_request_id()
-    if not REQUEST_ID.match(request_id):
-        raise invalid(f"request id {request_id!r} must be 1-128 characters of [A-Za-z0-9._:-]")
+    if not names.is_request_id(request_id):
+        raise invalid(f"request id {request_id!r} must be {names.REQUEST_ID_RULE}")
     return request_id
 
 
 def pause_mode(mode: str | None) -> control_pb2.PauseMode:
     """'abort' | 'wait' | 'keep' | None (the server's default) as the proto enum."""
-    try:
-        return PAUSE_MODES[mode]
-    except KeyError:
-        raise invalid(f"pause mode {mode!r} must be one of abort, wait, keep or None") from None
+    if mode is None:
+        return control_pb2.PAUSE_MODE_UNSPECIFIED
+    value = PAUSE_MODE_VALUES.get(mode)
+    if value is None:
+        raise invalid(f"pause mode {mode!r} must be one of {', '.join(names.PAUSE_MODES)} or None")
+    return value
+
+
+def refit_policy(policy: str) -> control_pb2.RefitFailurePolicy:
+    """'resume_old_weights' | 'stay_paused' as the proto enum."""
+    value = REFIT_POLICY_VALUES.get(policy)
+    if value is None:
+        raise invalid(f"on_failure must be one of {sorted(names.REFIT_POLICIES)}")
+    return value
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
@@ -65,15 +67,6 @@ def check_timeout(timeout_s: float | None) -> float | None:
     if timeout_s is not None and not timeout_s > 0:
         raise invalid(f"timeout must be > 0 seconds, got {timeout_s}")
     return timeout_s
-
-
-def grpc_deadline(timeout_s: float | None, margin_s: float) -> float | None:
-    """The transport deadline: the operation timeout plus a margin.
-
-    The margin lets the server end the call itself at its timeout, with a DEADLINE_EXCEEDED that
-    names each late engine, instead of the client cutting the stream with a bare status.
-    """
-    return None if timeout_s is None else timeout_s + margin_s
 
 
 def error_from_rpc(error: grpc.RpcError) -> ControlError:
@@ -95,11 +88,6 @@ async def call_back(callback: EventCallback | None, event: control_pb2.ControlEv
     result = callback(event)
     if inspect.isawaitable(result):
         await result
-
-
-def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:
-    """Exponential backoff before retry number `attempt` (1-based), capped at max_s."""
-    return min(max_s, initial_s * (2 ** (attempt - 1)))
 
 
 def read_optional(path: Path | None) -> bytes | None:
@@ -129,6 +117,4 @@ def dedupe_key(event: control_pb2.ControlEvent) -> bytes:
 
 def metadata(bearer_token: str | None) -> Sequence[tuple[str, str]] | None:
     """Per-call metadata: the bearer token, when one is configured."""
-    if not bearer_token:
-        return None
-    return (("authorization", f"Bearer {bearer_token}"),)
+    return names.bearer_metadata(bearer_token)

@@ -12,14 +12,25 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final, TypeGuard
+
+from control_service.protocol import names as _names
+
+# Re-exported: an engine reads the protocol's words here, beside the codec that checks them.
+from control_service.protocol.names import ENGINE_METHODS as METHODS
+from control_service.protocol.names import ERROR_CODES as ERROR_CODES
 
 PROTOCOL_VERSION: Final = 1
 MAX_FRAME_BYTES: Final = 1 << 20
-MAX_REQUEST_ID_CHARS: Final = 256
+# Above a caller's 128 (names.MAX_REQUEST_ID_CHARS): the service's own ids add a suffix to it
+# (a refit step's "<id>/policy-resume-2").
+MAX_WIRE_ID_CHARS: Final = 256
 MAX_TEXT_CHARS: Final = 4096
 
-METHODS: Final = frozenset({"pause", "update_weights", "resume", "status", "cancel"})
+# Frozen sets of the shared words, for membership tests on the decode path.
+MUTATIONS: Final = frozenset(_names.MUTATIONS)
+PAUSE_MODES: Final = frozenset(_names.PAUSE_MODES)
 ACCEPTED: Final = "accepted"
 PROGRESS: Final = "progress"
 RESULT: Final = "result"
@@ -27,15 +38,14 @@ ERROR: Final = "error"
 KINDS: Final = frozenset({ACCEPTED, PROGRESS, RESULT, ERROR})
 TERMINAL_KINDS: Final = frozenset({RESULT, ERROR})
 
-# gRPC status names an engine may put in an error reply (everything but OK).
-ERROR_CODES: Final = frozenset(
-    {
-        "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-        "UNAUTHENTICATED",
-    }
-)  # fmt: skip
+# The optional `capabilities` of a status result: what the engine supports. An engine that omits
+# it supports everything below (DEFAULT_CAPABILITIES); unknown yes/no flags are kept, by name.
+MAX_CAPABILITIES: Final = 32
+MAX_CAPABILITY_NAME_CHARS: Final = 64
+DEFAULT_PAUSE_MODES: Final = tuple(sorted(_names.PAUSE_MODES))  # sorted, as decoded
+DEFAULT_CAPABILITIES: Final = MappingProxyType(
+    {"pause_modes": DEFAULT_PAUSE_MODES, "cancel": True, "progress": True}
+)
 
 _UINT32: Final = (1 << 32) - 1
 _UINT64: Final = (1 << 64) - 1
@@ -52,10 +62,8 @@ try:  # orjson (the `fast` extra) is ~5x quicker on the reply path; same JSON on
 
     _encode: Callable[[Any], bytes] = orjson.dumps
     _decode: Callable[[bytes], Any] = orjson.loads
-    CODEC = "orjson"
 except ImportError:  # pragma: no cover - exercised where orjson is not installed
     _encode, _decode = _stdlib_codec()
-    CODEC = "json"
 
 
 class WireError(ValueError):
@@ -171,6 +179,23 @@ def result(request_id: str, state: dict[str, Any], message: str = "", **counts: 
     return Reply(request_id, RESULT, data)
 
 
+def capabilities(
+    pause_modes: list[str], *, cancel: bool = True, progress: bool = True, **flags: bool
+) -> dict[str, Any]:
+    """The `capabilities` object of a status result (see DEFAULT_CAPABILITIES)."""
+    return {"pause_modes": list(pause_modes), "cancel": cancel, "progress": progress, **flags}
+
+
+def reported_capabilities(result_data: dict[str, Any]) -> dict[str, Any]:
+    """A decoded status result's capabilities, or the defaults when the engine reports none."""
+    caps = result_data.get("capabilities")
+    return dict(caps) if caps is not None else _default_capabilities()
+
+
+def _default_capabilities() -> dict[str, Any]:
+    return {**DEFAULT_CAPABILITIES, "pause_modes": list(DEFAULT_PAUSE_MODES)}
+
+
 def error(request_id: str, code: str, message: str) -> Reply:
     return Reply(request_id, ERROR, {"code": code, "message": message})
 
@@ -211,8 +236,8 @@ def _maybe_id(obj: dict[str, Any]) -> str | None:
 
 def _request_id(obj: dict[str, Any]) -> str:
     rid = obj.get("request_id")
-    if not isinstance(rid, str) or not 0 < len(rid) <= MAX_REQUEST_ID_CHARS:
-        raise WireError(f"request_id must be a string of 1-{MAX_REQUEST_ID_CHARS} characters")
+    if not isinstance(rid, str) or not 0 < len(rid) <= MAX_WIRE_ID_CHARS:
+        raise WireError(f"request_id must be a string of 1-{MAX_WIRE_ID_CHARS} characters")
     return rid
 
 
@@ -304,6 +329,7 @@ def _check_result(data: dict[str, Any]) -> dict[str, Any]:
         and 0 <= drained <= _UINT32
         and type(loaded) is int
         and 0 <= loaded <= _UINT64
+        and "capabilities" not in data
     ):
         return {"state": _check_state(data.get("state", {})), "message": message,
                 "aborted": aborted, "drained": drained, "bytes_loaded": loaded}  # fmt: skip
@@ -312,13 +338,45 @@ def _check_result(data: dict[str, Any]) -> dict[str, Any]:
 
 def _check_result_fields(data: dict[str, Any]) -> dict[str, Any]:
     """Field by field, naming the first violation (the state's first)."""
-    return {
+    checked = {
         "state": _check_state(data.get("state", {})),
         "message": _text(data, "message"),
         "aborted": _count(data, "aborted", _UINT32),
         "drained": _count(data, "drained", _UINT32),
         "bytes_loaded": _count(data, "bytes_loaded", _UINT64),
     }
+    caps = data.get("capabilities")
+    if caps is not None:
+        checked["capabilities"] = _check_capabilities(caps)
+    return checked
+
+
+def _check_capabilities(value: object) -> dict[str, Any]:
+    """Known fields checked by type; pause modes this side does not know are dropped, and so are
+    unknown fields that are not yes/no flags (a newer engine's), within the count bound."""
+    if not isinstance(value, dict):
+        raise WireError("capabilities must be an object")
+    if len(value) > MAX_CAPABILITIES:
+        raise WireError(f"capabilities has more than {MAX_CAPABILITIES} fields")
+    out = _default_capabilities()
+    for key, flag in value.items():
+        if not 0 < len(key) <= MAX_CAPABILITY_NAME_CHARS:
+            raise WireError(f"capability names are 1-{MAX_CAPABILITY_NAME_CHARS} characters")
+        if key == "pause_modes":
+            out[key] = _pause_modes(flag)
+        elif isinstance(flag, bool):
+            out[key] = flag
+        elif key in DEFAULT_CAPABILITIES:
+            raise WireError(f"capabilities.{key} must be a boolean")
+    return out
+
+
+def _pause_modes(value: object) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_CAPABILITIES:
+        raise WireError(f"capabilities.pause_modes must be a list of at most {MAX_CAPABILITIES}")
+    if not all(isinstance(mode, str) for mode in value):
+        raise WireError("capabilities.pause_modes must hold strings")
+    return sorted(PAUSE_MODES.intersection(value))
 
 
 def _check_error(data: dict[str, Any]) -> dict[str, Any]:

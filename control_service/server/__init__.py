@@ -7,6 +7,20 @@ operations.py (one call as a value). This package may import client-free shared 
 (protocol, errors, gen) but never the CLI.
 """
 
-from control_service.server.server import LIVENESS, ControlServer, LinkFactory, serve
+from control_service.server.server import (
+    LIVENESS,
+    ControlServer,
+    DispatcherFactory,
+    LinkFactory,
+    ServicerFactory,
+    serve,
+)
 
-__all__ = ["LIVENESS", "ControlServer", "LinkFactory", "serve"]
+__all__ = [
+    "LIVENESS",
+    "ControlServer",
+    "DispatcherFactory",
+    "LinkFactory",
+    "ServicerFactory",
+    "serve",
+]

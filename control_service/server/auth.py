@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 import structlog
 
+from control_service.protocol.names import AUTHORIZATION, bearer
+
 log = structlog.get_logger("control_service.server.auth")
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -19,7 +21,7 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str, exempt_health: bool = False) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = bearer(token).encode()
         self._exempt_health = exempt_health
         self._refuse = grpc.unary_unary_rpc_method_handler(_unauthenticated)
 
@@ -33,7 +35,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
         presented = b""
         for key, value in handler_call_details.invocation_metadata or ():
-            if key == "authorization":
+            if key == AUTHORIZATION:
                 presented = value.encode() if isinstance(value, str) else value
                 break
         if hmac.compare_digest(presented, self._expected):
@@ -44,5 +46,5 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 async def _unauthenticated(request: object, context: grpc.aio.ServicerContext) -> None:
     await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED, "missing or wrong 'authorization: Bearer <token>'"
+        grpc.StatusCode.UNAUTHENTICATED, f"missing or wrong '{AUTHORIZATION}: {bearer('<token>')}'"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -19,22 +18,17 @@ from google.protobuf.duration_pb2 import Duration
 
 from control_service.errors import ControlError, invalid
 from control_service.gen.control.v1 import control_pb2 as pb
+from control_service.protocol import names
+from control_service.protocol.proto_enums import PAUSE_MODE_NAMES, REFIT_POLICY_NAMES
 from control_service.server.config import ServiceConfig
 from control_service.server.operations import Command
-from control_service.server.refit import RESUME_OLD_WEIGHTS, STAY_PAUSED
 
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_URI_CHARS = 4096
 MAX_VERSION_CHARS = 256
+# An unspecified policy is the documented default.
 _POLICIES: dict[int, str] = {
-    pb.REFIT_FAILURE_POLICY_UNSPECIFIED: RESUME_OLD_WEIGHTS,
-    pb.REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS: RESUME_OLD_WEIGHTS,
-    pb.REFIT_FAILURE_POLICY_STAY_PAUSED: STAY_PAUSED,
-}
-_MODES: dict[int, str] = {
-    pb.PAUSE_MODE_ABORT: "abort",
-    pb.PAUSE_MODE_WAIT: "wait",
-    pb.PAUSE_MODE_KEEP: "keep",
+    pb.REFIT_FAILURE_POLICY_UNSPECIFIED: names.RESUME_OLD_WEIGHTS,
+    **REFIT_POLICY_NAMES,
 }
 
 
@@ -51,17 +45,17 @@ class Commands:
         rid = request_id(req.request_id)
         mode = self._mode(req.mode) if req.mode else self.config.default_pause_mode
         args = {"mode": mode, "clear_cache": req.clear_cache}
-        return self._command(rid, req, "pause", args, time_remaining)
+        return self._command(rid, req, names.PAUSE, args, time_remaining)
 
     def update_weights(self, req: pb.UpdateWeightsRequest, time_remaining: float | None) -> Command:
         rid = request_id(req.request_id)
         _require_text("uri", req.uri, MAX_URI_CHARS)
         _require_text("version", req.version, MAX_VERSION_CHARS)
         args = {"uri": req.uri, "version": req.version}
-        return self._command(rid, req, "update_weights", args, time_remaining)
+        return self._command(rid, req, names.UPDATE_WEIGHTS, args, time_remaining)
 
     def resume(self, req: pb.ResumeRequest, time_remaining: float | None) -> Command:
-        return self._command(request_id(req.request_id), req, "resume", {}, time_remaining)
+        return self._command(request_id(req.request_id), req, names.RESUME, {}, time_remaining)
 
     def refit(self, req: pb.RefitRequest, time_remaining: float | None) -> Command:
         rid = request_id(req.request_id)
@@ -87,12 +81,12 @@ class Commands:
             **steps,
             "policy_timeout_s": steps["resume_timeout_s"] or self.config.default_timeout_s,
         }
-        return self._command(rid, req, "refit", args, time_remaining)
+        return self._command(rid, req, names.REFIT, args, time_remaining)
 
     def _mode(self, value: int) -> str:
         if value == pb.PAUSE_MODE_UNSPECIFIED:
             return self.config.default_pause_mode
-        mode = _MODES.get(value)
+        mode = PAUSE_MODE_NAMES.get(value)
         if mode is None:
             raise invalid(f"mode {value} is not a PauseMode")
         return mode
@@ -153,11 +147,9 @@ def request_id(value: str) -> str:
     """The caller's request_id, checked; a generated one when empty."""
     if not value:
         return next(_GENERATED)
-    if REQUEST_ID.fullmatch(value) is None:
+    if not names.is_request_id(value):
         shown = value if len(value) <= 40 else value[:40] + "..."
-        raise invalid(
-            f"request_id {shown!r} must be 1-128 characters of letters, digits and . _ : -"
-        )
+        raise invalid(f"request_id {shown!r} must be {names.REQUEST_ID_RULE}")
     return value
 
 

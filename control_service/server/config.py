@@ -14,9 +14,9 @@ from pathlib import Path
 import zmq.auth
 
 from control_service.errors import ControlError, invalid
+from control_service.protocol.names import ABORT, PAUSE_MODES, PauseMode
 
 ENGINE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-PAUSE_MODES = ("abort", "wait", "keep")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +172,7 @@ class ServiceConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     default_timeout_s: float = 120.0
     max_timeout_s: float = 900.0
-    default_pause_mode: str = "abort"
+    default_pause_mode: PauseMode = ABORT
     status_timeout_s: float = 2.0
     # Open reply slots across all engines; past it a call gets RESOURCE_EXHAUSTED.
     max_open_slots: int = 4096

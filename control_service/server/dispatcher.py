@@ -21,7 +21,7 @@ import grpc
 import structlog
 
 from control_service.errors import ControlError, unavailable
-from control_service.protocol import wire
+from control_service.protocol import names, wire
 from control_service.server.config import ServiceConfig
 from control_service.server.deadlines import Deadlines
 from control_service.server.engine_link import EngineLink
@@ -92,7 +92,7 @@ class Dispatcher:
         if self.closing:
             raise unavailable("the service is shutting down")
         self._check_engines_free(command, None)
-        if command.method == "refit":
+        if command.method == names.REFIT:
             return self._start_refit(command)
         return self._start(command, None)
 
@@ -115,7 +115,7 @@ class Dispatcher:
         if op.owner is None:
             for name in command.engines:
                 self._busy[name] = op
-        if "version" in command.args and command.method in ("update_weights", "refit"):
+        if "version" in command.args and command.method in (names.UPDATE_WEIGHTS, names.REFIT):
             for name in command.engines:
                 self.expected_versions[name] = command.args["version"]
 
@@ -178,7 +178,7 @@ class Dispatcher:
         try:
             for part in op.parts.values():
                 link = self.links[part.engine]
-                link.slots.open(rid, part)  # EngineLink.open, without the extra call
+                link.open(rid, part)
                 opened.append(link)
         except ControlError:
             for link in opened:
@@ -234,7 +234,7 @@ class Dispatcher:
 
     def _send_cancel(self, link: EngineLink, request_id: str) -> None:
         try:
-            link.send(wire.Request(request_id, "cancel", {}, _CANCEL_TIMEOUT_S))
+            link.send(wire.Request(request_id, names.CANCEL, {}, _CANCEL_TIMEOUT_S))
         except ControlError:
             pass  # the engine is gone: there is nothing left to cancel
 
@@ -256,14 +256,18 @@ class Dispatcher:
             and op.owner is None
             and (outcome.code is _OK or outcome.code not in _FRESH)
         ):
-            records = self._records  # remember the outcome for retries (inline: per call)
-            if rid in records:  # a new key is inserted last already
-                records.move_to_end(rid)
-            records[rid] = (self._loop.time(), op)
-            while len(records) > self.config.retry_max_records:
-                records.popitem(last=False)
+            self._remember(rid, op)
         if not self.running and self._idle is not None:
             self._idle.set()
+
+    def _remember(self, rid: str, op: Operation) -> None:
+        """Keep a finished operation's outcome for retries (the newest last, bounded)."""
+        records = self._records
+        if rid in records:  # a new key is inserted last already
+            records.move_to_end(rid)
+        records[rid] = (self._loop.time(), op)
+        while len(records) > self.config.retry_max_records:
+            records.popitem(last=False)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no operation runs; False if `timeout` passed first."""
@@ -298,7 +302,7 @@ class Dispatcher:
         try:
             link.open(rid, waiter)
             sent = time.perf_counter()
-            link.send(wire.Request(rid, "status", {}, timeout))
+            link.send(wire.Request(rid, names.STATUS, {}, timeout))
             reply = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
             if self.metrics is not None:
                 self.metrics.engine_rtt.labels(name).observe(time.perf_counter() - sent)

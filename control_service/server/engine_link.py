@@ -9,6 +9,12 @@ Liveness: `up` follows the socket monitor. HANDSHAKE_SUCCEEDED (not CONNECTED: a
 still accepts TCP) means up; DISCONNECTED (heartbeat timeout, process gone) means down, and every
 open slot fails with UNAVAILABLE at once instead of waiting for its deadline. With IMMEDIATE=1 a
 send while down raises instead of queueing, so a call that failed is never delivered later.
+An inproc:// engine has no handshake (the monitor reports nothing): it is up once connected.
+
+Seams: `transmit` (one encoded request onto the socket), `receive` (one incoming message) and
+`drain` (everything readable) are the steps of the reply path, public so that a subclass given
+to `ControlServer(link_factory=...)` can observe or replace one (the benchmark times them; a test
+delivers a reply inside `transmit`). `on_link_event` is the same for liveness.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ _COPY_BELOW = 65536  # bodies under this are copied (cheaper than tracking a zer
 
 # `events(_EVENTS) & _POLLIN`: a message is waiting. Reading EVENTS also makes ZMQ process its
 # pending commands, which its edge-triggered FD needs after a send, or a reply that came in
-# meanwhile goes unseen. Written out where it is needed: it runs twice or three times per call.
+# meanwhile goes unseen.
 Events = Callable[[int], int]
 
 
@@ -62,7 +68,6 @@ class LinkCounters:
     sent: int = 0
     send_failures: int = 0
     malformed: int = 0
-    disconnects: int = 0
 
 
 class EngineLink:
@@ -88,6 +93,7 @@ class EngineLink:
         self._events: Events | None = None  # the socket's getsockopt, typed for EVENTS
         self._monitor: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -100,9 +106,12 @@ class EngineLink:
         sock.connect(self.endpoint)
         self._sock = sock
         self._events = cast(Events, sock.getsockopt)
-        self._loop.add_reader(sock.FD, self._drain)
-        self._loop.add_reader(self._monitor.FD, self._drain_monitor)
-        self._loop.call_soon(self._drain_monitor)
+        monitor = self._monitor
+        self._loop.add_reader(sock.FD, self.drain)
+        self._loop.add_reader(monitor.FD, self.read_link_events, monitor)
+        self._loop.call_soon(self.read_link_events, monitor)
+        if self.endpoint.startswith("inproc://"):
+            self._set_up()
 
     def _configure(self, sock: zmq.Socket) -> None:
         c = self.config
@@ -124,6 +133,7 @@ class EngineLink:
 
     def close(self, reason: str = "service shutting down") -> None:
         """Fail what is still open, then close the sockets without lingering."""
+        self._closed = True
         self._set_down(reason, expected=True)
         loop, sock, monitor = self._loop, self._sock, self._monitor
         self._sock = self._monitor = None
@@ -150,10 +160,12 @@ class EngineLink:
         if not self.up:
             self.counters.send_failures += 1
             raise unavailable(f"engine {self.name} is unreachable: {self.down_reason}")
-        self._transmit(body)
+        self.transmit(body)
         self.counters.sent += 1
 
-    def _transmit(self, body: bytes) -> None:
+    def transmit(self, body: bytes) -> None:
+        """Put one encoded request on the socket, then look for a reply its send may have hidden.
+        Raises UNAVAILABLE when the socket cannot take it (no peer, queue full)."""
         sock, events = self._sock, self._events
         assert sock is not None and events is not None and self._loop is not None
         try:
@@ -168,25 +180,32 @@ class EngineLink:
                 f"engine {self.name} is not accepting requests (no peer or queue full)"
             ) from None
         if events(_EVENTS) & _POLLIN:
-            self._loop.call_soon(self._drain)
+            self._loop.call_soon(self.drain)
 
     # ------------------------------------------------------------------------------- replies
 
-    def _drain(self) -> None:
-        """Read every queued message. Asking EVENTS first is cheaper than a raised zmq.Again.
+    @property
+    def socket(self) -> zmq.Socket | None:
+        """The DEALER while started, for diagnostics and tests (`poll` on it, say). A message sent
+        on it directly bypasses the slots: use `open` and `send`."""
+        return self._sock
+
+    def drain(self) -> None:
+        """Read every queued message (the event loop calls it when the socket is readable).
+        Asking EVENTS first is cheaper than a raised zmq.Again.
         A bug handling one message costs that message only: leaving the loop early would leave
         the rest queued behind an edge-triggered FD that does not fire again for them."""
         sock, events = self._sock, self._events
         while sock is not None and events is not None and events(_EVENTS) & _POLLIN:
             frames = sock.recv_multipart(_NOBLOCK)
             try:
-                self._on_frames(frames)
+                self.receive(frames)
             except Exception:
                 self.counters.malformed += 1
                 log.exception("engine frame dropped: error handling it", engine=self.name)
             sock, events = self._sock, self._events
 
-    def _on_frames(self, frames: list[bytes]) -> None:
+    def receive(self, frames: list[bytes]) -> None:
         """Route one incoming message. A bad one is dropped and counted; nothing else is harmed."""
         if len(frames) != 2 or frames[0]:
             self._malformed(f"expected [b'', body], got {len(frames)} frames", None)
@@ -211,28 +230,27 @@ class EngineLink:
 
     # ------------------------------------------------------------------------------ liveness
 
-    def _drain_monitor(self) -> None:
-        """Read every queued link event. As in `_drain`, an error handling one event (a lost
-        engine ends its calls, which runs their code) must not leave the next one unread: a
-        DISCONNECTED then a reconnect's HANDSHAKE_SUCCEEDED would leave the link down for good."""
-        monitor = self._monitor
-        while monitor is not None:
+    def read_link_events(self, monitor: zmq.Socket) -> None:
+        """Handle every event queued on `monitor` (the link's socket monitor, from `start`). As
+        in `drain`, an error handling one event (a lost engine ends its calls, which runs their
+        code) must not leave the next one unread: a DISCONNECTED then a reconnect's
+        HANDSHAKE_SUCCEEDED would leave the link down for good."""
+        while not self._closed:
             try:
                 event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
             try:
-                self._on_monitor_event(event["event"])
+                self.on_link_event(event["event"])
             except Exception:
                 log.exception("link event not fully handled", engine=self.name,
                               link_event=int(event["event"]))  # fmt: skip
-            monitor = self._monitor
 
-    def _on_monitor_event(self, event: int) -> None:
+    def on_link_event(self, event: int) -> None:
+        """One socket monitor event (zmq.EVENT_*): up, down, or a failed handshake."""
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._set_up()
         elif event == zmq.EVENT_DISCONNECTED:
-            self.counters.disconnects += 1
             # A failed handshake is followed by DISCONNECTED: keep the reason that explains it.
             if self.up or not self.down_reason.startswith(_HANDSHAKE):
                 self._set_down("connection lost (engine exited or missed heartbeats)")

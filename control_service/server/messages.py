@@ -10,31 +10,31 @@ from typing import Any
 
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.protocol import wire
+from control_service.server.operations import Event
 
 
-def event(
-    request_id: str, engine: str, seq: int, reply: wire.Reply, step: str = ""
-) -> pb.ControlEvent:
-    e = _event(request_id, engine, seq, reply)
-    if step:
-        e.step = step
-    return e
+def event(request_id: str, event: Event) -> pb.ControlEvent:
+    """The ControlEvent a caller receives for one engine reply."""
+    reply = event.reply
+    # Each field accepts a mapping (see the .pyi): wire.decode_reply has shaped `data` to exactly
+    # that message's fields, so one constructor call builds the submessage too (half the cost
+    # of building it apart, measured), and an unknown key would still raise.
+    submessage: dict[str, Any] = {_FIELD[reply.kind]: reply.data}
+    message = pb.ControlEvent(
+        request_id=request_id, engine=event.engine, seq=event.seq, **submessage
+    )
+    if event.step:
+        message.step = event.step
+    return message
 
 
-# The ControlEvent field each reply kind fills. wire.decode_reply has shaped `data` to exactly
-# that message's fields, so it initialises the submessage as a dict: one constructor call
-# instead of three (half the cost, measured), and an unknown key would still raise.
+# The ControlEvent field each reply kind fills.
 _FIELD = {
     wire.RESULT: "result",
     wire.PROGRESS: "progress",
     wire.ACCEPTED: "accepted",
     wire.ERROR: "error",
 }
-
-
-def _event(request_id: str, engine: str, seq: int, reply: wire.Reply) -> pb.ControlEvent:
-    submessage = {_FIELD[reply.kind]: reply.data}  # each field accepts a mapping (see the .pyi)
-    return pb.ControlEvent(request_id=request_id, engine=engine, seq=seq, **submessage)  # type: ignore[arg-type]
 
 
 def engine_state(state: dict[str, Any] | None) -> pb.EngineState | None:

@@ -14,7 +14,7 @@ import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -22,9 +22,14 @@ from control_service.errors import ControlError, EngineFailure, status_code
 from control_service.protocol import wire
 from control_service.server.deadlines import Deadline
 
-# (engine, seq, reply, step): what a caller sees; the servicer turns it into a ControlEvent.
-# step is "" except in a Refit, where it names the step the event belongs to.
-Event = tuple[str, int, wire.Reply, str]
+
+class Event(NamedTuple):
+    """One engine reply as a caller sees it; the servicer turns it into a ControlEvent."""
+
+    engine: str
+    seq: int  # per engine, from 1, within the call
+    reply: wire.Reply
+    step: str = ""  # in a Refit, the step the event belongs to
 
 
 @dataclass(slots=True)
@@ -33,7 +38,7 @@ class Command:
     mutates; not a frozen dataclass, whose __init__ costs 3x on every call (see wire.Request)."""
 
     request_id: str
-    method: str  # "pause" | "update_weights" | "resume" | "refit"
+    method: str  # names.PAUSE | names.UPDATE_WEIGHTS | names.RESUME | names.REFIT
     args: dict[str, Any]
     engines: tuple[str, ...]
     deadline: float  # event-loop time
@@ -46,7 +51,9 @@ class Command:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class FinalStatus:
+    """How an operation ended (the client's `Outcome` is what a caller gets from a success)."""
+
     code: grpc.StatusCode
     message: str
     failures: tuple[EngineFailure, ...]
@@ -76,12 +83,10 @@ class Subscriber:
 
     def push(self, event: Event) -> None:
         items = self._items
-        if len(items) >= self._limit and not event[2].terminal:
+        if len(items) >= self._limit and not event.reply.terminal:
             self._drop_oldest_nonterminal()
         items.append(event)
-        waiter = self._waiter  # _wake, written out: this runs for every event
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def close(self) -> None:
         self.closed = True
@@ -89,7 +94,7 @@ class Subscriber:
 
     def _drop_oldest_nonterminal(self) -> None:
         for i, item in enumerate(self._items):
-            if not item[2].terminal:
+            if not item.reply.terminal:
                 del self._items[i]
                 self.dropped += 1
                 return
@@ -143,7 +148,7 @@ class Part:
         if self.done:
             return
         self.seq += 1
-        event = (self.engine, self.seq, reply, "")
+        event = Event(self.engine, self.seq, reply)
         if reply.kind in wire.TERMINAL_KINDS:
             self.done = True
             self.op.part_done(self, event, engine_reported=True)
@@ -157,7 +162,7 @@ class Part:
         self.seq += 1
         self.done = True
         reply = wire.error(self.op.command.request_id, error.code.name, error.message)
-        self.op.part_done(self, (self.engine, self.seq, reply, ""), engine_reported=False)
+        self.op.part_done(self, Event(self.engine, self.seq, reply), engine_reported=False)
 
 
 class Operation:
@@ -181,7 +186,7 @@ class Operation:
         self.parts = {} if driven else {name: Part(self, name) for name in command.engines}
         self.finals: list[Event] = []
         self.subscribers: list[Subscriber] = []
-        self.outcome: Outcome | None = None
+        self.outcome: FinalStatus | None = None
         self.timer: Deadline | None = None  # its deadline (control_service/deadlines.py)
         # Set while no caller is attached: cancels the operation when it fires.
         self.detach_timer: asyncio.TimerHandle | None = None
@@ -223,10 +228,9 @@ class Operation:
             sub.push(event)
 
     def part_done(self, part: Part, event: Event, engine_reported: bool) -> None:
-        for sub in self.subscribers:  # publish, written out: this runs for every call
-            sub.push(event)
+        self.publish(event)
         self.finals.append(event)
-        reply = event[2]
+        reply = event.reply
         if reply.kind == wire.ERROR:
             code = status_code(reply.data["code"])
             self._failures.append(EngineFailure(part.engine, code, reply.data["message"]))
@@ -244,20 +248,18 @@ class Operation:
             self.detach_timer.cancel()
             self.detach_timer = None
 
-    def complete(self, outcome: Outcome, finals: list[Event]) -> None:
+    def complete(self, outcome: FinalStatus, finals: list[Event]) -> None:
         """End a driven operation with the outcome its task decided."""
         self.finals = finals
         self._finish(outcome)
 
-    def _finish(self, outcome: Outcome | None = None) -> None:
+    def _finish(self, outcome: FinalStatus | None = None) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         if self.detach_timer is not None:
             self._stop_detach_timer()
-        if outcome is None and not self._failures:  # the common case, without a call
-            outcome = _OK_REPORTED if self._all_reported else _OK_UNREPORTED
-        elif outcome is None:
+        if outcome is None:
             outcome = summarize(self._failures, len(self.parts), self._all_reported)
         self.outcome = outcome
         self.parts = {}  # Part.op <-> Operation.parts is a cycle: break it, free memory at once
@@ -267,11 +269,11 @@ class Operation:
         self._on_finished(self)
 
 
-_OK_REPORTED = Outcome(grpc.StatusCode.OK, "", (), engine_reported=True)
-_OK_UNREPORTED = Outcome(grpc.StatusCode.OK, "", (), engine_reported=False)
+_OK_REPORTED = FinalStatus(grpc.StatusCode.OK, "", (), engine_reported=True)
+_OK_UNREPORTED = FinalStatus(grpc.StatusCode.OK, "", (), engine_reported=False)
 
 
-def summarize(failures: list[EngineFailure], engines: int, engine_reported: bool) -> Outcome:
+def summarize(failures: list[EngineFailure], engines: int, engine_reported: bool) -> FinalStatus:
     """The documented rule: OK if every engine succeeded; else UNAVAILABLE if any engine was
     unreachable; else the code of the first engine to fail. The message names every failure."""
     if not failures:
@@ -280,4 +282,4 @@ def summarize(failures: list[EngineFailure], engines: int, engine_reported: bool
     code = grpc.StatusCode.UNAVAILABLE if grpc.StatusCode.UNAVAILABLE in codes else failures[0].code
     listed = "; ".join(f"{f.engine}: {f.code.name}: {f.message}" for f in failures)
     message = listed if engines == 1 else f"{len(failures)} of {engines} engines failed: {listed}"
-    return Outcome(code, message, tuple(failures), engine_reported)
+    return FinalStatus(code, message, tuple(failures), engine_reported)

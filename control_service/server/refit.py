@@ -20,15 +20,13 @@ import grpc
 import structlog
 
 from control_service.errors import ControlError, EngineFailure
-from control_service.protocol import wire
-from control_service.server.operations import Command, Event, Operation, Outcome, Subscriber
+from control_service.protocol import names, wire
+from control_service.protocol.names import STAY_PAUSED
+from control_service.server.operations import Command, Event, FinalStatus, Operation, Subscriber
 
 log = structlog.get_logger("control_service.server.refit")
 
-RESUME_OLD_WEIGHTS = "resume_old_weights"
-STAY_PAUSED = "stay_paused"
-POLICIES = (RESUME_OLD_WEIGHTS, STAY_PAUSED)
-FINAL_STEP = "refit"
+FINAL_STEP = names.REFIT  # the step named in the final events: the refit's own
 
 # Submits a step as a sub-operation of the refit.
 SubmitStep = Callable[[Command, Operation], tuple[Operation, Subscriber]]
@@ -39,7 +37,7 @@ Probe = Callable[[tuple[str, ...]], Awaitable[dict[str, tuple[dict[str, Any] | N
 @dataclass(frozen=True, slots=True)
 class StepResult:
     step: str
-    outcome: Outcome
+    outcome: FinalStatus
     results: dict[str, dict[str, Any]]  # engine -> result data, for engines that succeeded
 
 
@@ -61,24 +59,24 @@ class RefitDriver:
             c = self.command  # every line about a call names its request_id, method and engine
             log.exception("refit failed unexpectedly", request_id=c.request_id, method="Refit",
                           engine=",".join(c.engines))  # fmt: skip
-            outcome = Outcome(grpc.StatusCode.INTERNAL, f"refit failed: {err!r}", (), False)
+            outcome = FinalStatus(grpc.StatusCode.INTERNAL, f"refit failed: {err!r}", (), False)
         self.op.complete(outcome, await self._final_states())
 
-    async def _steps(self) -> Outcome:
+    async def _steps(self) -> FinalStatus:
         a = self.args
-        pause = await self._step("pause", {"mode": a["mode"], "clear_cache": a["clear_cache"]},
+        pause = await self._step(names.PAUSE, {"mode": a["mode"], "clear_cache": a["clear_cache"]},
                                  a["pause_timeout_s"])  # fmt: skip
         if not pause.outcome.ok:
             return await self._fail(pause)
-        update = await self._step("update_weights", {"uri": a["uri"], "version": a["version"]},
+        update = await self._step(names.UPDATE_WEIGHTS, {"uri": a["uri"], "version": a["version"]},
                                   a["update_timeout_s"])  # fmt: skip
         skewed = self._skew(update)
         if not update.outcome.ok or skewed:
             return await self._fail(update, skewed)
-        resume = await self._step("resume", {}, a["resume_timeout_s"])
+        resume = await self._step(names.RESUME, {}, a["resume_timeout_s"])
         if not resume.outcome.ok:
             return await self._fail(resume)
-        return Outcome(grpc.StatusCode.OK, "", (), True)
+        return FinalStatus(grpc.StatusCode.OK, "", (), True)
 
     async def _step(
         self, step: str, args: dict[str, Any], step_timeout: float | None, attempt: int = 0
@@ -98,12 +96,12 @@ class RefitDriver:
             op, sub = self._submit(command, self.op)
         except ControlError as err:  # the step could not start (slot budget, say): it failed
             failures = tuple(EngineFailure(e, err.code, err.message) for e in command.engines)
-            return StepResult(step, Outcome(err.code, err.message, failures, False), {})
+            return StepResult(step, FinalStatus(err.code, err.message, failures, False), {})
         results: dict[str, dict[str, Any]] = {}
-        async for engine, _, reply, _ in sub:
-            self._publish(engine, reply, step)
-            if reply.kind == wire.RESULT:
-                results[engine] = reply.data
+        async for event in sub:
+            self._publish(event.engine, event.reply, step)
+            if event.reply.kind == wire.RESULT:
+                results[event.engine] = event.reply.data
         assert op.outcome is not None
         return StepResult(step, op.outcome, results)
 
@@ -116,7 +114,9 @@ class RefitDriver:
             if data["state"]["weight_version"] != version
         )  # fmt: skip
 
-    async def _fail(self, failed: StepResult, skewed: tuple[EngineFailure, ...] = ()) -> Outcome:
+    async def _fail(
+        self, failed: StepResult, skewed: tuple[EngineFailure, ...] = ()
+    ) -> FinalStatus:
         """Apply the failure policy; end with the failing step's status, saying what was done."""
         failures = failed.outcome.failures + skewed
         code = failed.outcome.code if not failed.outcome.ok else grpc.StatusCode.INTERNAL
@@ -136,7 +136,7 @@ class RefitDriver:
                 else f"on_failure=RESUME_OLD_WEIGHTS could not resume: {resumed.outcome.message}"
             )
         message = f"{failed.step} failed: {what}; {did}"
-        return Outcome(code, message, failures, failed.outcome.engine_reported)
+        return FinalStatus(code, message, failures, failed.outcome.engine_reported)
 
     async def _policy_resume(self) -> StepResult:
         """Resume, retrying while an engine answers ABORTED: it is still unwinding the step we
@@ -147,7 +147,7 @@ class RefitDriver:
         attempt = 0
         while True:
             attempt += 1
-            resumed = await self._step("resume", {}, give_up - loop.time(), attempt=attempt)
+            resumed = await self._step(names.RESUME, {}, give_up - loop.time(), attempt=attempt)
             busy = resumed.outcome.code is grpc.StatusCode.ABORTED
             if not busy or loop.time() + delay >= give_up:
                 return resumed
@@ -158,7 +158,7 @@ class RefitDriver:
         """Relay a step's event with the refit's own per-engine numbering."""
         seq = self._seq.get(engine, 0) + 1
         self._seq[engine] = seq
-        self.op.publish((engine, seq, reply, step))
+        self.op.publish(Event(engine, seq, reply, step))
 
     async def _final_states(self) -> list[Event]:
         """One final Result per engine, from a fresh status probe: the proven end state."""
@@ -173,7 +173,7 @@ class RefitDriver:
                 reply = wire.error(rid, "UNAVAILABLE", f"state unknown after refit: {error}")
             else:
                 reply = wire.result(rid, state, "final state after refit")
-            event: Event = (engine, seq, reply, FINAL_STEP)
+            event = Event(engine, seq, reply, FINAL_STEP)
             self.op.publish(event)
             finals.append(event)
         return finals

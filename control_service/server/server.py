@@ -40,13 +40,28 @@ LIVENESS = "liveness"  # a health service name for liveness probes: up while the
 LinkFactory = Callable[
     [EngineConfig, LinkConfig, SlotBudget, Callable[[EngineLink], None]], EngineLink
 ]
+DispatcherFactory = Callable[[ServiceConfig, dict[str, EngineLink], Metrics], Dispatcher]
+ServicerFactory = Callable[[Dispatcher, Commands, Metrics], ControlServicer]
 
 
 class ControlServer:
-    def __init__(self, config: ServiceConfig, link_factory: LinkFactory = EngineLink) -> None:
+    """The service. The factories are its seams: the defaults are the product; a test or the
+    benchmark passes subclasses to observe or replace one part (a link whose engine answers
+    inside `transmit`, a servicer whose Pause is the bare transport, timers around phases)."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        link_factory: LinkFactory = EngineLink,
+        *,
+        dispatcher_factory: DispatcherFactory = Dispatcher,
+        servicer_factory: ServicerFactory = ControlServicer,
+    ) -> None:
         self.config = config
         # First: when the engines cannot fit in this process, that is a configuration error.
         self._zmq = link_context(len(config.engines))
+        self._dispatcher_factory = dispatcher_factory
+        self._servicer_factory = servicer_factory
         self.budget = SlotBudget(config.max_open_slots)
         self.links = {
             e.name: link_factory(e, config.link, self.budget, self._on_link_change)
@@ -68,7 +83,7 @@ class ControlServer:
     async def start(self) -> int:
         """Bind, connect to the engines, serve. Returns the bound port."""
         c = self.config
-        self.dispatcher = Dispatcher(c, self.links, self.metrics)
+        self.dispatcher = self._dispatcher_factory(c, self.links, self.metrics)
         token = c.security.token()
         interceptors = (
             [BearerTokenInterceptor(token, c.security.auth_exempt_health)] if token else []
@@ -82,7 +97,7 @@ class ControlServer:
             ],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
-            ControlServicer(self.dispatcher, Commands(c), self.metrics), server
+            self._servicer_factory(self.dispatcher, Commands(c), self.metrics), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

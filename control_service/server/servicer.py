@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from collections.abc import Callable
+from typing import TypeAlias, TypeVar
 
 import grpc
 import structlog
@@ -21,52 +21,17 @@ from control_service.server import messages
 from control_service.server.commands import Commands
 from control_service.server.dispatcher import Dispatcher
 from control_service.server.metrics import Metrics
+from control_service.server.operations import Command
 
 log = structlog.get_logger("control_service.calls")
 
 Context: TypeAlias = grpc.aio.ServicerContext
+MutationRequest = TypeVar(
+    "MutationRequest", pb.PauseRequest, pb.UpdateWeightsRequest, pb.ResumeRequest, pb.RefitRequest
+)
+# Validates one RPC's request, given the call's time remaining: Commands.pause, .refit, ...
+Build: TypeAlias = Callable[[MutationRequest, float | None], Command]
 _OK = grpc.StatusCode.OK
-
-
-def _relay(method: str, build: str) -> Callable[..., Awaitable[None]]:
-    """A server-streaming handler: validate -> submit (slot opened, request sent) -> relay each
-    event -> end with the operation's status. The same body serves Pause, UpdateWeights, Resume.
-    `build` names the Commands method for the RPC's request type (request, time remaining) ->
-    Command. A coroutine writing with `context.write` rather than an async generator: gRPC then
-    awaits it directly, with no generator layer between an engine's reply and its write."""
-
-    async def handler(self: ControlServicer, request: Any, context: Context) -> None:
-        started = time.perf_counter()
-        request_id: str = request.request_id
-        engines: tuple[str, ...] = ()
-        code, message = grpc.StatusCode.CANCELLED, "the caller went away"
-        try:
-            command = getattr(self._commands, build)(request, context.time_remaining())
-            request_id, engines = command.request_id, command.engines
-            op, sub = self._dispatcher.submit(command)
-            try:
-                while True:
-                    event = sub.pop()
-                    if event is not None:
-                        await context.write(messages.event(request_id, *event))
-                    elif sub.closed:
-                        break
-                    else:
-                        await sub.wait()
-            finally:
-                self._dispatcher.unsubscribe(op, sub)
-            assert op.outcome is not None
-            if op.outcome.code is not _OK:
-                raise op.outcome.error()
-            code, message = grpc.StatusCode.OK, ""
-        except ControlError as err:
-            code, message = err.code, err.message
-            await context.abort_with_status(to_grpc_status(err))
-        finally:
-            self._ended(method, request_id, engines, code, message, started)
-
-    handler.__name__ = handler.__qualname__ = method
-    return handler
 
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
@@ -80,7 +45,59 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         # here, once the service has configured logging (before it builds the servicer).
         self._log = log.bind()
 
-    def _ended(
+    async def Pause(self, request: pb.PauseRequest, context: Context) -> None:
+        await self.relay("Pause", self._commands.pause, request, context)
+
+    async def UpdateWeights(self, request: pb.UpdateWeightsRequest, context: Context) -> None:
+        await self.relay("UpdateWeights", self._commands.update_weights, request, context)
+
+    async def Resume(self, request: pb.ResumeRequest, context: Context) -> None:
+        await self.relay("Resume", self._commands.resume, request, context)
+
+    async def Refit(self, request: pb.RefitRequest, context: Context) -> None:
+        await self.relay("Refit", self._commands.refit, request, context)
+
+    async def relay(
+        self,
+        method: str,
+        build: Build[MutationRequest],
+        request: MutationRequest,
+        context: Context,
+    ) -> None:
+        """The body of every mutating RPC: validate -> submit (slot opened, request sent) ->
+        write each event -> end with the operation's status. It writes with `context.write`
+        instead of being an async generator: gRPC then awaits it directly, with no generator
+        layer between an engine's reply and its write."""
+        started = time.perf_counter()
+        request_id = request.request_id
+        engines: tuple[str, ...] = ()
+        code, message = grpc.StatusCode.CANCELLED, "the caller went away"
+        try:
+            command = build(request, context.time_remaining())
+            request_id, engines = command.request_id, command.engines
+            op, sub = self._dispatcher.submit(command)
+            try:
+                while True:
+                    event = sub.pop()
+                    if event is not None:
+                        await context.write(messages.event(request_id, event))
+                    elif sub.closed:
+                        break
+                    else:
+                        await sub.wait()
+            finally:
+                self._dispatcher.unsubscribe(op, sub)
+            assert op.outcome is not None
+            if op.outcome.code is not _OK:
+                raise op.outcome.error()
+            code, message = _OK, ""
+        except ControlError as err:
+            code, message = err.code, err.message
+            await context.abort_with_status(to_grpc_status(err))
+        finally:
+            self.call_ended(method, request_id, engines, code, message, started)
+
+    def call_ended(
         self,
         method: str,
         request_id: str,
@@ -109,11 +126,6 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         else:
             self._log.warning("call ended", error=message, **fields)
 
-    Pause = _relay("Pause", "pause")
-    UpdateWeights = _relay("UpdateWeights", "update_weights")
-    Resume = _relay("Resume", "resume")
-    Refit = _relay("Refit", "refit")
-
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context
     ) -> pb.GetStatusResponse:
@@ -121,7 +133,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         try:
             engines = self._commands.engines(request.engines)
         except ControlError as err:
-            self._ended("GetStatus", "", (), err.code, err.message, started)
+            self.call_ended("GetStatus", "", (), err.code, err.message, started)
             await context.abort_with_status(to_grpc_status(err))
         reports = await self._dispatcher.status(engines)
         response = pb.GetStatusResponse(
@@ -137,5 +149,5 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             ],
             skewed_engines=[r.engine for r in reports if r.skewed],
         )
-        self._ended("GetStatus", "", engines, grpc.StatusCode.OK, "", started)
+        self.call_ended("GetStatus", "", engines, grpc.StatusCode.OK, "", started)
         return response

@@ -57,9 +57,6 @@ class SlotTable:
     def __len__(self) -> int:
         return len(self._sinks)
 
-    def __contains__(self, request_id: str) -> bool:
-        return request_id in self._sinks
-
     def open(self, request_id: str, sink: ReplySink) -> None:
         if request_id in self._sinks:
             raise ControlError(

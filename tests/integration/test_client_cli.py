@@ -29,7 +29,6 @@ from control_service.cli import app as cli
 from control_service.cli import render
 from control_service.cli.embedded import EmbeddedEngines
 from control_service.client import ClientConfig, ControlClient, Outcome, TlsConfig
-from control_service.client._utils import backoff_s, grpc_deadline
 from control_service.errors import ControlError, EngineFailure, to_grpc_status
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.gen.control.v1 import control_pb2_grpc
@@ -370,7 +369,7 @@ async def test_timeout_goes_on_the_wire_and_the_deadline_has_a_margin(fake: Fake
     assert seen.request.timeout.ToNanoseconds() == 2_500_000_000
     assert seen.request.engines == ["e1"] and seen.request.version == "3"
     assert seen.time_remaining is not None and 7.0 < seen.time_remaining < 8.0  # 2.5 + 5
-    assert grpc_deadline(None, 5.0) is None
+    assert ClientConfig(deadline_margin_s=5.0).transport_deadline(None) is None
 
 
 async def test_unavailable_is_retried_with_the_same_request_id(fake: FakeControl) -> None:
@@ -462,7 +461,8 @@ def test_client_config_validates_and_backoff_is_capped() -> None:
         TlsConfig(cert_chain=Path("c.pem"))
     options = dict(ClientConfig(channel_options=(("grpc.keepalive_time_ms", 1),)).options())
     assert options["grpc.keepalive_time_ms"] == 1  # the caller's options win
-    assert [backoff_s(n, 0.2, 1.0) for n in (1, 2, 3, 4)] == [0.2, 0.4, 0.8, 1.0]
+    backoff = ClientConfig(retry_backoff_s=0.2, retry_backoff_max_s=1.0)
+    assert [backoff.retry_delay_s(n) for n in (1, 2, 3, 4)] == [0.2, 0.4, 0.8, 1.0]
 
 
 async def test_client_used_without_entering_says_so() -> None:
