@@ -1,6 +1,6 @@
 """`python -m bench.fanout`: Pause and Refit fanned out to 1, 64 and 1,024 engine links.
 
-    .venv/bin/python -m bench.fanout                    # 1, 64, 1,024 links (about a minute)
+    .venv/bin/python -m bench.fanout                    # 1, 64, 1,024 links (a few minutes)
     .venv/bin/python -m bench.fanout --quick            # a smoke run: a few calls per width
     .venv/bin/python -m bench.fanout --widths 4096 --processes 64   # go further
 
@@ -38,7 +38,7 @@ from bench.report import cpu_ticks, environment, say
 from control_service.gen.control.v1 import control_pb2 as pb
 
 REFIT_METHOD = "/control.v1.ControlService/Refit"
-ENGINE_WORK = 20_000  # engine-calls per width and method: calls = ENGINE_WORK / width
+ENGINE_WORK = 5_000  # engine-calls per width and method: calls = ENGINE_WORK / width
 MIN_CALLS = 10
 IDLE_S = 3.0  # the idle window over which heartbeats' CPU is measured
 RSS_TARGET_KIB = 100
