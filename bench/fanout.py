@@ -83,12 +83,20 @@ def descriptors(pid: int) -> int:
 
 
 async def run_width(
-    children: Children, engines: Sequence[Child], width: int, work: int, min_calls: int
+    children: Children,
+    engines: Sequence[Child],
+    width: int,
+    work: int,
+    min_calls: int,
+    heartbeat: str | None = None,
 ) -> Run:
     entries = [f"e{i}={engines[i % len(engines)].info['endpoint']}" for i in range(width)]
+    options = [f"--heartbeat={heartbeat}"] if heartbeat else []
     started = time.perf_counter()
-    service = children.start("bench._service", *entries, timeout=300.0)
+    service = children.start("bench._service", *options, *entries, timeout=300.0)
     up_s = time.perf_counter() - started
+    if "error" in service.info:  # e.g. the links were not all up at once within its bound
+        raise BenchError(f"{width:,} links: service: {service.info['error']}")
     pid = service.info["pid"]
     rss_kb = service.ask("stats")["rss_kb"]
     before = cpu_s(pid)
@@ -193,6 +201,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--work", type=int, default=ENGINE_WORK,
                    help=f"engine-calls per width and method (default {ENGINE_WORK:,})")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="a smoke run: a few calls per width")
+    p.add_argument("--heartbeat", metavar="IVL/TIMEOUT",
+                   help="the service's engine heartbeats in seconds (default 0.2/0.6)")  # fmt: skip
     args = p.parse_args(argv)
     try:
         args.widths = sorted({int(w) for w in args.widths.split(",")})
@@ -211,7 +221,7 @@ async def measure_all(args: argparse.Namespace, children: Children) -> list[Run]
     runs = []
     for width in args.widths:
         say(f"{width:,} engine links on {args.processes} engine processes")
-        runs.append(await run_width(children, engines, width, work, min_calls))
+        runs.append(await run_width(children, engines, width, work, min_calls, args.heartbeat))
     return runs
 
 
