@@ -24,7 +24,7 @@ from control_service.server.commands import Commands
 from control_service.server.dispatcher import Dispatcher
 from control_service.server.engine_link import EngineLink
 from control_service.server.metrics import Metrics
-from control_service.server.operations import Command, Operation, Subscriber
+from control_service.server.operations import Command, Event, Operation, Subscriber
 from control_service.server.servicer import ControlServicer
 
 VALIDATE = "validate: request -> Command"
@@ -32,6 +32,7 @@ SUBMIT = "submit: admit, slot, timer, send"
 SEND = "zmq send"
 REPLY = "reply: zmq recv .. op finished"
 DELIVER = "decode, deliver, finish"
+MESSAGE = "build ControlEvent"
 UNSUBSCRIBE = "unsubscribe"
 END = "end: metrics, log line"
 # (name shown, parent or ""), in the order shown
@@ -41,6 +42,7 @@ PHASES: list[tuple[str, str]] = [
     (SEND, SUBMIT),
     (REPLY, ""),
     (DELIVER, REPLY),
+    (MESSAGE, ""),
     (UNSUBSCRIBE, ""),
     (END, ""),
 ]
@@ -85,6 +87,9 @@ class TimedCommands(Commands):
 class TimedServicer(ControlServicer):
     def __init__(self, dispatcher: Dispatcher, commands: Commands, metrics: Metrics) -> None:
         super().__init__(dispatcher, TimedCommands(commands.config), metrics)
+
+    def event_message(self, request_id: str, event: Event) -> pb.ControlEvent:
+        return _timed(MESSAGE, super().event_message, request_id, event)
 
     def call_ended(
         self,

@@ -20,7 +20,7 @@ from bench.procs import die_with_parent
 from control_service.cli.aio import run
 from control_service.errors import ControlError
 from control_service.gen.control.v1 import control_pb2 as pb
-from control_service.protocol import wire
+from control_service.protocol import names, wire
 from control_service.server.commands import Commands
 from control_service.server.dispatcher import Dispatcher
 from control_service.server.metrics import Metrics
@@ -31,7 +31,7 @@ _EVENT = pb.ControlEvent(
     request_id="0123456789ab-1", engine="l0", seq=1,
     result=pb.Result(state=pb.EngineState(paused=True, weight_version="v0"), message="instant"),
 )  # fmt: skip
-_ARGS = {"mode": "abort", "clear_cache": False}
+_ARGS = {"mode": names.ABORT, "clear_cache": False}
 
 
 class _Terminal:
@@ -65,7 +65,7 @@ class BareServicer(ControlServicer):
         future: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
         link.open(rid, _Terminal(future))  # the slot first, then the send
         try:
-            link.send_encoded(wire.encode_request(wire.Request(rid, "pause", _ARGS, 10.0)))
+            link.send_encoded(wire.encode_request(wire.Request(rid, names.PAUSE, _ARGS, 10.0)))
             await future
             await context.write(_EVENT)
         finally:

@@ -2,7 +2,8 @@
 
 Every party runs as `python -m <module>` with stdin/stdout pipes. A child's first stdout line is
 its ready line (JSON); later lines answer commands written to its stdin. Lines are read by one
-daemon thread per child into a queue, so every wait is bounded and never a sleep.
+daemon thread per child, so every wait is bounded and never a sleep. The tests' engine_stub
+processes are `Child`ren too (tests/stub_process.py).
 
 Children run in their own session (a Ctrl-C in the terminal reaches only the benchmark, which
 then stops them in order) and call `die_with_parent()` on start, so even a benchmark killed with
@@ -12,13 +13,15 @@ SIGKILL leaves nothing behind. `Children` stops whatever is still running on exi
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +75,25 @@ def emit(**fields: Any) -> None:
     sys.stdout.flush()
 
 
-class Child:
-    """One child process (`python -m module args`) speaking JSON lines. `repo`: the checkout
-    its code is imported from (this one by default; bench.ab runs two side by side)."""
+Line = dict[str, Any]
 
-    def __init__(self, module: str, *args: str, repo: Path = REPO) -> None:
+
+class Child:
+    """One child process (`python -m module args`) speaking JSON lines: the one supervisor of
+    the benchmark's parties and of the tests' engine_stub processes (tests/stub_process.py).
+
+    Every stdout line is kept (`lines`; one that is not JSON as {"event": "raw", "line": ...}),
+    read by a daemon thread so the pipe never fills; waits are bounded waits on a condition.
+    `line` reads them in order, `wait_line` finds one by predicate. `repo`: the checkout its code
+    is imported from (this one by default; bench.ab runs two side by side). `new_session`: a
+    terminal's Ctrl-C then reaches only the parent, which stops its children in order.
+    """
+
+    error: type[Exception] = BenchError  # what a failed wait raises
+
+    def __init__(
+        self, module: str, *args: str, repo: Path = REPO, new_session: bool = True
+    ) -> None:
         self.name = module.rsplit(".", 1)[-1] + (f" {args[0]}" if args else "")
         env = dict(
             os.environ,
@@ -85,39 +102,84 @@ class Child:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=repo, env=env, text=True,
-            start_new_session=True,
+            start_new_session=new_session,
         )  # fmt: skip
-        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.lines: list[Line] = []
+        self._next = 0  # the first line `line` has not returned yet
+        self._cond = threading.Condition()
+        self._eof = False
         threading.Thread(target=self._read, name=f"{self.name}-stdout", daemon=True).start()
         self.info: dict[str, Any] = {}
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    # --------------------------------------------------------------------------------- lines
 
     def ready(self, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
         """Wait for the ready line (the first JSON line) and keep it as `info`."""
         self.info = self.line(timeout)
         return self.info
 
-    def line(self, timeout: float) -> dict[str, Any]:
-        """The next stdout line as JSON; BenchError if none comes within `timeout`."""
-        try:
-            raw = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise BenchError(f"{self.name}: no line within {timeout:g}s") from None
-        if raw is None:
-            raise BenchError(f"{self.name}: exited (code {self.proc.poll()}) before answering")
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise BenchError(f"{self.name}: not a JSON line: {raw[:200]!r}") from None
+    def line(self, timeout: float) -> Line:
+        """The next stdout line as JSON; `error` if none comes within `timeout`."""
+        index = self._next
+        found = self.wait_line(lambda _: True, timeout, since=index)
+        self._next = index + 1
+        if found.get("event") == "raw" and set(found) == {"event", "line"}:
+            raise self.error(f"{self.name}: not a JSON line: {found['line'][:200]!r}")
+        return found
 
-    def ask(self, command: str, timeout: float = 30.0) -> dict[str, Any]:
-        """Write one command line, return the answer line."""
+    def mark(self) -> int:
+        """The index the next stdout line will get: pass it as `since` to ignore older ones."""
+        with self._cond:
+            return len(self.lines)
+
+    def wait_line(self, predicate: Callable[[Line], bool], timeout: float, since: int = 0) -> Line:
+        """The first stdout line at index >= since that matches; `error` after `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            scanned = since
+            while True:
+                for line in itertools.islice(self.lines, scanned, None):
+                    if predicate(line):
+                        return line
+                scanned = max(scanned, len(self.lines))
+                if self._eof:
+                    raise self.error(f"{self.name}: exited (code {self._exit_code()}) first")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self.error(f"{self.name}: no matching line within {timeout:g}s")
+                self._cond.wait(left)
+
+    def write(self, text: str) -> None:
+        """One line on the child's stdin."""
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.write(text + "\n")
             self.proc.stdin.flush()
         except OSError as err:
-            raise BenchError(f"{self.name}: cannot send {command!r}: {err}") from None
+            raise self.error(f"{self.name}: cannot send {text!r}: {err}") from None
+
+    def ask(self, command: str, timeout: float = 30.0) -> Line:
+        """Write one command line, return the answer line."""
+        self.write(command)
         return self.line(timeout)
+
+    # ------------------------------------------------------------------------------- signals
+
+    def send_signal(self, sig: int) -> None:
+        """Send `sig` unless the child has exited (SIGSTOP, say: nothing is waited for)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the child to exit; its exit code (negative: the signal that ended it)."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise self.error(f"{self.name}: still running after {timeout:g}s") from None
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited within `timeout`; the exit code."""
@@ -137,16 +199,37 @@ class Child:
                     pass
         return proc.returncode
 
+    def _exit_code(self) -> int | None:
+        try:
+            return self.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            return None
+
     def _read(self) -> None:
         stdout = self.proc.stdout
         assert stdout is not None
         try:
             for raw in stdout:
                 if raw.strip():
-                    self._lines.put(raw)
+                    self._append(_parse(raw))
         except (OSError, ValueError):  # closed under us by stop()
             pass
-        self._lines.put(None)
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _append(self, line: Line) -> None:
+        with self._cond:
+            self.lines.append(line)
+            self._cond.notify_all()
+
+
+def _parse(raw: str) -> Line:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {"event": "raw", "line": raw}
 
 
 class Children:

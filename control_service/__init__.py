@@ -34,18 +34,10 @@ if TYPE_CHECKING:
         new_request_id,
     )
 
-__all__ = [
-    "ClientConfig",
-    "ControlClient",
-    "ControlError",
-    "EngineFailure",
-    "Outcome",
-    "ServiceStatus",
-    "StepTimeouts",
-    "SyncControlClient",
-    "TlsConfig",
-    "new_request_id",
-]
+# The same names as control_service.client.__all__ (tests/unit/test_package.py holds them equal).
+__all__ = ["ClientConfig", "ControlClient", "ControlError", "EngineFailure", "Outcome",
+           "ServiceStatus", "StepTimeouts", "SyncControlClient", "TlsConfig",
+           "new_request_id"]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CURVE: a folder of client public keys (.key files); others are refused",
     )
     p.add_argument(
+        "--no-request-lines",
+        dest="announce_requests",
+        action="store_false",
+        help="do not print a `request` line per request on stdout (the benchmark's peer)",
+    )
+    p.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
     )
     sim = p.add_argument_group("simulated load")
@@ -120,6 +126,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         curve=args.curve,
         sim=SimConfig(args.requests, args.tokens, args.token_interval, args.load_interval),
         knobs=args.knobs,
+        announce_requests=args.announce_requests,
     )
 
 

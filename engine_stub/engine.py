@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from control_service.engine import Done, EngineError, EngineState, Operation, clip
+from control_service.protocol import names
 
 from .checkpoint import CheckpointError, checkpoint_files, checkpoint_root, hash_file
 
@@ -130,9 +131,9 @@ class Engine:
         if self.paused:
             return self._done(f"already paused; {self.describe()}")
         note = "; cache cleared" if clear_cache else ""
-        if mode == "abort":
+        if mode == names.ABORT:
             return self._pause_abort(note)
-        if mode == "keep":
+        if mode == names.KEEP:
             return self._pause_keep(note)
         return await self._pause_wait(op, note)
 
@@ -232,7 +233,7 @@ class Engine:
             self.paused = True
         elif method == "resume":
             self.paused = False
-        elif method == "update_weights":
+        elif method == names.UPDATE_WEIGHTS:
             self.weight_version = version
             self.weight_digest = "sha256:instant"
         return Done(

@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from control_service.engine import Capabilities, Done, EngineError, EngineState, Operation
+from control_service.protocol import names
 
 from .engine import Engine
 
@@ -64,7 +65,7 @@ class StubHandler:
         if (knocked := self._knocked(op)) is not None:
             return knocked
         if self.knobs.instant:
-            return self.engine.instant("update_weights", version)
+            return self.engine.instant(names.UPDATE_WEIGHTS, version)
         return self.engine.update_weights(op, uri, version)
 
     def resume(self, op: Operation) -> Done | Awaitable[Done]:

@@ -17,6 +17,16 @@ from engine_stub.checkpoint import write_checkpoint
 from tests.harness import Service, StartService
 from tests.stub_process import StubProcess
 
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the folder it lives in (see pyproject's markers)."""
+    for item in items:
+        tier = next((part for part in item.path.parts if part in TIERS), None)
+        if tier is not None:
+            item.add_marker(tier)
+
 
 @pytest.fixture
 async def start_service() -> AsyncIterator[StartService]:

@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import zmq
 
+from bench.procs import REPO, Child
 from control_service.protocol import wire
 
-REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0
 
 Event = dict[str, Any]
@@ -40,82 +35,78 @@ class StubError(AssertionError):
 
 
 class StubProcess:
-    """One engine_stub process: start, knobs, stdout events, stop. Use as a context manager."""
+    """One engine_stub process: start, knobs, stdout events, stop. Use as a context manager.
+    Supervised by bench.procs.Child, the one implementation of a JSON-lines child process."""
 
     def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
         self.endpoint = ""
-        self.events: list[Event] = []
-        self._cond = threading.Condition()
-        self._eof = False
 
     # ------------------------------------------------------------------------------ lifecycle
 
     def start(self, *args: str, timeout: float = START_TIMEOUT) -> str:
         """Start the stub (on tcp://127.0.0.1:0 unless args has --bind); return its endpoint."""
-        argv = [sys.executable, "-m", "engine_stub", *args]
         if "--bind" not in args:
-            argv += ["--bind", "tcp://127.0.0.1:0"]
-        path = [str(REPO), os.environ.get("PYTHONPATH", "")]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, env=env
-        )
-        threading.Thread(target=self._read_stdout, name="stub-stdout", daemon=True).start()
-        ready = self.wait_event(lambda e: e.get("event") == "ready", timeout)
+            args = (*args, "--bind", "tcp://127.0.0.1:0")
+        self.child = child = _StubChild("engine_stub", *args, repo=REPO, new_session=False)
+        ready = child.wait_line(lambda e: e.get("event") == "ready", timeout)
         self.endpoint = ready["endpoint"]
         return self.endpoint
 
     @property
+    def running(self) -> Child:
+        """The started child (an AssertionError before `start`)."""
+        assert self.child is not None, "not started"
+        return self.child
+
+    @property
+    def alive(self) -> bool:
+        """Started and not exited."""
+        return self.child is not None and self.child.proc.poll() is None
+
+    @property
     def pid(self) -> int:
-        assert self.proc is not None, "not started"
-        return self.proc.pid
+        return self.running.pid
+
+    @property
+    def events(self) -> list[Event]:
+        """Every stdout line so far, as JSON (a line that is not: {"event": "raw", ...})."""
+        return self.running.lines
 
     def terminate(self, timeout: float = 10.0) -> int:
         """SIGTERM, then wait (bounded); return the exit code."""
-        return self._signal(signal.SIGTERM, timeout)
+        return self.signal_and_wait(signal.SIGTERM, timeout)
 
     def kill(self, timeout: float = 10.0) -> int:
         """SIGKILL, for a crash-like death; return the exit code."""
-        return self._signal(signal.SIGKILL, timeout)
+        return self.signal_and_wait(signal.SIGKILL, timeout)
 
     def wait(self, timeout: float = 10.0) -> int:
         """Wait for the process to exit on its own; return the exit code."""
-        assert self.proc is not None, "not started"
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise StubError(f"stub pid {self.proc.pid} still running after {timeout}s") from None
+        return self.running.wait(timeout)
 
-    def _signal(self, sig: signal.Signals, timeout: float) -> int:
-        assert self.proc is not None, "not started"
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+    def signal_and_wait(self, sig: signal.Signals, timeout: float = 10.0) -> int:
+        """Send `sig` (unless it has exited), then wait (bounded); return the exit code."""
+        self.running.send_signal(sig)
         return self.wait(timeout)
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send `sig` and return at once (SIGSTOP / SIGCONT to freeze and thaw the engine)."""
+        self.running.send_signal(sig)
 
     def __enter__(self) -> StubProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                self.terminate(5.0)
-            except StubError:
-                self.proc.kill()
-                self.proc.wait(5.0)
-        if self.proc.stdin:
-            self.proc.stdin.close()
+        if self.child is not None:
+            self.child.stop(5.0)
 
     # ------------------------------------------------------------------------------ knobs
 
     def knob(self, timeout: float = 5.0, **kv: Any) -> Event | int:
         """Send one knob line and wait for its ack (returns it). `exit=N` returns the exit code."""
-        assert self.proc is not None and self.proc.stdin is not None, "not started"
         mark = self.mark()
-        self.proc.stdin.write(json.dumps(kv).encode() + b"\n")
-        self.proc.stdin.flush()
+        self.running.write(json.dumps(kv))
         if "exit" in kv:
             return self.wait(timeout)
         ack = self.wait_event(lambda e: e.get("event") == "knob", timeout, since=mark)
@@ -124,64 +115,33 @@ class StubProcess:
         return ack
 
     def close_stdin(self) -> None:
-        assert self.proc is not None and self.proc.stdin is not None, "not started"
-        self.proc.stdin.close()
+        stdin = self.running.proc.stdin
+        assert stdin is not None
+        stdin.close()
 
     # ------------------------------------------------------------------------------ events
 
     def mark(self) -> int:
         """The index the next stdout event will get: pass it as `since` to ignore older ones."""
-        with self._cond:
-            return len(self.events)
+        return self.running.mark()
 
     def wait_event(
         self, predicate: Callable[[Event], bool], timeout: float = 5.0, since: int = 0
     ) -> Event:
         """The first stdout event at index >= since that matches; StubError after timeout."""
-        deadline = time.monotonic() + timeout
-        scanned = since
-        with self._cond:
-            while True:
-                for event in itertools.islice(self.events, scanned, None):
-                    if predicate(event):
-                        return event
-                scanned = max(scanned, len(self.events))
-                left = deadline - time.monotonic()
-                if self._eof:
-                    raise StubError(f"stub exited (code {self._returncode()}) before the event")
-                if left <= 0:
-                    raise StubError(f"no matching stub event within {timeout}s")
-                self._cond.wait(left)
+        return self.running.wait_line(predicate, timeout, since)
 
     def requests(self, method: str | None = None, since: int = 0) -> list[Event]:
         """The `request` events seen so far (the stub prints one per non-status request)."""
-        with self._cond:
-            return [
-                e
-                for e in self.events[since:]
-                if e.get("event") == "request" and method in (None, e.get("method"))
-            ]
+        return [
+            e
+            for e in self.events[since:]
+            if e.get("event") == "request" and method in (None, e.get("method"))
+        ]
 
-    def _read_stdout(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                event = {"event": "raw", "line": raw.decode(errors="replace")}
-            with self._cond:
-                self.events.append(event)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
 
-    def _returncode(self) -> int | None:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            return None
+class _StubChild(Child):
+    error = StubError
 
 
 class EngineClient:

@@ -251,6 +251,10 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Callable[[str], Any], str], ...] = (
      "open engine replies across all calls; past it RESOURCE_EXHAUSTED"),
     ("--slot-queue-events", ServiceConfig, "slot_queue_events", positive_int,
      "events buffered per caller before old progress is dropped"),
+    ("--max-callers-per-call", ServiceConfig, "max_callers_per_operation", positive_int,
+     "callers attached to one request_id at most; past it RESOURCE_EXHAUSTED"),
+    ("--max-streams-per-connection", ServiceConfig, "max_concurrent_streams", positive_int,
+     "HTTP/2 streams (calls) one client connection may have open at once"),
     ("--max-message-bytes", ServiceConfig, "max_message_bytes", positive_int,
      "largest gRPC message accepted, bytes"),
     ("--retry-window", ServiceConfig, "retry_window_s", non_negative_float,
@@ -262,7 +266,9 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Callable[[str], Any], str], ...] = (
     ("--shutdown-grace", ServiceConfig, "shutdown_grace_s", non_negative_float,
      "seconds running calls get to finish on SIGTERM"),
     ("--metrics-port", ServiceConfig, "metrics_port", non_negative_int,
-     "serve Prometheus /metrics on this HTTP port (0: off)"),
+     "serve Prometheus /metrics on this HTTP port, on the --listen host (0: off)"),
+    ("--metrics-listen", ServiceConfig, "metrics_listen", listen_address,
+     "serve Prometheus /metrics on HOST:PORT instead (e.g. 0.0.0.0:9090 for a scraper)"),
     ("--tls-cert", SecurityConfig, "tls_cert", Path, "PEM server certificate chain: serve TLS"),
     ("--tls-key", SecurityConfig, "tls_key", Path, "PEM server private key"),
     ("--tls-client-ca", SecurityConfig, "tls_client_ca", Path,
@@ -289,6 +295,10 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Callable[[str], Any], str], ...] = (
      "largest engine frame accepted, bytes"),
     ("--send-hwm", LinkConfig, "send_hwm", positive_int,
      "requests queued per engine socket; past it UNAVAILABLE"),
+    ("--recv-hwm", LinkConfig, "recv_hwm", positive_int,
+     "engine replies queued by ZMQ per engine socket before it stops reading"),
+    ("--max-status-probes", LinkConfig, "max_status_probes", positive_int,
+     "status probes in flight per engine (apart from the calls' slots)"),
 )  # fmt: skip
 
 ENGINE_OPTIONS = (

@@ -22,7 +22,8 @@ NOT_RECORDED: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built for every mutation, the instant engine's included (see wire.Request).
+@dataclass(slots=True)
 class Record:
     method: str
     args: dict[str, Any]
@@ -52,16 +53,13 @@ class OutcomeRecords:
         return record
 
     def put(self, request: wire.Request, reply: wire.Reply) -> None:
+        """Keep the newest `limit`; an old one is dropped by `get` when it is read (or pushed out
+        by newer ones), so the count bounds the memory and the age bounds what is answered."""
         if self._limit <= 0 or (reply.kind == wire.ERROR and reply.data["code"] in NOT_RECORDED):
             return
-        now = time.monotonic()
         records = self._records
-        records[request.request_id] = Record(request.method, request.args, reply, now)
-        records.move_to_end(request.request_id)
-        while len(records) > self._limit:
-            records.popitem(last=False)
-        while records:
-            oldest = next(iter(records.values()))
-            if now - oldest.at <= self._ttl_s:
-                break
+        rid = request.request_id
+        records.pop(rid, None)  # a re-run (after a cancel, say) goes to the newest end
+        records[rid] = Record(request.method, request.args, reply, time.monotonic())
+        if len(records) > self._limit:
             records.popitem(last=False)

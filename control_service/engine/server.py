@@ -31,7 +31,7 @@ import zmq
 import zmq.asyncio
 import zmq.auth
 
-from control_service.protocol import wire
+from control_service.protocol import names, wire
 
 from .config import EngineServerConfig
 from .handler import Done, EngineError, EngineHandler, EngineState, Operation, clip
@@ -206,12 +206,12 @@ class EngineServer:
         except wire.WireError as err:
             self._reject(identity, err.request_id, f"bad request: {err.reason}")
             return
-        if request.method == "status":
+        if request.method == names.STATUS:
             self._answer_status(identity, request)
             return
         if self._on_request is not None:
             self._on_request(request)
-        if request.method == "cancel":
+        if request.method == names.CANCEL:
             self._cancel(request.request_id)
         else:
             self._mutation(identity, request)
@@ -333,7 +333,7 @@ class EngineServer:
                 return EngineError("UNIMPLEMENTED", f"this engine has no pause mode {mode}")
             if not isinstance(args.get("clear_cache", False), bool):
                 return EngineError("INVALID_ARGUMENT", "clear_cache must be a boolean")
-        elif request.method == "update_weights":
+        elif request.method == names.UPDATE_WEIGHTS:
             for key in ("uri", "version"):
                 value = args.get(key)
                 if not isinstance(value, str) or not 0 < len(value) <= wire.MAX_TEXT_CHARS:
@@ -363,7 +363,7 @@ class EngineServer:
         args, handler = request.args, self.handler
         if request.method == "pause":
             return handler.pause(op, args["mode"], args.get("clear_cache", False))
-        if request.method == "update_weights":
+        if request.method == names.UPDATE_WEIGHTS:
             return handler.update_weights(op, args["uri"], args["version"])
         return handler.resume(op)
 

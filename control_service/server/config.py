@@ -78,6 +78,14 @@ class LinkConfig:
     max_frame_bytes: int = 1 << 20
     # Outgoing requests queued on the socket at most; past it a send fails with UNAVAILABLE.
     send_hwm: int = 10_000
+    # Incoming messages libzmq's I/O thread queues for us. While the queue has room it keeps
+    # reading the connection, heartbeats included, whatever our event loop is doing: an engine
+    # is declared dead for its own silence, not for a moment of ours (libzmq's default of 1,000
+    # is one burst of progress; past the bound it stops reading, and the heartbeat fails).
+    recv_hwm: int = 100_000
+    # Status probes in flight per engine. Their own bound, apart from the calls' slot budget, so
+    # that many GetStatus against a slow engine never refuse a mutation.
+    max_status_probes: int = 64
     # CURVE: the engines' public key and this service's key pair (zmq.auth certificate files).
     curve_server_key: Path | None = None
     curve_client_key: Path | None = None
@@ -124,13 +132,34 @@ class SecurityConfig:
             _check_tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     def token(self) -> str | None:
-        """The bearer token, read once at start; None means no token is required."""
-        token = self.auth_token
+        """The bearer token, read once at start; None means no token is required. The same rule
+        whichever its source (flag, environment, file): see `bearer_token`."""
         if self.auth_token_file is not None:
-            token = self.auth_token_file.read_text(encoding="utf-8").strip()
-        if token is not None and len(token) < 16:
-            raise invalid("the auth token must be at least 16 characters")
-        return token
+            try:
+                text = self.auth_token_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise invalid(f"cannot read the auth token file: {err}") from None
+            return bearer_token(text, f"the file {self.auth_token_file}")
+        if self.auth_token is not None:
+            return bearer_token(self.auth_token, "the flag or environment")
+        return None
+
+
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]{16,4096}")
+
+
+def bearer_token(text: str, source: str) -> str:
+    """Surrounding whitespace (a file's or a variable's trailing newline) is dropped; what is
+    left must be 16-4,096 visible ASCII characters, the only ones a caller can send in an
+    `authorization` header. A token outside that is refused at start: accepted, it would lock
+    every caller out. The token itself is never echoed."""
+    token = text.strip()
+    if _TOKEN_CHARS.fullmatch(token) is None:
+        raise invalid(
+            f"the auth token from {source} must be 16-4096 visible ASCII characters "
+            f"(no spaces, control or non-ASCII characters); got {len(token)} characters"
+        )
+    return token
 
 
 def _curve_keys(path: Path, need_secret: bool) -> None:
@@ -178,6 +207,11 @@ class ServiceConfig:
     max_open_slots: int = 4096
     # Events buffered per caller before the oldest progress events are dropped (never a result).
     slot_queue_events: int = 256
+    # Callers attached to one operation (same request_id) at most; past it RESOURCE_EXHAUSTED.
+    # Each engine reply is handed to every attached caller: this bounds that work per reply.
+    max_callers_per_operation: int = 64
+    # HTTP/2 streams (calls) one client connection may have open at once.
+    max_concurrent_streams: int = 1024
     max_message_bytes: int = 64 * 1024
     # How long, and how many, finished operations are remembered so a retry replays the outcome.
     retry_window_s: float = 600.0
@@ -187,8 +221,11 @@ class ServiceConfig:
     # at the engine. 0 cancels at once.
     detach_grace_s: float = 5.0
     shutdown_grace_s: float = 10.0
-    # Prometheus /metrics on this HTTP port; 0 means off.
+    # Prometheus /metrics on this HTTP port, on the gRPC listen host; 0 means off.
     metrics_port: int = 0
+    # Or HOST:PORT for /metrics (wins over metrics_port): e.g. 0.0.0.0:9090 for a scraper
+    # outside the pod while gRPC listens on loopback only.
+    metrics_listen: str = ""
 
     def __post_init__(self) -> None:
         if not self.engines:
@@ -202,6 +239,31 @@ class ServiceConfig:
             raise invalid("detach grace and retry window must be >= 0")
         if not 0 < self.default_timeout_s <= self.max_timeout_s:
             raise invalid("need 0 < default timeout <= max timeout")
-        for name in ("max_open_slots", "slot_queue_events", "retry_max_records"):
+        for name in (
+            "max_open_slots",
+            "slot_queue_events",
+            "retry_max_records",
+            "max_callers_per_operation",
+            "max_concurrent_streams",
+        ):
             if getattr(self, name) < 1:
                 raise invalid(f"{name} must be >= 1")
+        if self.metrics_listen:
+            _host_port(self.metrics_listen, "the metrics address")
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where /metrics is served, or None when off. Without metrics_listen: the gRPC listen
+        host (never every interface unless gRPC itself listens on every interface)."""
+        if self.metrics_listen:
+            return _host_port(self.metrics_listen, "the metrics address")
+        if not self.metrics_port:
+            return None
+        host = "127.0.0.1" if self.listen.startswith("unix:") else self.listen.rpartition(":")[0]
+        return host.strip("[]") or "127.0.0.1", self.metrics_port
+
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise invalid(f"{what} {text!r} must be HOST:PORT with a port in 1-65535")
+    return host.strip("[]"), int(port)

@@ -95,7 +95,7 @@ class Metrics:
         """Count one finished call and its duration (once per call, at its end)."""
         self.call_stats.add(method, status, seconds)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose /metrics over HTTP from a daemon thread (OSError if the port is taken)."""
         self._http = start_http_server(port, addr=addr, registry=self.registry)
 
@@ -136,5 +136,12 @@ class _LinkCollector(Collector):
             up.add_metric([name], 1 if link.up else 0)
             late.add_metric([name], link.slots.counters.unmatched)
             malformed.add_metric([name], link.counters.malformed)
-        yield from (slots, up, late, malformed)
+        recreated = CounterMetricFamily(
+            "control_engine_link_recreated",
+            "Fresh sockets opened after a disconnect libzmq would not retry (protocol error).",
+            labels=["engine"],
+        )
+        for name, link in self._links.items():
+            recreated.add_metric([name], link.counters.recreated)
+        yield from (slots, up, late, malformed, recreated)
         yield from self._calls.families()

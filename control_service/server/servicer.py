@@ -17,11 +17,12 @@ import structlog
 from control_service.errors import ControlError, to_grpc_status
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.gen.control.v1 import control_pb2_grpc
+from control_service.protocol import names
 from control_service.server import messages
 from control_service.server.commands import Commands
 from control_service.server.dispatcher import Dispatcher
 from control_service.server.metrics import Metrics
-from control_service.server.operations import Command
+from control_service.server.operations import Command, Event
 
 log = structlog.get_logger("control_service.calls")
 
@@ -80,7 +81,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 while True:
                     event = sub.pop()
                     if event is not None:
-                        await context.write(messages.event(request_id, event))
+                        await context.write(self.event_message(request_id, event))
                     elif sub.closed:
                         break
                     else:
@@ -93,9 +94,14 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             code, message = _OK, ""
         except ControlError as err:
             code, message = err.code, err.message
-            await context.abort_with_status(to_grpc_status(err))
+            named = request_id if names.is_request_id(request_id) else ""  # never echo junk
+            await context.abort_with_status(to_grpc_status(err.about(named, engines)))
         finally:
             self.call_ended(method, request_id, engines, code, message, started)
+
+    def event_message(self, request_id: str, event: Event) -> pb.ControlEvent:
+        """The ControlEvent a caller is sent for one event (a seam: the benchmark times it)."""
+        return messages.event(request_id, event)
 
     def call_ended(
         self,
@@ -124,7 +130,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         if ok:
             self._log.info("call ended", **fields)
         else:
-            self._log.warning("call ended", error=message, **fields)
+            self._log.warning("call ended", error=message[:1024], **fields)
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -19,6 +21,7 @@ def run(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_every_row() -> None:
     out = run("bench.run", "--quick")
     rows = ("floor A", "floor B", "naive bridge", "bridge: Pause via", "fan-out: Pause to 64")
@@ -28,11 +31,25 @@ def test_bench_quick_prints_every_row() -> None:
     assert "bridge / naive bridge: p50" in out
 
 
+@pytest.mark.slow
 def test_soak_short_run_loses_nothing() -> None:
     out = run("bench.soak", "--calls", "3000", "--warmup", "500")
     assert "lost replies: 0" in out and "open slots at the end: 0 " in out
 
 
+@pytest.mark.slow
+def test_chaos_soak_short_run_recovers_and_leaves_nothing_open() -> None:
+    """Every fault kind at least once (they rotate every few seconds), then the same report."""
+    out = run("bench.soak", "--chaos", "--minutes", "0.75", "--workers", "8")
+    assert "calls without a final status: 0" in out and "open slots at the end: 0 " in out
+    injected = out.split("faults injected: ")[1].splitlines()[0]
+    for fault in ("kill", "stop", "oversize", "rotate", "flood", "idle-callers"):
+        assert f"'{fault}'" in injected, injected
+    recovered = int(out.split("link recoveries: ")[1].split()[0])
+    assert recovered > 0, "the oversize frame and the refused key each needed a fresh socket"
+
+
+@pytest.mark.slow
 def test_account_shows_every_phase_of_a_call() -> None:
     out = run("bench.account", "--calls", "300", "--inflight", "8")
     tables = out.split("### ")[1:]
@@ -45,6 +62,7 @@ def test_account_shows_every_phase_of_a_call() -> None:
             assert float(row.split("|")[2].strip(" *").replace(",", "")) > 0, row
 
 
+@pytest.mark.slow
 def test_ab_compares_two_checkouts() -> None:
     # A folder as the base, so that the test does not need git history (an A/A run)
     out = run("bench.ab", str(ROOT), "--rounds", "2", "--calls", "300", "--inflight", "8")
@@ -55,6 +73,7 @@ def test_ab_compares_two_checkouts() -> None:
     assert ratio > 0
 
 
+@pytest.mark.slow
 def test_ab_refuses_an_unknown_revision() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.ab", "no-such-rev"], cwd=ROOT, capture_output=True,
@@ -64,6 +83,7 @@ def test_ab_refuses_an_unknown_revision() -> None:
     assert "bench.ab: cannot check out 'no-such-rev'" in done.stderr
 
 
+@pytest.mark.slow
 def test_split_measures_the_service_its_bare_transport_and_the_naive_bridge() -> None:
     out = run("bench.split", "--rounds", "2", "--calls-1", "100", "--calls-64", "300")
     rows = [

