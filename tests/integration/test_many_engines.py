@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 
 from control_service.client import ClientConfig, ControlClient
-from control_service.errors import MAX_STATUS_MESSAGE_BYTES, ControlError
+from control_service.errors import STATUS_MAX_BYTES, ControlError
 from control_service.gen.control.v1 import control_pb2 as pb
 from tests.harness import StartService, free_port
 
@@ -22,7 +22,7 @@ async def test_a_call_failing_on_400_engines_ends_with_its_own_status(
     error, events = await service.failed("Pause", pb.PauseRequest())
     assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()[:200]
     assert error.details().startswith(f"{LINKS} of {LINKS} engines failed: e"), error.details()[:80]
-    assert len(error.details().encode()) <= MAX_STATUS_MESSAGE_BYTES, "fits in any trailer"
+    assert len(error.details().encode()) <= STATUS_MAX_BYTES, "fits in any trailer"
     errors = {e.engine for e in events if e.HasField("error")}
     assert len(errors) == LINKS, "every engine's own failure is still in its event"
 

@@ -123,4 +123,3 @@ def test_a_bad_metrics_address_is_a_configuration_error(bad: str) -> None:
 
     with pytest.raises(ControlError, match="metrics address"):
         ServiceConfig(engines=(EngineConfig("e0", "tcp://127.0.0.1:1"),), metrics_listen=bad)
-
