@@ -20,6 +20,10 @@ import zmq
 from control_service.errors import invalid
 
 SOCKETS_PER_LINK = 3
+# A link that recreates its socket (after a loss) opens the new sockets before libzmq's reaper has
+# freed the old ones' slots: room for one recreation per link at once. Slots cost nothing until
+# used; without them a mass reconnect fails with EMFILE ("Too many open files") from the context.
+SOCKET_SLOTS_PER_LINK = 2 * SOCKETS_PER_LINK
 DESCRIPTORS_PER_LINK = 4
 # Descriptors the rest of the process holds: the interpreter, gRPC's threads and listeners,
 # the event loop, logs, the metrics server, the callers' connections (measured: ~30 at rest).
@@ -76,7 +80,8 @@ def link_context(engines: int) -> zmq.Context:
     if not capacity.fits:
         raise invalid(capacity.reason())
     context = zmq.Context()
-    context.set(zmq.MAX_SOCKETS, max(_MIN_SOCKETS, capacity.sockets))
+    slots = min(capacity.socket_limit, capacity.engines * SOCKET_SLOTS_PER_LINK)
+    context.set(zmq.MAX_SOCKETS, max(_MIN_SOCKETS, slots))
     return context
 
 
