@@ -130,3 +130,12 @@ def test_syscalls_reads_strace_summaries() -> None:
 100.00    1.422721          70     20019        12 total
 """
     assert parse_summary(text) == {"epoll_wait": 1, "poll": 10002, "getpid": 10016}
+
+
+def test_fanout_quick_reports_every_width_and_method() -> None:
+    out = run("bench.fanout", "--quick", "--widths", "1,8,64", "--processes", "4")
+    for width in ("1", "8", "64"):
+        for method in ("Pause", "Refit"):
+            assert f"| {width} | {method} |" in out
+    assert "every call OK: 0 failed, open slots at the end: 0" in out
+    assert "RSS per engine link at 64:" in out
