@@ -52,9 +52,19 @@ class Keys:
 
 
 def start_stub(endpoint: str, keys: Keys, refuse: bool = False) -> StubProcess:
-    stub = StubProcess()
-    stub.start("--instant", "--bind", endpoint, *keys.stub_args(refuse))
-    return stub
+    """An engine on `endpoint`. Generous: on a saturated shared machine a Python process can
+    take tens of seconds to start, and a fault must always end with its engine back."""
+    for attempt in range(3):
+        stub = StubProcess()
+        try:
+            stub.start("--instant", "--bind", endpoint, *keys.stub_args(refuse), timeout=60)
+        except AssertionError:  # StubError: not ready in time; stop it and try again
+            stub.__exit__(None, None, None)
+            if attempt == 2:
+                raise
+            continue
+        return stub
+    raise AssertionError("unreachable")
 
 
 class BadPeer:

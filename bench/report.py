@@ -306,15 +306,18 @@ between the two rows.
 """
 
 
-# bench.refit's section of the same doc, from this heading to the end: kept by write_doc.
+SCALE_HEADING = "## Scale: "  # the section from `python -m bench.fanout`, written by hand
+# bench.refit's section, from its heading on (bench.refit writes it).
 REFIT_SECTION = "## Refit: the pause window (`python -m bench.refit`)"
 
 
 def write_doc(path: Path, text: str) -> None:
-    """Write this run's report, keeping bench.refit's section (another command writes it)."""
+    """The report, and the sections other tools wrote (scale, refit) kept from the file it
+    replaces, from the first of their headings to the end."""
     old = path.read_text() if path.exists() else ""
-    kept = old[old.index(REFIT_SECTION) :] if REFIT_SECTION in old else ""
-    path.write_text(DOC_HEAD + text + "\n" + ("\n" + kept if kept else ""))
+    starts = [i for i in (old.find(SCALE_HEADING), old.find(REFIT_SECTION)) if i >= 0]
+    kept = "\n" + old[min(starts) :] if starts else ""
+    path.write_text(DOC_HEAD + text + "\n" + kept)
 
 
 def say(text: str = "") -> None:

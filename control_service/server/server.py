@@ -19,13 +19,13 @@ from collections.abc import Callable
 
 import grpc
 import structlog
-import zmq
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from control_service.errors import shutting_down, unavailable
 from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
 from control_service.server.auth import BearerTokenInterceptor
+from control_service.server.capacity import link_context
 from control_service.server.commands import Commands
 from control_service.server.config import EngineConfig, LinkConfig, SecurityConfig, ServiceConfig
 from control_service.server.dispatcher import Dispatcher
@@ -61,6 +61,8 @@ class ControlServer:
         servicer_factory: ServicerFactory = ControlServicer,
     ) -> None:
         self.config = config
+        # First: when the engines cannot fit in this process, that is a configuration error.
+        self._zmq = link_context(len(config.engines))
         self._dispatcher_factory = dispatcher_factory
         self._servicer_factory = servicer_factory
         self.budget = SlotBudget(config.max_open_slots)
@@ -72,7 +74,6 @@ class ControlServer:
         self.metrics = Metrics(self.links, self.budget)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
-        self._zmq = zmq.Context()
         self._health_task: asyncio.Task[None] | None = None
         self._health_dirty = asyncio.Event()
         self._links_changed = asyncio.Event()

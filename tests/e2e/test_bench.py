@@ -142,3 +142,12 @@ def test_bench_refit_quick_reports_every_row() -> None:
         cells = [c.strip() for c in row.split("|")]
         assert cells[-2] == "0", row  # no Refit failed
         assert float(cells[5].split()[0].replace(",", "")) > 0, row  # a pause window measured
+
+
+def test_fanout_quick_reports_every_width_and_method() -> None:
+    out = run("bench.fanout", "--quick", "--widths", "1,8,64", "--processes", "4")
+    for width in ("1", "8", "64"):
+        for method in ("Pause", "Refit"):
+            assert f"| {width} | {method} |" in out
+    assert "every call OK: 0 failed, open slots at the end: 0" in out
+    assert "RSS per engine link at 64:" in out

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from control_service.errors import ControlError
-from control_service.server.config import SecurityConfig
+from control_service.server.config import ConfigError, SecurityConfig
 
 GOOD = "s3cret-token-0123456789"
 
@@ -38,7 +37,7 @@ def test_surrounding_whitespace_is_dropped_from_every_source(
 def test_a_token_nobody_could_send_is_refused_from_every_source(
     source: str, text: str, tmp_path: Path
 ) -> None:
-    with pytest.raises(ControlError) as info:
+    with pytest.raises(ConfigError) as info:
         config(source, text, tmp_path).token()
     assert "visible ASCII" in info.value.message
     assert text.strip() not in info.value.message, "the token is never echoed"
