@@ -119,6 +119,7 @@ SERVE_CASES: dict[str, tuple[str, tuple[str, ...], Callable[[Serve], Any], Any]]
     "--retry-window": ("0", ENGINE, lambda p: p.config.retry_window_s, 0.0),
     "--retry-max-records": ("7", ENGINE, lambda p: p.config.retry_max_records, 7),
     "--detach-grace": ("0.5", ENGINE, lambda p: p.config.detach_grace_s, 0.5),
+    "--engine-probe-interval": ("2", ENGINE, lambda p: p.config.engine_probe_interval_s, 2.0),
     "--shutdown-grace": ("3", ENGINE, lambda p: p.config.shutdown_grace_s, 3.0),
     "--metrics-port": ("9090", ENGINE, lambda p: p.config.metrics_port, 9090),
     "--tls-cert": ("@cert", (*ENGINE, "--tls-key", "@key"), lambda p: p.config.security.tls_cert,
