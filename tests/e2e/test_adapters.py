@@ -149,6 +149,9 @@ async def test_mixed_fleet_refuses_a_mode_one_engine_lacks_before_sending(
     assert "fastdeploy lacks pause mode WAIT" in out and "vllm lacks" not in out
     code, out = await grpcurl(service, M + "Pause", data={"clear_cache": True})
     assert code != 0 and "fastdeploy lacks clear_cache" in out, out
+    staged = {"uri": "/ckpt", "version": "2", "stage": True}
+    code, out = await grpcurl(service, M + "Refit", data=staged)
+    assert code != 0 and "3 of 4 engines" in out and "fastdeploy lacks stage" in out, out
     for kind, fake in fakes.items():
         assert posts(fake) == [], f"{kind} was touched"
     assert stub.requests() == [], "engine_stub was touched"
@@ -157,7 +160,9 @@ async def test_mixed_fleet_refuses_a_mode_one_engine_lacks_before_sending(
     caps = {e["engine"]: e["capabilities"] for e in json.loads(out)["engines"]}
     assert caps["fastdeploy"]["pause_modes"] == ["PAUSE_MODE_ABORT"]
     assert caps["sglang"]["pause_modes"] == ["PAUSE_MODE_ABORT", "PAUSE_MODE_KEEP"]
-    assert caps["fastdeploy"]["flags"] == {"clear_cache": False, "version_query": False}
+    assert caps["fastdeploy"]["flags"] == {"clear_cache": False, "version_query": False,
+                                           "stage": False}  # fmt: skip
+    assert caps["stub"]["flags"]["stage"] is True
     assert len(caps["stub"]["pause_modes"]) == 3
     code, out = await grpcurl(service, M + "Pause", data={"mode": "PAUSE_MODE_ABORT"})
     assert code == 0, out
