@@ -30,7 +30,7 @@ from bench.procs import die_with_parent, emit, rss_kb
 from control_service.cli.aio import run
 from control_service.log import configure
 from control_service.server import ControlServer
-from control_service.server.config import EngineConfig, ServiceConfig
+from control_service.server.config import EngineConfig, LinkConfig, ServiceConfig
 
 ENGINES_UP_TIMEOUT_S = 30.0
 
@@ -55,15 +55,17 @@ def stats(server: ControlServer) -> dict[str, Any]:
     }
 
 
-async def serve(entries: list[str], **factories: Any) -> int:
+async def serve(entries: list[str], link: LinkConfig | None = None, **factories: Any) -> int:
     """`factories`: ControlServer's seams (link_factory, servicer_factory, ...)."""
     configure("warning")
     engines = tuple(EngineConfig.parse(entry) for entry in entries)
-    server = ControlServer(ServiceConfig(engines=engines, listen="127.0.0.1:0"), **factories)
+    config = ServiceConfig(engines=engines, listen="127.0.0.1:0", link=link or LinkConfig())
+    server = ControlServer(config, **factories)
     port = await server.start()
-    if not await server.wait_engines_up(ENGINES_UP_TIMEOUT_S):
+    up_timeout = max(ENGINES_UP_TIMEOUT_S, len(engines) / 20)  # 4,096 links: ~3 min here
+    if not await server.wait_engines_up(up_timeout):
         down = [name for name, link in server.links.items() if not link.up]
-        emit(error=f"engines not up within {ENGINES_UP_TIMEOUT_S:g}s: {down[:8]}")
+        emit(error=f"engines not up within {up_timeout:g}s: {down[:8]}")
         await server.stop(0)
         return 1
     emit(port=port, pid=os.getpid(), engines=[e.name for e in engines])
@@ -102,6 +104,15 @@ if __name__ == "__main__":
     if "--account" in argv:
         argv.remove("--account")
         factories = _accounting.FACTORIES
+    link = None
+    beat = next((a for a in argv if a.startswith("--heartbeat=")), None)
+    if beat is not None:  # --heartbeat=INTERVAL/TIMEOUT in seconds (bench.fanout at scale)
+        argv.remove(beat)
+        interval, timeout = (float(x) for x in beat.split("=", 1)[1].split("/"))
+        link = LinkConfig(heartbeat_ivl_s=interval, heartbeat_timeout_s=timeout)
     if not argv:
-        sys.exit("usage: python -m bench._service [--account] NAME=ENDPOINT [NAME=ENDPOINT ...]")
-    sys.exit(run(serve(argv, **factories)))
+        sys.exit(
+            "usage: python -m bench._service [--account] [--heartbeat=IVL/TIMEOUT] "
+            "NAME=ENDPOINT [NAME=ENDPOINT ...]"
+        )
+    sys.exit(run(serve(argv, link, **factories)))

@@ -306,8 +306,15 @@ between the two rows.
 """
 
 
+SCALE_HEADING = "## Scale: "  # the section from `python -m bench.fanout`, written by hand
+
+
 def write_doc(path: Path, text: str) -> None:
-    path.write_text(DOC_HEAD + text + "\n")
+    """The report, and the scale section kept from the file it replaces (another tool's)."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find(SCALE_HEADING)
+    kept = "\n" + old[start:] if start >= 0 else ""
+    path.write_text(DOC_HEAD + text + "\n" + kept)
 
 
 def say(text: str = "") -> None:

@@ -7,7 +7,9 @@ A trainer needs only what is re-exported here, the client::
     async with ControlClient(ClientConfig(target="127.0.0.1:50051")) as control:
         await control.refit("/ckpt/step-100", "100")
 
-The rest is for running and extending the service: `control-service serve` (cli.py) or
+or, from synchronous code, `SyncControlClient` with the same methods, without `await`.
+
+The rest is for running and extending the service: `control-service serve` (cli/) or
 `server.ControlServer`, the engine protocol in `wire` (both sides use it), and the generated
 gRPC code fenced in `gen`. The client is imported on first use, not here, so that an engine
 importing `control_service.protocol.wire` does not load gRPC.
@@ -27,13 +29,15 @@ if TYPE_CHECKING:
         Outcome,
         ServiceStatus,
         StepTimeouts,
+        SyncControlClient,
         TlsConfig,
         new_request_id,
     )
 
 # The same names as control_service.client.__all__ (tests/unit/test_package.py holds them equal).
 __all__ = ["ClientConfig", "ControlClient", "ControlError", "EngineFailure", "Outcome",
-           "ServiceStatus", "StepTimeouts", "TlsConfig", "new_request_id"]  # fmt: skip
+           "ServiceStatus", "StepTimeouts", "SyncControlClient", "TlsConfig",
+           "new_request_id"]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The self-contained demo: one process runs what an RL loop does against a real engine.
+"""`control-service demo`: one process runs what an RL loop does against a real engine.
 
 Service (ControlServer on 127.0.0.1, any port) + embedded engine_stub + two safetensors
 checkpoints; then pause -> update_weights -> resume for version "1" and again for version "2",
@@ -13,18 +13,27 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+import click
 import grpc
 
+from control_service.cli import exit_codes
 from control_service.cli.embedded import EmbeddedEngines
-from control_service.cli.render import EventPrinter, format_error, format_status
+from control_service.cli.output import CallOutput
+from control_service.cli.params import (
+    CONTEXT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    Words,
+    option,
+    with_options,
+)
+from control_service.cli.render import format_error
+from control_service.cli.serve import configure_logging, log_options
 from control_service.client import ClientConfig, ControlClient, Outcome, new_request_id
 from control_service.errors import ControlError
 from control_service.server.config import ServiceConfig
-
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +44,12 @@ class DemoOptions:
     timeout_s: float = 60.0
     engine_logs: bool = False
     ready_timeout_s: float = 30.0
+    log_level: str = "warning"
+    log_format: str = "auto"
+
+    async def run(self, out: TextIO, err: TextIO) -> int:
+        configure_logging(self.log_level, self.log_format)
+        return await run(self, out)
 
 
 class DemoCheckFailed(Exception):
@@ -43,7 +58,7 @@ class DemoCheckFailed(Exception):
 
 async def run(options: DemoOptions, out: TextIO) -> int:
     """Run the whole demo, printing as it goes; 0 on success, non-zero with the reason otherwise."""
-    printer = EventPrinter(out, tty=out.isatty())
+    printer = CallOutput(out)
     try:
         with tempfile.TemporaryDirectory(prefix="control-service-demo-") as tmp:
             await _run(options, Path(tmp), printer)
@@ -51,18 +66,18 @@ async def run(options: DemoOptions, out: TextIO) -> int:
         printer.close()
         for line in format_error(error):
             printer.line(line)
-        return EXIT_FAILED
+        return exit_codes.FAILURE
     except DemoCheckFailed as error:
         printer.line(f"error: demo check failed: {error}")
-        return EXIT_FAILED
+        return exit_codes.FAILURE
     except Exception as error:  # noqa: BLE001 - the demo reports any failure as one line
         printer.line(f"error: {type(error).__name__}: {error}")
-        return EXIT_FAILED
+        return exit_codes.FAILURE
     printer.line("demo ok")
-    return EXIT_OK
+    return exit_codes.OK
 
 
-async def _run(options: DemoOptions, tmp: Path, printer: EventPrinter) -> None:
+async def _run(options: DemoOptions, tmp: Path, printer: CallOutput) -> None:
     from control_service.server import ControlServer
 
     engines = EmbeddedEngines(
@@ -91,7 +106,7 @@ async def _run(options: DemoOptions, tmp: Path, printer: EventPrinter) -> None:
             await server.stop(grace=1.0)
 
 
-async def _cycles(client: ControlClient, tmp: Path, printer: EventPrinter) -> None:
+async def _cycles(client: ControlClient, tmp: Path, printer: CallOutput) -> None:
     """Cycle 1 as three calls, cycle 2 as one Refit, then GetStatus; raises DemoCheckFailed on
     a wrong state."""
     digests: dict[str, dict[str, str]] = {}
@@ -120,7 +135,7 @@ async def _cycles(client: ControlClient, tmp: Path, printer: EventPrinter) -> No
     await _status(client, printer)
 
 
-async def _checkpoint(tmp: Path, version: str, seed: int, printer: EventPrinter) -> Path:
+async def _checkpoint(tmp: Path, version: str, seed: int, printer: CallOutput) -> Path:
     checkpoint = tmp / f"checkpoint-v{version}"
     size = await asyncio.to_thread(_write_checkpoint, checkpoint, seed)
     printer.line(f"== cycle {version}: checkpoint {checkpoint} ({size} bytes)")
@@ -128,7 +143,7 @@ async def _checkpoint(tmp: Path, version: str, seed: int, printer: EventPrinter)
 
 
 async def _step(
-    printer: EventPrinter, what: str, make_call: Callable[[str], Awaitable[Outcome]]
+    printer: CallOutput, what: str, make_call: Callable[[str], Awaitable[Outcome]]
 ) -> Outcome:
     """One call with a request id printed up front (what a trainer would log to retry by)."""
     request_id = new_request_id()
@@ -138,11 +153,10 @@ async def _step(
     return outcome
 
 
-async def _status(client: ControlClient, printer: EventPrinter) -> None:
+async def _status(client: ControlClient, printer: CallOutput) -> None:
     printer.line("== status")
     status = await client.status()
-    for name in sorted(status.engines):
-        printer.line(format_status(status.engines[name]))
+    printer.status(status)
     bad = [
         name
         for name, engine in status.engines.items()
@@ -178,3 +192,31 @@ def _write_checkpoint(directory: Path, seed: int) -> int:
     from engine_stub.checkpoint import write_checkpoint
 
     return write_checkpoint(directory, seed=seed)
+
+
+def _demo(**params: Any) -> DemoOptions:
+    """Start the service with an embedded engine on 127.0.0.1 (any port), then run
+    pause -> update_weights -> resume twice (versions 1 and 2), then GetStatus."""
+    return DemoOptions(**params)
+
+
+command = click.command(
+    "demo", context_settings={**CONTEXT, "auto_envvar_prefix": None}, epilog=exit_codes.HELP
+)(
+    with_options(
+        [
+            option("--embedded-engines", "engines", type=POSITIVE_INT, default=1, per_call=True,
+                   metavar="N", help="embedded engines to start"),
+            option("--engine-args", type=Words(), default="", per_call=True,
+                   help="extra engine_stub arguments, one shell-quoted string"),
+            option("--embedded-transport", "transport", type=click.Choice(("ipc", "tcp")),
+                   default="ipc", per_call=True, help="how the engines bind"),
+            option("--timeout", "timeout_s", type=POSITIVE_FLOAT, default=60.0, per_call=True,
+                   help="timeout of each call, seconds"),
+            *log_options("warning", per_call=True),
+            option("--engine-logs", is_flag=True, per_call=True,
+                   help="show the engines' own logs"),
+        ],
+        _demo,
+    )
+)  # fmt: skip

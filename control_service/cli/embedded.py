@@ -20,7 +20,6 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 import grpc
@@ -31,7 +30,6 @@ from control_service.server.config import EngineConfig
 ENGINE_STUB_COMMAND: tuple[str, ...] = (sys.executable, "-m", "engine_stub")
 STDERR_TAIL_LINES = 20
 MAX_LINE_BYTES = 1 << 20
-
 LineCallback = Callable[[str, dict[str, Any]], None]
 
 
@@ -96,22 +94,13 @@ class EmbeddedEngines:
     async def __aenter__(self) -> tuple[EngineConfig, ...]:
         return await self.start()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *_exc_info: object) -> None:
         await self.stop()
 
     @property
     def engines(self) -> tuple[EngineConfig, ...]:
         """The running engines as the service configures them (actual endpoints)."""
         return tuple(EngineConfig(e.name, e.endpoint) for e in self._engines)
-
-    @property
-    def pids(self) -> tuple[int, ...]:
-        return tuple(e.process.pid for e in self._engines)
 
     @property
     def returncodes(self) -> tuple[int | None, ...]:

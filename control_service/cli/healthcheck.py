@@ -13,26 +13,23 @@ Exit codes: 0 SERVING, 1 anything else (Docker reserves 2, so usage errors exit 
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, TextIO
 
+import click
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from control_service.cli.params import CONTEXT, option, with_options
 from control_service.protocol.names import bearer_metadata
 
-ENV_PREFIX = "CONTROL_SERVICE_HEALTH_"
+ENV_PREFIX = "CONTROL_SERVICE_HEALTH"
 UNHEALTHY = 1
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(UNHEALTHY, f"{self.prog}: error: {message}\n")
+FILE = click.Path(path_type=Path)
 
 
 def default_target(environ: Mapping[str, str]) -> str:
@@ -53,44 +50,6 @@ def service_token(environ: Mapping[str, str]) -> str | None:
     if path := environ.get("CONTROL_SERVICE_AUTH_TOKEN_FILE"):
         return Path(path).read_text(encoding="utf-8").strip()
     return None
-
-
-def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    def env(flag: str, default: str | None = None) -> str | None:
-        return environ.get(ENV_PREFIX + flag.upper().replace("-", "_"), default)
-
-    parser = _Parser(
-        prog="python -m control_service.cli.healthcheck",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add = parser.add_argument
-    add(
-        "--target",
-        default=env("target", default_target(environ)),
-        help="HOST:PORT of the service (default: from CONTROL_SERVICE_LISTEN)",
-    )
-    add(
-        "--service",
-        default=env("service", "control.v1.ControlService"),
-        help="health service name: control.v1.ControlService (default; follows the engines), "
-        "'' or liveness (SERVING while the process serves)",
-    )
-    add("--timeout", type=float, default=env("timeout", "3"), help="seconds")
-    add("--tls-ca", type=Path, default=env("tls-ca"), help="PEM CA to trust; enables TLS")
-    add("--tls-cert", type=Path, default=env("tls-cert"), help="PEM client certificate (mTLS)")
-    add("--tls-key", type=Path, default=env("tls-key"), help="PEM client key (mTLS)")
-    add(
-        "--tls-server-name",
-        default=env("tls-server-name"),
-        help="the name the server certificate must carry, when not the target's host",
-    )
-    add(
-        "--token",
-        default=env("token"),
-        help="bearer token (default: the service's own, from CONTROL_SERVICE_AUTH_TOKEN[_FILE])",
-    )
-    return parser
 
 
 async def check(
@@ -114,35 +73,86 @@ async def check(
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Check once and print SERVING / NOT_SERVING / why it could not tell; 0 only if SERVING."""
-    environ = os.environ if environ is None else environ
-    args = build_parser(environ).parse_args(argv)
-    credentials = None
-    options: list[tuple[str, str]] = []
-    try:
-        token = args.token or service_token(environ)
-        if args.tls_ca or args.tls_cert or args.tls_key:
-            credentials = grpc.ssl_channel_credentials(
-                *(p.read_bytes() if p else None for p in (args.tls_ca, args.tls_key, args.tls_cert))
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """One check, ready to run; prints SERVING / NOT_SERVING / why it could not tell."""
+
+    target: str
+    service: str
+    timeout: float
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+    token: str | None = None
+
+    async def run(self, out: TextIO, err: TextIO) -> int:
+        environ = os.environ
+        credentials = None
+        options: list[tuple[str, str]] = []
+        try:
+            token = self.token or service_token(environ)
+            if self.tls_ca or self.tls_cert or self.tls_key:
+                files = (self.tls_ca, self.tls_key, self.tls_cert)
+                credentials = grpc.ssl_channel_credentials(
+                    *(p.read_bytes() if p else None for p in files)
+                )
+            if self.tls_server_name:
+                options.append(("grpc.ssl_target_name_override", self.tls_server_name))
+        except OSError as error:
+            err.write(f"unhealthy: cannot read {error.filename}: {error.strerror}\n")
+            return UNHEALTHY
+        try:
+            serving = await check(
+                self.target, self.service, self.timeout, credentials, token, options
             )
-        if args.tls_server_name:
-            options.append(("grpc.ssl_target_name_override", args.tls_server_name))
-    except OSError as err:
-        print(f"unhealthy: cannot read {err.filename}: {err.strerror}", file=sys.stderr)
-        return UNHEALTHY
-    try:
-        serving = asyncio.run(
-            check(args.target, args.service, args.timeout, credentials, token, options)
-        )
-    except grpc.RpcError as err:
-        hint = ""
-        if credentials is None and environ.get("CONTROL_SERVICE_TLS_CERT"):
-            hint = f" (the service serves TLS: set {ENV_PREFIX}TLS_CA)"
-        print(f"unhealthy: {err.code().name}: {err.details()}{hint}", file=sys.stderr)
-        return UNHEALTHY
-    print("SERVING" if serving else "NOT_SERVING")
-    return 0 if serving else UNHEALTHY
+        except grpc.RpcError as error:
+            hint = ""
+            if credentials is None and environ.get("CONTROL_SERVICE_TLS_CERT"):
+                hint = f" (the service serves TLS: set {ENV_PREFIX}_TLS_CA)"
+            err.write(f"unhealthy: {error.code().name}: {error.details()}{hint}\n")
+            return UNHEALTHY
+        out.write("SERVING\n" if serving else "NOT_SERVING\n")
+        return 0 if serving else UNHEALTHY
+
+
+OPTIONS = (
+    option("--target", default=lambda: default_target(os.environ),
+           show_default="from CONTROL_SERVICE_LISTEN", help="HOST:PORT of the service"),
+    option("--service", default="control.v1.ControlService",
+           help="health service name: control.v1.ControlService (follows the engines), "
+           "'' or liveness (SERVING while the process serves)"),
+    option("--timeout", type=float, default=3.0, help="seconds"),
+    option("--tls-ca", type=FILE, default=None, help="PEM CA to trust; enables TLS"),
+    option("--tls-cert", type=FILE, default=None, help="PEM client certificate (mTLS)"),
+    option("--tls-key", type=FILE, default=None, help="PEM client key (mTLS)"),
+    option("--tls-server-name", default=None,
+           help="the name the server certificate must carry, when not the target's host"),
+    option("--token", default=None,
+           help="bearer token (default: the service's own, "
+           "from CONTROL_SERVICE_AUTH_TOKEN[_FILE])"),
+)  # fmt: skip
+
+
+def _healthcheck(**params: Any) -> HealthCheck:
+    return HealthCheck(**params)
+
+
+command = click.command(
+    "healthcheck",
+    context_settings={**CONTEXT, "auto_envvar_prefix": ENV_PREFIX},
+    help=__doc__,
+    short_help="exit 0 when the service reports SERVING, else 1 (for probes)",
+)(with_options(OPTIONS, _healthcheck))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The probe's entry point: usage errors exit 1 too (Docker reserves 2)."""
+    from control_service.cli.app import run_command
+
+    return run_command(
+        command, argv, prog="python -m control_service.cli.healthcheck", usage_exit=UNHEALTHY
+    )
 
 
 if __name__ == "__main__":

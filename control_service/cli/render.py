@@ -1,14 +1,17 @@
-"""Human and JSON rendering of control events, states and errors, shared by `call` and `demo`.
+"""Plain and JSON text for control events, states and errors, shared by `call` and `demo`.
 
 One line per event, always starting with the engine and seq so interleaved engines stay readable
-and a skipped seq is visible. On a TTY, progress with a known total is drawn as a bar that
-rewrites its own line; elsewhere (logs, pipes) it is a plain line per event.
+and a skipped seq is visible. This is the stable text printed when not on a terminal (logs,
+pipes); cli/output.py draws the same lines on a terminal, with live bars for progress.
+
+Engines and callers choose much of this text (versions, messages, stages, names): `printable`
+escapes its control characters, so no engine can move a terminal's cursor or retitle it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TextIO
+import re
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -16,8 +19,20 @@ from google.protobuf.message import Message
 from control_service.errors import ControlError
 from control_service.gen.control.v1 import control_pb2
 
-BAR_WIDTH = 24
 DIGEST_CHARS = 16  # hex characters of a digest shown to humans; JSON output keeps all of it
+
+# C0 and C1 controls, DEL, line/paragraph separators and bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` with every control character written as an escape (ESC as \\x1b): safe to print."""
+    return _CONTROL.sub(_escape, text)
 
 
 def short_digest(digest: str) -> str:
@@ -40,15 +55,6 @@ def format_state(state: control_pb2.EngineState) -> str:
     )
 
 
-def progress_bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
-    """'[#########...............] 3/8 37%' (total 0: just the count)."""
-    if total <= 0:
-        return f"{done}"
-    fraction = min(done / total, 1.0)
-    filled = round(fraction * width)
-    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {int(fraction * 100)}%"
-
-
 def format_result(result: control_pb2.Result) -> str:
     """The final state, plus the counters that are non-zero for this kind of call."""
     parts = [format_state(result.state)]
@@ -63,18 +69,16 @@ def format_result(result: control_pb2.Result) -> str:
     return " ".join(parts)
 
 
-def format_progress(progress: control_pb2.Progress, bar: bool = False) -> str:
-    """'load 3/8 shard-2' or, for a TTY, with a bar in place of the bare count."""
-    amount = progress_bar(progress.done, progress.total) if bar else _count(progress)
-    text = " ".join(p for p in (progress.stage, amount, progress.message) if p)
-    return text
+def format_progress(progress: control_pb2.Progress) -> str:
+    """'load 3/8 shard-2'."""
+    return " ".join(p for p in (progress.stage, _count(progress), progress.message) if p)
 
 
 def _count(progress: control_pb2.Progress) -> str:
     return f"{progress.done}/{progress.total}" if progress.total else f"{progress.done}"
 
 
-def format_event(event: control_pb2.ControlEvent, bar: bool = False) -> str:
+def format_event(event: control_pb2.ControlEvent) -> str:
     """One line: '<engine> #<seq> [<step>] <kind> <details>' (the step only in a Refit)."""
     kind = event.WhichOneof("event") or "unknown"
     step = f" [{event.step}]" if event.step else ""
@@ -82,7 +86,7 @@ def format_event(event: control_pb2.ControlEvent, bar: bool = False) -> str:
     if kind == "accepted":
         detail = event.accepted.message
     elif kind == "progress":
-        detail = format_progress(event.progress, bar)
+        detail = format_progress(event.progress)
     elif kind == "result":
         detail = format_result(event.result)
     elif kind == "error":
@@ -111,46 +115,3 @@ def format_error(error: ControlError) -> list[str]:
     lines = [f"error: {error.code.name}: {error.message}"]
     lines += [f"  {f.engine}: {f.code.name}: {f.message}" for f in error.failures]
     return lines
-
-
-class EventPrinter:
-    """Prints a call's events as they arrive: usable directly as a client `on_event` callback.
-
-    json_lines: one JSON object per event (for scripts); otherwise human lines, with progress
-    bars redrawn in place when `tty` is true.
-    """
-
-    def __init__(self, out: TextIO, *, tty: bool = False, json_lines: bool = False) -> None:
-        self.out = out
-        self.tty = tty and not json_lines
-        self.json_lines = json_lines
-        self._bar_open = False
-
-    def __call__(self, event: control_pb2.ControlEvent) -> None:
-        if self.json_lines:
-            self._write_line(to_json(event))
-        elif self.tty and event.WhichOneof("event") == "progress" and event.progress.total:
-            self._draw_bar(format_event(event, bar=True))
-        else:
-            self._write_line(format_event(event))
-
-    def line(self, text: str) -> None:
-        """Any other line (headers, summaries), ending a bar in progress first."""
-        self._write_line(text)
-
-    def close(self) -> None:
-        """End a bar left open, so whatever prints next starts on its own line."""
-        if self._bar_open:
-            self.out.write("\n")
-            self._bar_open = False
-        self.out.flush()
-
-    def _draw_bar(self, text: str) -> None:
-        self.out.write(f"\r\x1b[2K{text}")
-        self.out.flush()
-        self._bar_open = True
-
-    def _write_line(self, text: str) -> None:
-        self.close()
-        self.out.write(text + "\n")
-        self.out.flush()

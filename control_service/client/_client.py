@@ -148,12 +148,7 @@ class ControlClient:
         on_event: EventCallback | None = None,
     ) -> Outcome:
         """Stop the engines serving generation; mode None means the server's default."""
-        request = control_pb2.PauseRequest(
-            request_id=utils.checked_request_id(request_id),
-            mode=utils.pause_mode(mode),
-            clear_cache=clear_cache,
-            engines=list(engines),
-        )
+        request = pause_request(mode, clear_cache, request_id, engines)
         return await self._mutate(self._rpc("Pause"), request, timeout, on_event)
 
     async def update_weights(
@@ -167,14 +162,7 @@ class ControlClient:
         on_event: EventCallback | None = None,
     ) -> Outcome:
         """Load the checkpoint at `uri` into the (paused) engines, to report as `version`."""
-        if not uri or not version:
-            raise invalid("update_weights needs a non-empty uri and version")
-        request = control_pb2.UpdateWeightsRequest(
-            request_id=utils.checked_request_id(request_id),
-            uri=uri,
-            version=version,
-            engines=list(engines),
-        )
+        request = update_weights_request(uri, version, request_id, engines)
         return await self._mutate(self._rpc("UpdateWeights"), request, timeout, on_event)
 
     async def resume(
@@ -186,9 +174,7 @@ class ControlClient:
         on_event: EventCallback | None = None,
     ) -> Outcome:
         """Let paused engines serve again (KEEP-paused requests continue)."""
-        request = control_pb2.ResumeRequest(
-            request_id=utils.checked_request_id(request_id), engines=list(engines)
-        )
+        request = resume_request(request_id, engines)
         return await self._mutate(self._rpc("Resume"), request, timeout, on_event)
 
     async def refit(
@@ -208,19 +194,9 @@ class ControlClient:
         """Pause -> update_weights -> resume as one call. If a step fails, `on_failure` runs
         (by default the engines resume on their old weights) and ControlError names the step.
         `Outcome.results` holds each engine's final state (the events tagged step "refit")."""
-        if not uri or not version:
-            raise invalid("refit needs a non-empty uri and version")
-        request = control_pb2.RefitRequest(
-            request_id=utils.checked_request_id(request_id),
-            mode=utils.pause_mode(mode),
-            clear_cache=clear_cache,
-            uri=uri,
-            version=version,
-            on_failure=utils.refit_policy(on_failure),
-            engines=list(engines),
+        request = refit_request(
+            uri, version, mode, clear_cache, on_failure, steps, request_id, engines
         )
-        for name, seconds in (steps or StepTimeouts()).items():
-            getattr(request, f"{name}_timeout").CopyFrom(utils.duration(seconds))
         return await self._mutate(self._rpc("Refit"), request, timeout, on_event)
 
     async def status(
@@ -228,7 +204,7 @@ class ControlClient:
     ) -> ServiceStatus:
         """Every (or the named) engine's reachability and state; safe to retry, never queued."""
         request = control_pb2.GetStatusRequest(engines=list(engines))
-        deadline = utils.check_timeout(timeout) or self.config.status_timeout_s
+        deadline = status_deadline(timeout, self.config)
         response = await self._with_retries(
             lambda: self._rpc("GetStatus")(
                 request, timeout=deadline, metadata=utils.metadata(self.config.bearer_token)
@@ -251,29 +227,20 @@ class ControlClient:
         on_event: EventCallback | None,
     ) -> Outcome:
         """Run one streaming call to its end, retrying UNAVAILABLE with the same request."""
-        timeout_s = utils.check_timeout(timeout if timeout is not None else self.config.timeout_s)
-        if timeout_s is not None:
-            request.timeout.CopyFrom(utils.duration(timeout_s))
-        deadline = self.config.transport_deadline(timeout_s)
-        events: list[control_pb2.ControlEvent] = []
-        seen: set[bytes] = set()
+        deadline = with_timeout(request, timeout, self.config)
+        log = EventLog()
 
         async def attempt() -> None:
             call = rpc(request, timeout=deadline, metadata=utils.metadata(self.config.bearer_token))
             try:
                 async for event in call:
-                    key = utils.dedupe_key(event)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                    events.append(event)
-                    await utils.call_back(on_event, event)
+                    if log.add(event):
+                        await utils.call_back(on_event, event)
             finally:
                 call.cancel()  # no-op once finished; stops the stream if a callback raised
 
         attempts = await self._with_retries(attempt, count_attempts=True)
-        results = {e.engine: e.result for e in events if e.WhichOneof("event") == "result"}
-        return Outcome(request.request_id, MappingProxyType(results), tuple(events), attempts)
+        return log.outcome(request.request_id, attempts)
 
     async def _with_retries(self, attempt: Callable[[], Any], count_attempts: bool = False) -> Any:
         """Await attempt() until it succeeds or fails with anything but a retryable UNAVAILABLE.
@@ -286,8 +253,111 @@ class ControlClient:
             try:
                 value = await attempt()
             except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or made > self.config.retries:
-                    raise utils.error_from_rpc(error) from error
-                await asyncio.sleep(self.config.retry_delay_s(made))
+                await asyncio.sleep(retry_delay(error, made, self.config))
             else:
                 return made if count_attempts else value
+
+
+# --------------------------------------------------------------- shared with the sync client
+# What a call is, apart from how it waits: the request built from typed arguments, the timeout
+# and deadline it carries, the events it collects, and whether a failure is retried. The async
+# `ControlClient` and the blocking `SyncControlClient` (_sync.py) both use exactly these.
+
+
+def pause_request(
+    mode: PauseModeName | None, clear_cache: bool, request_id: str | None, engines: Iterable[str]
+) -> control_pb2.PauseRequest:
+    return control_pb2.PauseRequest(
+        request_id=utils.checked_request_id(request_id),
+        mode=utils.pause_mode(mode),
+        clear_cache=clear_cache,
+        engines=list(engines),
+    )
+
+
+def update_weights_request(
+    uri: str, version: str, request_id: str | None, engines: Iterable[str]
+) -> control_pb2.UpdateWeightsRequest:
+    if not uri or not version:
+        raise invalid("update_weights needs a non-empty uri and version")
+    return control_pb2.UpdateWeightsRequest(
+        request_id=utils.checked_request_id(request_id),
+        uri=uri,
+        version=version,
+        engines=list(engines),
+    )
+
+
+def resume_request(request_id: str | None, engines: Iterable[str]) -> control_pb2.ResumeRequest:
+    return control_pb2.ResumeRequest(
+        request_id=utils.checked_request_id(request_id), engines=list(engines)
+    )
+
+
+def refit_request(
+    uri: str,
+    version: str,
+    mode: PauseModeName | None,
+    clear_cache: bool,
+    on_failure: RefitPolicyName,
+    steps: StepTimeouts | None,
+    request_id: str | None,
+    engines: Iterable[str],
+) -> control_pb2.RefitRequest:
+    if not uri or not version:
+        raise invalid("refit needs a non-empty uri and version")
+    request = control_pb2.RefitRequest(
+        request_id=utils.checked_request_id(request_id),
+        mode=utils.pause_mode(mode),
+        clear_cache=clear_cache,
+        uri=uri,
+        version=version,
+        on_failure=utils.refit_policy(on_failure),
+        engines=list(engines),
+    )
+    for name, seconds in (steps or StepTimeouts()).items():
+        getattr(request, f"{name}_timeout").CopyFrom(utils.duration(seconds))
+    return request
+
+
+def with_timeout(request: Any, timeout: float | None, config: ClientConfig) -> float | None:
+    """Put the operation timeout (the call's, else the config's) on `request`; return the
+    transport deadline that goes with it."""
+    timeout_s = utils.check_timeout(timeout if timeout is not None else config.timeout_s)
+    if timeout_s is not None:
+        request.timeout.CopyFrom(utils.duration(timeout_s))
+    return config.transport_deadline(timeout_s)
+
+
+def status_deadline(timeout: float | None, config: ClientConfig) -> float:
+    return utils.check_timeout(timeout) or config.status_timeout_s
+
+
+class EventLog:
+    """A call's events across its attempts, exact repeats from a replayed stream dropped."""
+
+    def __init__(self) -> None:
+        self.events: list[control_pb2.ControlEvent] = []
+        self._seen: set[bytes] = set()
+
+    def add(self, event: control_pb2.ControlEvent) -> bool:
+        """Keep `event`; False for a repeat (not shown to the caller's callback again)."""
+        key = utils.dedupe_key(event)
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self.events.append(event)
+        return True
+
+    def outcome(self, request_id: str, attempts: int) -> Outcome:
+        events = self.events
+        results = {e.engine: e.result for e in events if e.WhichOneof("event") == "result"}
+        return Outcome(request_id, MappingProxyType(results), tuple(events), attempts)
+
+
+def retry_delay(error: grpc.RpcError, made: int, config: ClientConfig) -> float:
+    """Seconds to wait before attempt `made` + 1 of a call that failed with `error`; raises
+    the call's ControlError when it is not retried (not UNAVAILABLE, or retries used up)."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE or made > config.retries:
+        raise utils.error_from_rpc(error) from error
+    return config.retry_delay_s(made)

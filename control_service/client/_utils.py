@@ -69,7 +69,7 @@ def check_timeout(timeout_s: float | None) -> float | None:
     return timeout_s
 
 
-def error_from_rpc(error: grpc.aio.AioRpcError) -> ControlError:
+def error_from_rpc(error: grpc.RpcError) -> ControlError:
     """The client-side ControlError for a failed call, with one EngineFailure per ErrorInfo.
 
     The mapping itself lives in control_service.errors next to its inverse (to_grpc_status), so

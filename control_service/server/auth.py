@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import structlog
 
+from control_service.errors import ControlError, to_grpc_status
 from control_service.protocol.names import AUTHORIZATION, bearer
 
 log = structlog.get_logger("control_service.server.auth")
@@ -45,6 +46,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _unauthenticated(request: object, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED, f"missing or wrong '{AUTHORIZATION}: {bearer('<token>')}'"
+    error = ControlError(
+        grpc.StatusCode.UNAUTHENTICATED,
+        f"missing or wrong '{AUTHORIZATION}: {bearer('<token>')}'",
+        reason="UNAUTHENTICATED",
     )
+    await context.abort_with_status(to_grpc_status(error))

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from control_service.errors import ControlError, invalid
+from control_service.errors import ENDED_BY_SERVICE, ControlError, clip, invalid
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.protocol import names
 from control_service.protocol.proto_enums import PAUSE_MODE_NAMES, REFIT_POLICY_NAMES
@@ -91,22 +91,26 @@ class Commands:
             raise invalid(f"mode {value} is not a PauseMode")
         return mode
 
-    def engines(self, names: Sequence[str]) -> tuple[str, ...]:
+    def engines(self, requested: Sequence[str]) -> tuple[str, ...]:
         """The named engines in configured order, or all of them for an empty list."""
-        if not names:
+        if not requested:
             return self.all_engines
-        if len(names) == 1 and names[0] in self._known:
-            return (names[0],)
-        unknown = sorted(set(names) - set(self.all_engines))
+        if len(requested) == 1 and requested[0] in self._known:
+            return (requested[0],)
+        for name in requested:
+            if not names.is_request_id(name):  # the same rule as a request_id
+                raise invalid(f"engine name {clip(name)} must be {names.REQUEST_ID_RULE}")
+        unknown = sorted(set(requested) - self._known)
         if unknown:
             raise ControlError(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown engine(s) {', '.join(unknown)}; "
-                f"configured: {', '.join(self.all_engines)}",
+                f"unknown engine(s) {_listed(unknown)}; configured: {_listed(self.all_engines)}",
+                reason="UNKNOWN_ENGINE",
+                engines=tuple(unknown),
             )
-        if len(set(names)) != len(names):
+        if len(set(requested)) != len(requested):
             raise invalid("engines lists a name twice")
-        wanted = set(names)
+        wanted = set(requested)
         return tuple(name for name in self.all_engines if name in wanted)
 
     def _command(
@@ -130,7 +134,11 @@ class Commands:
         seconds = c.default_timeout_s if timeout is None else _seconds(timeout, c.max_timeout_s)
         if time_remaining is not None:
             if time_remaining <= 0:
-                raise ControlError(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed")
+                raise ControlError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{ENDED_BY_SERVICE}: the call's deadline passed before it started",
+                    reason="DEADLINE",
+                )
             seconds = min(seconds, time_remaining)
         loop = self._loop
         if loop is None:
@@ -143,13 +151,22 @@ _PREFIX = uuid.uuid4().hex[:12]
 _GENERATED = (f"{_PREFIX}-{n}" for n in itertools.count(1))
 
 
+def _listed(names: Sequence[str], limit: int = 8) -> str:
+    """Names for a message: the first `limit`, then how many more."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
 def request_id(value: str) -> str:
     """The caller's request_id, checked; a generated one when empty."""
     if not value:
         return next(_GENERATED)
     if not names.is_request_id(value):
-        shown = value if len(value) <= 40 else value[:40] + "..."
-        raise invalid(f"request_id {shown!r} must be {names.REQUEST_ID_RULE}")
+        raise ControlError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request_id {clip(value)} must be {names.REQUEST_ID_RULE}",
+            reason="INVALID_REQUEST_ID",
+        )
     return value
 
 

@@ -13,10 +13,22 @@ from pathlib import Path
 
 import zmq.auth
 
-from control_service.errors import ControlError, invalid
 from control_service.protocol.names import ABORT, PAUSE_MODES, PauseMode
 
 ENGINE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class ConfigError(Exception):
+    """A configuration the service cannot start with: a plain error, not a call's status.
+
+    `fields` names the configuration fields at fault (e.g. ("tls_cert", "tls_key")), so a front
+    end can point at its own spelling of them (a flag, a variable) while this layer names none.
+    """
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +40,13 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if not ENGINE_NAME.match(self.name):
-            raise invalid(f"engine name {self.name!r} must be 1-64 characters of [A-Za-z0-9._-]")
+            raise ConfigError(
+                f"engine name {self.name!r} must be 1-64 characters of [A-Za-z0-9._-]"
+            )
         if not self.endpoint.startswith(("tcp://", "ipc://", "inproc://")):
-            raise invalid(f"engine endpoint {self.endpoint!r} must be tcp://, ipc:// or inproc://")
+            raise ConfigError(
+                f"engine endpoint {self.endpoint!r} must be tcp://, ipc:// or inproc://"
+            )
 
     @classmethod
     def parse(cls, text: str, default_name: str = "engine") -> EngineConfig:
@@ -50,7 +66,7 @@ def load_engines(path: Path) -> list[EngineConfig]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise invalid(f"cannot read engines file {path}: {err}") from None
+        raise ConfigError(f"cannot read engines file {path}: {err}") from None
     engines: list[EngineConfig] = []
     for number, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].strip()
@@ -58,12 +74,12 @@ def load_engines(path: Path) -> list[EngineConfig]:
             continue
         try:
             engines.append(EngineConfig.parse(text, default_name=f"engine-{number}"))
-        except ControlError as err:
-            raise invalid(f"{path}:{number}: {err.message}") from None
+        except ConfigError as err:
+            raise ConfigError(f"{path}:{number}: {err.message}") from None
         if len(engines) > MAX_ENGINES:
-            raise invalid(f"{path}: more than {MAX_ENGINES} engines")
+            raise ConfigError(f"{path}: more than {MAX_ENGINES} engines")
     if not engines:
-        raise invalid(f"{path}: no engines listed")
+        raise ConfigError(f"{path}: no engines listed")
     return engines
 
 
@@ -78,16 +94,28 @@ class LinkConfig:
     max_frame_bytes: int = 1 << 20
     # Outgoing requests queued on the socket at most; past it a send fails with UNAVAILABLE.
     send_hwm: int = 10_000
+    # Incoming messages libzmq's I/O thread queues for us. While the queue has room it keeps
+    # reading the connection, heartbeats included, whatever our event loop is doing: an engine
+    # is declared dead for its own silence, not for a moment of ours (libzmq's default of 1,000
+    # is one burst of progress; past the bound it stops reading, and the heartbeat fails).
+    recv_hwm: int = 100_000
+    # Status probes in flight per engine. Their own bound, apart from the calls' slot budget, so
+    # that many GetStatus against a slow engine never refuse a mutation.
+    max_status_probes: int = 64
     # CURVE: the engines' public key and this service's key pair (zmq.auth certificate files).
     curve_server_key: Path | None = None
     curve_client_key: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.curve_server_key is None) != (self.curve_client_key is None):
-            raise invalid("the CURVE server key and client key go together")
+            raise ConfigError(
+                "the CURVE server key and client key go together",
+                "curve_server_key",
+                "curve_client_key",
+            )
         for path in (self.curve_server_key, self.curve_client_key):
             if path is not None and not path.is_file():
-                raise invalid(f"{path} is not a readable file")
+                raise ConfigError(f"{path} is not a readable file")
         if self.curve_server_key is not None and self.curve_client_key is not None:
             # Checked here so a wrong file is a one-line configuration error at start, not a
             # traceback from the socket options when the link first connects.
@@ -111,26 +139,56 @@ class SecurityConfig:
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise invalid("--tls-cert and --tls-key go together")
+            raise ConfigError("the TLS certificate and key go together", "tls_cert", "tls_key")
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise invalid("--tls-client-ca needs --tls-cert and --tls-key")
+            raise ConfigError(
+                "a client CA (mutual TLS) needs the server's TLS certificate and key",
+                "tls_client_ca",
+                "tls_cert",
+            )
         if self.auth_token is not None and self.auth_token_file is not None:
-            raise invalid("give the token once: --auth-token or --auth-token-file")
+            raise ConfigError(
+                "give the token once: as a value or as a file", "auth_token", "auth_token_file"
+            )
         for path in (self.tls_cert, self.tls_key, self.tls_client_ca, self.auth_token_file):
             if path is not None and not path.is_file():
-                raise invalid(f"{path} is not a readable file")
+                raise ConfigError(f"{path} is not a readable file")
         if self.tls_cert is not None and self.tls_key is not None:
             # gRPC reports a bad PEM only as "cannot bind": check the files the same way here.
             _check_tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     def token(self) -> str | None:
-        """The bearer token, read once at start; None means no token is required."""
-        token = self.auth_token
+        """The bearer token, read once at start; None means no token is required. The same rule
+        whichever its source (flag, environment, file): see `bearer_token`."""
         if self.auth_token_file is not None:
-            token = self.auth_token_file.read_text(encoding="utf-8").strip()
-        if token is not None and len(token) < 16:
-            raise invalid("the auth token must be at least 16 characters")
-        return token
+            try:
+                text = self.auth_token_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise ConfigError(
+                    f"cannot read the auth token file: {err}", "auth_token_file"
+                ) from None
+            return bearer_token(text, f"the file {self.auth_token_file}", "auth_token_file")
+        if self.auth_token is not None:
+            return bearer_token(self.auth_token, "the service's configuration", "auth_token")
+        return None
+
+
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]{16,4096}")
+
+
+def bearer_token(text: str, source: str, *fields: str) -> str:
+    """Surrounding whitespace (a file's or a variable's trailing newline) is dropped; what is
+    left must be 16-4,096 visible ASCII characters, the only ones a caller can send in an
+    `authorization` header. A token outside that is refused at start: accepted, it would lock
+    every caller out. The token itself is never echoed."""
+    token = text.strip()
+    if _TOKEN_CHARS.fullmatch(token) is None:
+        raise ConfigError(
+            f"the auth token from {source} must be 16-4096 visible ASCII characters "
+            f"(no spaces, control or non-ASCII characters); got {len(token)} characters",
+            *fields,
+        )
+    return token
 
 
 def _curve_keys(path: Path, need_secret: bool) -> None:
@@ -138,9 +196,9 @@ def _curve_keys(path: Path, need_secret: bool) -> None:
     try:
         _public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as err:
-        raise invalid(f"{path}: not a zmq.auth CURVE key file ({err})") from None
+        raise ConfigError(f"{path}: not a zmq.auth CURVE key file ({err})") from None
     if need_secret and secret is None:
-        raise invalid(f"{path}: has no secret key (give the .key_secret file)")
+        raise ConfigError(f"{path}: has no secret key (give the .key_secret file)")
 
 
 def _no_password() -> str:
@@ -154,14 +212,14 @@ def _check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
     try:
         context.load_cert_chain(cert, key, password=_no_password)
     except (OSError, ssl.SSLError) as err:
-        raise invalid(
+        raise ConfigError(
             f"{cert} / {key}: need a PEM certificate chain and its matching unencrypted key ({err})"
         ) from None
     if client_ca is not None:
         try:
             context.load_verify_locations(cafile=client_ca)
         except (OSError, ssl.SSLError) as err:
-            raise invalid(f"{client_ca}: not PEM CA certificates ({err})") from None
+            raise ConfigError(f"{client_ca}: not PEM CA certificates ({err})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +241,11 @@ class ServiceConfig:
     max_open_slots: int = 4096
     # Events buffered per caller before the oldest progress events are dropped (never a result).
     slot_queue_events: int = 256
+    # Callers attached to one operation (same request_id) at most; past it RESOURCE_EXHAUSTED.
+    # Each engine reply is handed to every attached caller: this bounds that work per reply.
+    max_callers_per_operation: int = 64
+    # HTTP/2 streams (calls) one client connection may have open at once.
+    max_concurrent_streams: int = 1024
     max_message_bytes: int = 64 * 1024
     # How long, and how many, finished operations are remembered so a retry replays the outcome.
     retry_window_s: float = 600.0
@@ -192,23 +255,57 @@ class ServiceConfig:
     # at the engine. 0 cancels at once.
     detach_grace_s: float = 5.0
     shutdown_grace_s: float = 10.0
-    # Prometheus /metrics on this HTTP port; 0 means off.
+    # Prometheus /metrics on this HTTP port, on the gRPC listen host; 0 means off.
     metrics_port: int = 0
+    # Or HOST:PORT for /metrics (wins over metrics_port): e.g. 0.0.0.0:9090 for a scraper
+    # outside the pod while gRPC listens on loopback only.
+    metrics_listen: str = ""
 
     def __post_init__(self) -> None:
         if not self.engines:
-            raise invalid("at least one engine is required")
+            raise ConfigError("at least one engine is required")
         names = [e.name for e in self.engines]
         if len(set(names)) != len(names):
-            raise invalid(f"engine names must be unique, got {names}")
+            raise ConfigError(f"engine names must be unique, got {names}")
         if self.default_pause_mode not in PAUSE_MODES:
-            raise invalid(f"default pause mode must be one of {PAUSE_MODES}")
+            raise ConfigError(
+                f"default pause mode must be one of {PAUSE_MODES}", "default_pause_mode"
+            )
         if self.detach_grace_s < 0 or self.retry_window_s < 0:
-            raise invalid("detach grace and retry window must be >= 0")
+            raise ConfigError(
+                "detach grace and retry window must be >= 0", "detach_grace_s", "retry_window_s"
+            )
         if self.engine_probe_interval_s is not None and self.engine_probe_interval_s < 0:
-            raise invalid("engine probe interval must be >= 0")
+            raise ConfigError("engine probe interval must be >= 0", "engine_probe_interval_s")
         if not 0 < self.default_timeout_s <= self.max_timeout_s:
-            raise invalid("need 0 < default timeout <= max timeout")
-        for name in ("max_open_slots", "slot_queue_events", "retry_max_records"):
+            raise ConfigError(
+                "need 0 < default timeout <= max timeout", "default_timeout_s", "max_timeout_s"
+            )
+        for name in (
+            "max_open_slots",
+            "slot_queue_events",
+            "retry_max_records",
+            "max_callers_per_operation",
+            "max_concurrent_streams",
+        ):
             if getattr(self, name) < 1:
-                raise invalid(f"{name} must be >= 1")
+                raise ConfigError(f"{name} must be >= 1", name)
+        if self.metrics_listen:
+            _host_port(self.metrics_listen, "the metrics address", "metrics_listen")
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where /metrics is served, or None when off. Without metrics_listen: the gRPC listen
+        host (never every interface unless gRPC itself listens on every interface)."""
+        if self.metrics_listen:
+            return _host_port(self.metrics_listen, "the metrics address", "metrics_listen")
+        if not self.metrics_port:
+            return None
+        host = "127.0.0.1" if self.listen.startswith("unix:") else self.listen.rpartition(":")[0]
+        return host.strip("[]") or "127.0.0.1", self.metrics_port
+
+
+def _host_port(text: str, what: str, *fields: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"{what} {text!r} must be HOST:PORT with a port in 1-65535", *fields)
+    return host.strip("[]"), int(port)

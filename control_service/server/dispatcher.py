@@ -21,13 +21,13 @@ from typing import Any
 import grpc
 import structlog
 
-from control_service.errors import ControlError, unavailable
+from control_service.errors import ENDED_BY_SERVICE, ControlError, shutting_down
 from control_service.protocol import names, wire
 from control_service.server.config import ServiceConfig
 from control_service.server.deadlines import Deadlines
 from control_service.server.engine_link import EngineLink
 from control_service.server.metrics import Metrics
-from control_service.server.operations import Command, Operation, Part, Subscriber
+from control_service.server.operations import Command, FinalStatus, Operation, Part, Subscriber
 from control_service.server.refit import RefitDriver
 
 log = structlog.get_logger("control_service.server.dispatcher")
@@ -35,10 +35,16 @@ log = structlog.get_logger("control_service.server.dispatcher")
 _CANCEL_TIMEOUT_S = 5.0
 _PAUSING = frozenset({names.PAUSE, names.REFIT})  # the methods whose arguments need capabilities
 _OK = grpc.StatusCode.OK
-# Outcomes about time or reachability, not about the operation: a retry runs again, even when
-# the engine itself reported them (its own timeout_s can fire as ours does).
+# Outcomes about time, reachability or being busy, not about the operation: a retry runs again,
+# even when the engine itself reported them (its own timeout_s can fire as ours does; ABORTED
+# means "busy now, try again later", so replaying it would refuse every retry for the window).
 _FRESH = frozenset(
-    {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
+    {
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+    }
 )
 
 
@@ -76,7 +82,8 @@ class Dispatcher:
         self._records: OrderedDict[str, tuple[float, Operation]] = OrderedDict()
         # engine -> the mutating operation it is running (one at a time per engine).
         self._busy: dict[str, Operation] = {}
-        # engine -> the weight version last requested of it, for version-skew reports.
+        # engine -> the version of the last update to it that succeeded on at least one of its
+        # engines (a Refit's update step included), for version-skew reports.
         self.expected_versions: dict[str, str] = {}
         # engine -> what it reported it can do, from status replies since its link came up.
         self.capabilities: dict[str, dict[str, Any]] = {}
@@ -103,7 +110,7 @@ class Dispatcher:
             if existing is not None:
                 return existing, existing.subscribe()
         if self.closing:
-            raise unavailable("the service is shutting down")
+            raise shutting_down()
         if command.method in _PAUSING:
             self._check_capable(command)
         self._check_engines_free(command, None)
@@ -114,8 +121,9 @@ class Dispatcher:
     def _start(self, command: Command, owner: Operation | None) -> tuple[Operation, Subscriber]:
         """Open every slot, then send: the order this service exists for."""
         op = Operation(
-            command, self.config.slot_queue_events, self._part_done, self._finished, owner=owner
-        )
+            command, self.config.slot_queue_events, self._part_done, self._finished, owner=owner,
+            max_callers=self.config.max_callers_per_operation,
+        )  # fmt: skip
         sub = op.subscribe()
         self._open_slots(op)
         self._register(op)
@@ -130,14 +138,12 @@ class Dispatcher:
         if op.owner is None:
             for name in command.engines:
                 self._busy[name] = op
-        if "version" in command.args and command.method in (names.UPDATE_WEIGHTS, names.REFIT):
-            for name in command.engines:
-                self.expected_versions[name] = command.args["version"]
 
     def _start_refit(self, command: Command) -> tuple[Operation, Subscriber]:
         op = Operation(
-            command, self.config.slot_queue_events, self._part_done, self._finished, driven=True
-        )
+            command, self.config.slot_queue_events, self._part_done, self._finished, driven=True,
+            max_callers=self.config.max_callers_per_operation,
+        )  # fmt: skip
         sub = op.subscribe()
         self._register(op)
         driver = RefitDriver(op, self._start_step, self._probe)
@@ -164,6 +170,7 @@ class Dispatcher:
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"request_id {rid!r} was already used for {op.command.method} with other "
                 "arguments; use a new request_id for a new call",
+                reason="REQUEST_ID_REUSED",
             )
         return op
 
@@ -212,6 +219,8 @@ class Dispatcher:
                     grpc.StatusCode.ABORTED,
                     f"engine {name} is running {holder.command.method} "
                     f"(request_id {holder.command.request_id}); retry when it has finished",
+                    reason="ENGINE_BUSY",
+                    engines=(name,),
                 )
 
     def _open_slots(self, op: Operation) -> None:
@@ -255,11 +264,13 @@ class Dispatcher:
 
     def _detached(self, op: Operation) -> None:
         op.detach_timer = None
-        self._end(op, ControlError(grpc.StatusCode.CANCELLED, "every caller went away"))
+        code = grpc.StatusCode.CANCELLED
+        self._end(op, ControlError(code, "every caller went away", reason="CALLER_GONE"))
 
     def _expire(self, op: Operation) -> None:
         op.timer = None
-        self._end(op, ControlError(grpc.StatusCode.DEADLINE_EXCEEDED, "no result by the deadline"))
+        message = f"{ENDED_BY_SERVICE}: no result from the engine by the deadline"
+        self._end(op, ControlError(grpc.StatusCode.DEADLINE_EXCEEDED, message, reason="DEADLINE"))
 
     def fail_all(self, error: ControlError) -> None:
         """End every running operation (shutdown)."""
@@ -293,12 +304,9 @@ class Dispatcher:
                 del self._busy[name]
         outcome = op.outcome
         assert outcome is not None
-        # (OK tested first: a StatusCode's hash, for the set test, is a Python-level call)
-        if (
-            outcome.engine_reported
-            and op.owner is None
-            and (outcome.code is _OK or outcome.code not in _FRESH)
-        ):
+        if op.command.method == names.UPDATE_WEIGHTS:
+            self._expect_version(op.command, outcome)
+        if op.owner is None and _replayable(outcome):
             self._remember(rid, op)
         if not self.running and self._idle is not None:
             self._idle.set()
@@ -311,6 +319,14 @@ class Dispatcher:
         records[rid] = (self._loop.time(), op)
         while len(records) > self.config.retry_max_records:
             records.popitem(last=False)
+
+    def _expect_version(self, command: Command, outcome: FinalStatus) -> None:
+        """An update that succeeded on at least one engine makes its version the expected one for
+        all its engines (those that failed now serve another: skewed); one that failed
+        everywhere changes nothing, as every engine kept its old weights."""
+        if len(outcome.failures) < len(command.engines):
+            for name in command.engines:
+                self.expected_versions[name] = command.args["version"]
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no operation runs; False if `timeout` passed first."""
@@ -348,7 +364,7 @@ class Dispatcher:
         waiter = _OneReply()
         timeout = self.config.status_timeout_s
         try:
-            link.open(rid, waiter)
+            link.probes.open(rid, waiter)  # the probes' own bound, not the calls' slot budget
             sent = time.perf_counter()
             link.send(wire.Request(rid, names.STATUS, {}, timeout))
             reply = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
@@ -359,7 +375,7 @@ class Dispatcher:
         except TimeoutError:
             return EngineReport(name, True, None, f"no status reply within {timeout:g}s")
         finally:
-            link.slots.close(rid)  # on every exit, cancellation of the caller included
+            link.probes.close(rid)  # on every exit, cancellation of the caller included
         if reply.kind == wire.ERROR:
             why = f"{reply.data['code']}: {reply.data['message']}"
             down = reply.data["code"] == "UNAVAILABLE"  # the engine behind its adapter is down
@@ -378,6 +394,18 @@ class Dispatcher:
             self.engine_down.pop(name, None)
         if bool(was) != bool(down) and self.on_engine_change is not None:
             self.on_engine_change()
+
+
+def _replayable(outcome: FinalStatus) -> bool:
+    """Only outcomes the engines decided are replayed. Not one that the service imposed on any
+    engine, nor one where any engine failed on time or reachability (a deadline ends a call on
+    whichever side sees it first: the engine's own timeout_s or the service's timer, so a
+    retry must run again either way)."""
+    if not outcome.engine_reported:
+        return False
+    if outcome.code is _OK:  # tested first: a StatusCode's hash, for the set test, costs a call
+        return True
+    return outcome.code not in _FRESH and not any(f.code in _FRESH for f in outcome.failures)
 
 
 class _OneReply:

@@ -15,6 +15,18 @@ Seams: `transmit` (one encoded request onto the socket), `receive` (one incoming
 `drain` (everything readable) are the steps of the reply path, public so that a subclass given
 to `ControlServer(link_factory=...)` can observe or replace one (the benchmark times them; a test
 delivers a reply inside `transmit`). `on_link_event` is the same for liveness.
+
+Recovery: libzmq reconnects by itself after a lost connection, but not after a protocol error
+(a failed CURVE handshake, a malformed greeting, a message over MAXMSGSIZE): it ends that
+connection for good. It announces each retry it will make (CONNECT_RETRIED) right after the
+DISCONNECTED, so a DISCONNECTED without one means no retry is coming: the link then closes the
+DEALER and opens a fresh one, with the configured reconnect interval doubling up to its maximum
+while the engine stays bad. Every slot was already failed with UNAVAILABLE at the disconnect,
+and the old socket is closed without lingering, so nothing is ever resent.
+
+Fairness: `drain` reads at most a batch of messages per wake-up, then lets the loop's other work
+run (health checks, timers, writes) and looks again; libzmq's I/O thread keeps reading the
+connection meanwhile (RCVHWM is large), so heartbeats are never held up by our own loop.
 """
 
 from __future__ import annotations
@@ -24,15 +36,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+import grpc
 import structlog
 import zmq
 import zmq.auth
 from zmq.utils.monitor import parse_monitor_message
 
-from control_service.errors import unavailable
+from control_service.errors import ControlError, clip, unavailable
 from control_service.protocol import wire
 from control_service.server.config import EngineConfig, LinkConfig
 from control_service.server.slots import ReplySink, SlotBudget, SlotTable
+from control_service.server.throttle import Throttle
 
 log = structlog.get_logger("control_service.server.engine_link")
 
@@ -43,8 +57,13 @@ _MONITOR_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_CONNECT_RETRIED
     | zmq.EVENT_MONITOR_STOPPED
 )
+# How long after a DISCONNECTED libzmq gets to announce its retry. Both events come from the same
+# I/O-thread step, microseconds apart; the margin only covers our loop being busy.
+_RETRY_NOTICE_S = 0.05
+_CANCEL_TIMEOUT_S = 5.0
 # A hard transport cap far above the protocol's limit: ZMQ drops the *connection* on a larger
 # message, so the protocol limit is enforced per frame in wire.decode_reply instead.
 _TRANSPORT_MAX_BYTES = 64 << 20
@@ -55,6 +74,8 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _COPY_BELOW = 65536  # bodies under this are copied (cheaper than tracking a zero-copy frame)
+# Messages read per wake-up before the loop's other callbacks get their turn.
+_READ_BATCH = 256
 
 
 # `events(_EVENTS) & _POLLIN`: a message is waiting. Reading EVENTS also makes ZMQ process its
@@ -68,6 +89,8 @@ class LinkCounters:
     sent: int = 0
     send_failures: int = 0
     malformed: int = 0
+    disconnects: int = 0
+    recreated: int = 0  # fresh sockets after a disconnect libzmq would not retry
 
 
 class EngineLink:
@@ -85,6 +108,7 @@ class EngineLink:
         self.endpoint = engine.endpoint
         self.config = config
         self.slots = SlotTable(budget)
+        self.probes = SlotTable(SlotBudget(config.max_status_probes))  # status probes' slots
         self.counters = LinkCounters()
         self.up = False
         self.down_reason = "not connected yet"
@@ -94,13 +118,24 @@ class EngineLink:
         self._monitor: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._log_throttle = Throttle()  # stray and malformed frames: one line a second
+        self._context: zmq.Context | None = None
+        self._retry_announced = False  # CONNECT_RETRIED seen since the last DISCONNECTED
+        self._retry_check: asyncio.TimerHandle | None = None
+        self._recreate_timer: asyncio.TimerHandle | None = None
+        self._backoff_s = config.reconnect_ivl_s
 
     # ------------------------------------------------------------------------------ lifecycle
 
     def start(self, context: zmq.Context) -> None:
         """Connect (ZMQ reconnects by itself from then on). Call from the event loop's thread."""
         self._loop = asyncio.get_running_loop()
-        sock = context.socket(zmq.DEALER)
+        self._context = context
+        self._open_socket()
+
+    def _open_socket(self) -> None:
+        assert self._loop is not None and self._context is not None
+        sock = self._context.socket(zmq.DEALER)
         self._configure(sock)
         self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         sock.connect(self.endpoint)
@@ -113,11 +148,23 @@ class EngineLink:
         if self.endpoint.startswith("inproc://"):
             self._set_up()
 
+    def _close_socket(self) -> None:
+        loop, sock, monitor = self._loop, self._sock, self._monitor
+        self._sock = self._monitor = None
+        self._events = None
+        if loop is not None and sock is not None and monitor is not None:
+            loop.remove_reader(sock.FD)
+            loop.remove_reader(monitor.FD)
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+
     def _configure(self, sock: zmq.Socket) -> None:
         c = self.config
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDHWM, c.send_hwm)
+        sock.setsockopt(zmq.RCVHWM, c.recv_hwm)
         sock.setsockopt(zmq.MAXMSGSIZE, _TRANSPORT_MAX_BYTES)
         sock.setsockopt(zmq.HEARTBEAT_IVL, int(c.heartbeat_ivl_s * 1000))
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(c.heartbeat_timeout_s * 1000))
@@ -135,15 +182,11 @@ class EngineLink:
         """Fail what is still open, then close the sockets without lingering."""
         self._closed = True
         self._set_down(reason, expected=True)
-        loop, sock, monitor = self._loop, self._sock, self._monitor
-        self._sock = self._monitor = None
-        self._events = None
-        if loop is not None and sock is not None and monitor is not None:
-            loop.remove_reader(sock.FD)
-            loop.remove_reader(monitor.FD)
-            sock.disable_monitor()
-            monitor.close(linger=0)
-            sock.close(linger=0)
+        for timer in (self._retry_check, self._recreate_timer):
+            if timer is not None:
+                timer.cancel()
+        self._retry_check = self._recreate_timer = None
+        self._close_socket()
 
     # ------------------------------------------------------------------------------ requests
 
@@ -191,12 +234,20 @@ class EngineLink:
         return self._sock
 
     def drain(self) -> None:
-        """Read every queued message (the event loop calls it when the socket is readable).
-        Asking EVENTS first is cheaper than a raised zmq.Again.
+        """Read the queued messages (the event loop calls it when the socket is readable), at most
+        a batch per call. Asking EVENTS first is cheaper than a raised zmq.Again.
         A bug handling one message costs that message only: leaving the loop early would leave
         the rest queued behind an edge-triggered FD that does not fire again for them."""
         sock, events = self._sock, self._events
+        budget = _READ_BATCH
         while sock is not None and events is not None and events(_EVENTS) & _POLLIN:
+            if not budget:
+                # The rest after the loop's other work: the FD will not fire again for messages
+                # already queued, so the link schedules its own next look.
+                assert self._loop is not None
+                self._loop.call_soon(self.drain)
+                return
+            budget -= 1
             frames = sock.recv_multipart(_NOBLOCK)
             try:
                 self.receive(frames)
@@ -215,18 +266,36 @@ class EngineLink:
         except wire.WireError as err:
             self._malformed(err.reason, err.request_id)
             return
-        if not self.slots.deliver(reply):
-            log.info(
-                "reply dropped: no open slot",
-                engine=self.name,
-                request_id=reply.request_id,
-                kind=reply.kind,
-            )
+        table = self.probes if reply.request_id in self.probes else self.slots
+        if not table.deliver(reply):
+            held = self._log_throttle.allow("unmatched")
+            if held is not None:
+                log.info("reply dropped: no open slot", engine=self.name,
+                         request_id=clip(reply.request_id), kind=reply.kind,
+                         suppressed=held)  # fmt: skip
 
     def _malformed(self, reason: str, request_id: str | None) -> None:
+        """Drop the frame. When it names a request with an open slot, that engine's part of the
+        call fails now with INTERNAL (rather than waiting out its deadline for a reply that this
+        engine has just shown it cannot give), and the engine is told to stop."""
         self.counters.malformed += 1
-        log.warning("malformed engine frame dropped", engine=self.name, request_id=request_id,
-                    reason=reason)  # fmt: skip
+        reason = clip(reason, 256)
+        held = self._log_throttle.allow("malformed")
+        if held is not None:
+            log.warning("malformed engine frame dropped", engine=self.name,
+                        request_id=clip(request_id), reason=reason, suppressed=held)  # fmt: skip
+        if request_id is None:
+            return
+        table = self.probes if request_id in self.probes else self.slots
+        error = ControlError(
+            grpc.StatusCode.INTERNAL,
+            f"engine {self.name} sent a reply that breaks the protocol: {reason}",
+        )
+        if table.fail(request_id, error) and self.up:
+            try:
+                self.send(wire.Request(request_id, "cancel", {}, _CANCEL_TIMEOUT_S))
+            except ControlError:
+                pass  # the engine is gone: nothing left to cancel
 
     # ------------------------------------------------------------------------------ liveness
 
@@ -249,8 +318,13 @@ class EngineLink:
     def on_link_event(self, event: int) -> None:
         """One socket monitor event (zmq.EVENT_*): up, down, or a failed handshake."""
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._backoff_s = self.config.reconnect_ivl_s
             self._set_up()
+        elif event == zmq.EVENT_CONNECT_RETRIED:
+            self._retry_announced = True
         elif event == zmq.EVENT_DISCONNECTED:
+            self.counters.disconnects += 1
+            self._watch_for_retry()
             # A failed handshake is followed by DISCONNECTED: keep the reason that explains it.
             if self.up or not self.down_reason.startswith(_HANDSHAKE):
                 self._set_down("connection lost (engine exited or missed heartbeats)")
@@ -258,6 +332,41 @@ class EngineLink:
             self._handshake_failed(f"{_HANDSHAKE} refused: the engine does not accept our key")
         elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
             self._handshake_failed(f"{_HANDSHAKE} failed: wrong CURVE server key or security mode")
+
+    # ------------------------------------------------------------------------------ recovery
+
+    def _watch_for_retry(self) -> None:
+        """After a DISCONNECTED: if libzmq announces no retry, recreate the socket."""
+        assert self._loop is not None
+        self._retry_announced = False
+        if self._retry_check is None:
+            self._retry_check = self._loop.call_later(_RETRY_NOTICE_S, self._check_retry)
+
+    def _check_retry(self) -> None:
+        self._retry_check = None
+        if self._monitor is not None:  # an announcement already queued counts, however busy
+            self.read_link_events(self._monitor)
+        if self._retry_announced or self._closed or self._recreate_timer is not None:
+            return
+        assert self._loop is not None
+        if not self.down_reason.startswith(_HANDSHAKE):
+            self.down_reason = "the engine broke the transport protocol (e.g. a frame over the cap)"
+        delay = self._backoff_s
+        self._backoff_s = min(delay * 2, self.config.reconnect_ivl_max_s)
+        log.info("engine link ended without a retry: reconnecting on a fresh socket",
+                 engine=self.name, reason=self.down_reason, in_s=delay)  # fmt: skip
+        self._recreate_timer = self._loop.call_later(delay, self._recreate)
+
+    def _recreate(self) -> None:
+        """A fresh DEALER (and monitor) in place of one libzmq has given up on. Anything still
+        open fails with UNAVAILABLE first: the old socket's requests are never resent."""
+        self._recreate_timer = None
+        if self._closed:
+            return
+        self._set_down(self.down_reason or "reconnecting")
+        self._close_socket()
+        self.counters.recreated += 1
+        self._open_socket()
 
     def _handshake_failed(self, reason: str) -> None:
         """The link never comes up and no call fails with it, so say it once in the log: an
@@ -276,7 +385,8 @@ class EngineLink:
 
     def _set_down(self, reason: str, expected: bool = False) -> None:
         was_up, self.up, self.down_reason = self.up, False, reason
-        failed = self.slots.fail_all(unavailable(f"engine {self.name} is unreachable: {reason}"))
+        error = unavailable(f"engine {self.name} is unreachable: {reason}")
+        failed = self.slots.fail_all(error) + self.probes.fail_all(error)
         if was_up or failed:
             report = log.info if expected and not failed else log.warning
             report("engine down", engine=self.name, reason=reason, failed_calls=failed)

@@ -39,21 +39,23 @@ _RTT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 
 
 class CallStats:
-    """Calls by (method, status) and a latency histogram per method, as plain numbers."""
+    """Calls and a latency histogram by (method, status), as plain numbers. Latency by status
+    too: a failing engine ends calls fast (UNAVAILABLE) or slow (DEADLINE_EXCEEDED), and mixed
+    into the OK calls either one hides what a refit costs."""
 
     __slots__ = ("counts", "latency")
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], int] = {}
-        # method -> [count per bucket (the last one is +Inf)..., sum of seconds]
-        self.latency: dict[str, list[float]] = {}
+        # (method, status) -> [count per bucket (the last one is +Inf)..., sum of seconds]
+        self.latency: dict[tuple[str, str], list[float]] = {}
 
     def add(self, method: str, status: str, seconds: float) -> None:
         key = (method, status)
         self.counts[key] = self.counts.get(key, 0) + 1
-        row = self.latency.get(method)
+        row = self.latency.get(key)
         if row is None:
-            row = self.latency[method] = [0] * (len(_LATENCY_BUCKETS) + 1) + [0.0]
+            row = self.latency[key] = [0] * (len(_LATENCY_BUCKETS) + 1) + [0.0]
         row[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         row[-1] += seconds
 
@@ -64,15 +66,17 @@ class CallStats:
         for (method, status), count in list(self.counts.items()):
             calls.add_metric([method, status], count)
         latency = HistogramMetricFamily(
-            "control_call_duration_seconds", "Call duration by method.", labels=["method"]
+            "control_call_duration_seconds",
+            "Call duration by method and final gRPC status.",
+            labels=["method", "status"],
         )
-        for method, live in list(self.latency.items()):
+        for (method, status), live in list(self.latency.items()):
             row = list(live)  # a copy: the event loop may add a call while we read
             cumulative, buckets = 0.0, []
             for bound, in_bucket in zip((*_LATENCY_BUCKETS, float("inf")), row[:-1], strict=True):
                 cumulative += in_bucket
                 buckets.append((floatToGoString(bound), cumulative))
-            latency.add_metric([method], buckets, sum_value=row[-1])
+            latency.add_metric([method, status], buckets, sum_value=row[-1])
         yield from (calls, latency)
 
 
@@ -91,7 +95,7 @@ class Metrics:
         """Count one finished call and its duration (once per call, at its end)."""
         self.call_stats.add(method, status, seconds)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose /metrics over HTTP from a daemon thread (OSError if the port is taken)."""
         self._http = start_http_server(port, addr=addr, registry=self.registry)
 
@@ -132,5 +136,12 @@ class _LinkCollector(Collector):
             up.add_metric([name], 1 if link.up else 0)
             late.add_metric([name], link.slots.counters.unmatched)
             malformed.add_metric([name], link.counters.malformed)
-        yield from (slots, up, late, malformed)
+        recreated = CounterMetricFamily(
+            "control_engine_link_recreated",
+            "Fresh sockets opened after a disconnect libzmq would not retry (protocol error).",
+            labels=["engine"],
+        )
+        for name, link in self._links.items():
+            recreated.add_metric([name], link.counters.recreated)
+        yield from (slots, up, late, malformed, recreated)
         yield from self._calls.families()

@@ -10,6 +10,7 @@ replayed from its recorded final events.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections import deque
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from control_service.errors import ControlError, EngineFailure, status_code
+from control_service.errors import ENDED_BY_ENGINE, ControlError, EngineFailure, status_code
 from control_service.protocol import wire
 from control_service.server.deadlines import Deadline
 
@@ -59,13 +60,15 @@ class FinalStatus:
     failures: tuple[EngineFailure, ...]
     # True when every engine reported its own terminal reply: only such outcomes are replayed.
     engine_reported: bool
+    # The stable reason the service gave when it ended the call itself ("": derived at the edge).
+    reason: str = ""
 
     @property
     def ok(self) -> bool:
         return self.code is grpc.StatusCode.OK
 
     def error(self) -> ControlError:
-        return ControlError(self.code, self.message, self.failures)
+        return ControlError(self.code, self.message, self.failures, reason=self.reason)
 
 
 class Subscriber:
@@ -161,6 +164,8 @@ class Part:
             return
         self.seq += 1
         self.done = True
+        if error.reason and self.op.lost_reason is None:
+            self.op.lost_reason = (error.code, error.reason)
         reply = wire.error(self.op.command.request_id, error.code.name, error.message)
         self.op.part_done(self, Event(self.engine, self.seq, reply), engine_reported=False)
 
@@ -176,8 +181,10 @@ class Operation:
         on_finished: Callable[[Operation], None],
         driven: bool = False,
         owner: Operation | None = None,
+        max_callers: int = 64,
     ) -> None:
         self.command = command
+        self.max_callers = max_callers
         # A Refit's step has its Refit as owner: it runs on engines the owner holds.
         self.owner = owner
         # A driven operation (Refit) has no engine parts of its own: a task publishes its events
@@ -193,6 +200,8 @@ class Operation:
         self._queue_limit = queue_limit
         self._pending = len(self.parts)
         self._failures: list[EngineFailure] = []
+        # (code, reason) of the first failure the service imposed (deadline, shutdown...).
+        self.lost_reason: tuple[grpc.StatusCode, str] | None = None
         self._all_reported = True
         self._on_part_done = on_part_done
         self._on_finished = on_finished
@@ -209,6 +218,12 @@ class Operation:
                 sub.push(event)
             sub.close()
         else:
+            if len(self.subscribers) >= self.max_callers:
+                raise ControlError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{len(self.subscribers)} callers are attached to request_id "
+                    f"{self.command.request_id}, the limit is {self.max_callers}",
+                )
             self._stop_detach_timer()
             self.subscribers.append(sub)
         return sub
@@ -233,7 +248,10 @@ class Operation:
         reply = event.reply
         if reply.kind == wire.ERROR:
             code = status_code(reply.data["code"])
-            self._failures.append(EngineFailure(part.engine, code, reply.data["message"]))
+            message = reply.data["message"]
+            if engine_reported and code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                message = f"{ENDED_BY_ENGINE}: {message}"  # the service's timer says its own
+            self._failures.append(EngineFailure(part.engine, code, message))
         self._all_reported &= engine_reported
         self._pending -= 1
         self._on_part_done(self, part)
@@ -261,6 +279,8 @@ class Operation:
             self._stop_detach_timer()
         if outcome is None:
             outcome = summarize(self._failures, len(self.parts), self._all_reported)
+            if self.lost_reason is not None and self.lost_reason[0] is outcome.code:
+                outcome = dataclasses.replace(outcome, reason=self.lost_reason[1])
         self.outcome = outcome
         self.parts = {}  # Part.op <-> Operation.parts is a cycle: break it, free memory at once
         for sub in self.subscribers:

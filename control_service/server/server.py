@@ -19,13 +19,13 @@ from collections.abc import Callable
 
 import grpc
 import structlog
-import zmq
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control_service.errors import unavailable
+from control_service.errors import shutting_down, unavailable
 from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
 from control_service.server.auth import BearerTokenInterceptor
+from control_service.server.capacity import link_context
 from control_service.server.commands import Commands
 from control_service.server.config import EngineConfig, LinkConfig, SecurityConfig, ServiceConfig
 from control_service.server.dispatcher import Dispatcher
@@ -61,6 +61,8 @@ class ControlServer:
         servicer_factory: ServicerFactory = ControlServicer,
     ) -> None:
         self.config = config
+        # First: when the engines cannot fit in this process, that is a configuration error.
+        self._zmq = link_context(len(config.engines))
         self._dispatcher_factory = dispatcher_factory
         self._servicer_factory = servicer_factory
         self.budget = SlotBudget(config.max_open_slots)
@@ -72,7 +74,6 @@ class ControlServer:
         self.metrics = Metrics(self.links, self.budget)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
-        self._zmq = zmq.Context()
         self._health_task: asyncio.Task[None] | None = None
         self._health_dirty = asyncio.Event()
         self._links_changed = asyncio.Event()
@@ -99,6 +100,7 @@ class ControlServer:
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", 4 << 20),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", c.max_concurrent_streams),
             ],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
@@ -118,11 +120,13 @@ class ControlServer:
             port = 0
         if port == 0:
             raise unavailable(f"cannot listen on {c.listen} (address in use or not local)")
-        if c.metrics_port:
+        metrics_at = c.metrics_address()
+        if metrics_at is not None:
+            host, metrics_port = metrics_at
             try:
-                self.metrics.serve(c.metrics_port)
+                self.metrics.serve(metrics_port, host)
             except OSError as err:  # before any engine is connected: nothing to undo
-                raise unavailable(f"cannot serve metrics on port {c.metrics_port}: {err}") from None
+                raise unavailable(f"cannot serve metrics on {host}:{metrics_port}: {err}") from None
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._publish_health()
         for link in self.links.values():
@@ -147,7 +151,7 @@ class ControlServer:
         await self.health.enter_graceful_shutdown()
         self.dispatcher.closing = True
         if not await self.dispatcher.wait_idle(grace):
-            self.dispatcher.fail_all(unavailable("the service is shutting down"))
+            self.dispatcher.fail_all(shutting_down())
         await self._server.stop(_STATUS_FLUSH_S)
         for task in (self._health_task, self._probe_task):
             if task is not None:

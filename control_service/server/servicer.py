@@ -17,6 +17,7 @@ import structlog
 from control_service.errors import ControlError, to_grpc_status
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.gen.control.v1 import control_pb2_grpc
+from control_service.protocol import names
 from control_service.server import messages
 from control_service.server.commands import Commands
 from control_service.server.dispatcher import Dispatcher
@@ -93,7 +94,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             code, message = _OK, ""
         except ControlError as err:
             code, message = err.code, err.message
-            await context.abort_with_status(to_grpc_status(err))
+            named = request_id if names.is_request_id(request_id) else ""  # never echo junk
+            await context.abort_with_status(to_grpc_status(err.about(named, engines)))
         finally:
             self.call_ended(method, request_id, engines, code, message, started)
 
@@ -128,7 +130,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         if ok:
             self._log.info("call ended", **fields)
         else:
-            self._log.warning("call ended", error=message, **fields)
+            self._log.warning("call ended", error=message[:1024], **fields)
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context

@@ -57,6 +57,9 @@ class SlotTable:
     def __len__(self) -> int:
         return len(self._sinks)
 
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._sinks
+
     def open(self, request_id: str, sink: ReplySink) -> None:
         if request_id in self._sinks:
             raise ControlError(
@@ -92,6 +95,15 @@ class SlotTable:
             return False
         self.counters.delivered += 1
         sink.on_reply(reply)
+        return True
+
+    def fail(self, request_id: str, error: ControlError) -> bool:
+        """Close one slot and tell its owner why (a malformed reply for it); False if none."""
+        sink = self._sinks.pop(request_id, None)
+        if sink is None:
+            return False
+        self._budget.open -= 1
+        sink.on_lost(error)
         return True
 
     def fail_all(self, error: ControlError) -> int:

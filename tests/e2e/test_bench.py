@@ -38,6 +38,18 @@ def test_soak_short_run_loses_nothing() -> None:
 
 
 @pytest.mark.slow
+def test_chaos_soak_short_run_recovers_and_leaves_nothing_open() -> None:
+    """Every fault kind at least once (they rotate every few seconds), then the same report."""
+    out = run("bench.soak", "--chaos", "--minutes", "0.75", "--workers", "8")
+    assert "calls without a final status: 0" in out and "open slots at the end: 0 " in out
+    injected = out.split("faults injected: ")[1].splitlines()[0]
+    for fault in ("kill", "stop", "oversize", "rotate", "flood", "idle-callers"):
+        assert f"'{fault}'" in injected, injected
+    recovered = int(out.split("link recoveries: ")[1].split()[0])
+    assert recovered > 0, "the oversize frame and the refused key each needed a fresh socket"
+
+
+@pytest.mark.slow
 def test_account_shows_every_phase_of_a_call() -> None:
     out = run("bench.account", "--calls", "300", "--inflight", "8")
     tables = out.split("### ")[1:]
@@ -118,3 +130,12 @@ def test_syscalls_reads_strace_summaries() -> None:
 100.00    1.422721          70     20019        12 total
 """
     assert parse_summary(text) == {"epoll_wait": 1, "poll": 10002, "getpid": 10016}
+
+
+def test_fanout_quick_reports_every_width_and_method() -> None:
+    out = run("bench.fanout", "--quick", "--widths", "1,8,64", "--processes", "4")
+    for width in ("1", "8", "64"):
+        for method in ("Pause", "Refit"):
+            assert f"| {width} | {method} |" in out
+    assert "every call OK: 0 failed, open slots at the end: 0" in out
+    assert "RSS per engine link at 64:" in out

@@ -1,10 +1,13 @@
 """The trainer's side against a real service: `control-service call` exit codes and status names,
-and the client's TLS, mutual TLS and bearer token working end to end (certificates made here)."""
+connection flags before or after the action, engine text escaped on a terminal, the demo, and
+the client's TLS, mutual TLS and bearer token working end to end (certificates made here)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +15,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from control_service.cli import app as cli
 from control_service.client import ClientConfig, ControlClient, TlsConfig
 from control_service.errors import ControlError
 from control_service.server.config import SecurityConfig
@@ -26,7 +28,7 @@ TOKEN = "a-token-for-the-cli-tests-0123456789"
 async def run_cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """`python -m control_service ARGV` as its own process (the service runs in this loop, so
     the child must not be waited for synchronously): exit code, stdout, stderr."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(cli.ENV_PREFIX)}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_SERVICE_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "control_service", *argv, env={**clean, **(env or {})},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -54,6 +56,94 @@ async def test_call_exits_with_the_status_code_and_names_it(
 
     code, out, err = await run_cli("call", "update-weights", "/no/such/ckpt", "1", *target)
     assert code == 105 and err.startswith("error: NOT_FOUND: "), err
+
+
+async def test_connection_flags_work_before_and_after_the_action(
+    start_service: StartService, start_stub: Callable[..., StubProcess], tmp_path: Path
+) -> None:
+    """Issue 12: `call --target H:P refit /ckpt 5` said `invalid choice`; both orders work."""
+    from engine_stub import write_checkpoint
+
+    write_checkpoint(tmp_path / "ckpt")
+    stub = start_stub()
+    service = await start_service({"e0": stub.endpoint})
+    ckpt, target = str(tmp_path / "ckpt"), service.target
+
+    code, out, err = await run_cli("call", "--target", target, "refit", ckpt, "5")
+    assert code == 0, err
+    assert "e0 paused=no version=5" in out
+    code, out, err = await run_cli("call", "refit", ckpt, "6", "--target", target)
+    assert code == 0, err
+    assert "e0 paused=no version=6" in out
+    for argv in (("--target", target, "status"), ("status", "--target", target)):
+        code, out, err = await run_cli("call", *argv)
+        assert (code, out.split()[:3]) == (0, ["e0", "reachable", "paused=no"]), err
+    code, _, err = await run_cli("call", "status", env={"CONTROL_SERVICE_TARGET": target})
+    assert code == 0, err
+
+
+async def run_on_terminal(*argv: str) -> tuple[int, str]:
+    """`python -m control_service ARGV` with its stdout on a pseudo-terminal: exit code, screen."""
+    master, slave = os.openpty()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_SERVICE_")}
+    env = {**clean, "COLUMNS": "200", "TERM": "xterm"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "control_service", *argv, env=env,
+        stdout=slave, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(slave)
+    screen = bytearray()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(master, "rb", buffering=0)
+    )
+    try:
+        with contextlib.suppress(OSError):  # EIO: the child closed the terminal
+            while chunk := await asyncio.wait_for(reader.read(65536), 60):
+                screen += chunk
+    finally:
+        transport.close()
+    await asyncio.wait_for(proc.wait(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, screen.decode(errors="replace")
+
+
+async def test_engine_and_caller_text_is_escaped_on_a_terminal(
+    start_service: StartService, start_stub: Callable[..., StubProcess], tmp_path: Path
+) -> None:
+    """Issue 16: control characters in versions and messages reached the terminal raw."""
+    from engine_stub import write_checkpoint
+
+    write_checkpoint(tmp_path / "ckpt")
+    stub = start_stub()
+    service = await start_service({"e0": stub.endpoint})
+    version = "v1\x1b]0;pwned\x07\x1b[2J[bold]"  # retitles, then clears, the terminal
+    target = ("--target", service.target)
+    code, screen = await run_on_terminal("call", "pause", *target)
+    assert code == 0, screen
+    code, screen = await run_on_terminal("call", "update-weights", str(tmp_path / "ckpt"),
+                                         version, *target)  # fmt: skip
+    assert code == 0, screen
+    assert "\x1b]0;pwned" not in screen and "\x1b[2J" not in screen
+    assert "version=v1\\x1b]0;pwned\\x07\\x1b[2J[bold]" in screen
+    code, screen = await run_on_terminal("call", "status", *target)
+    assert code == 0 and "pwned\\x07" in screen and "\x1b]0;pwned" not in screen, screen
+
+
+def test_demo_runs_two_cycles_end_to_end() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "control_service", "demo", "--log-level", "error"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "engine-0 #4 result paused=yes version=1" in out
+    # Cycle 2 is one Refit: its steps' events, then the final state the refit proved.
+    assert "engine-0 #5 [update_weights] result paused=yes version=2" in out
+    assert "[refit] result paused=no version=2" in out
+    assert "engine-0 reachable paused=no version=2" in out
+    assert out.rstrip().endswith("demo ok")
 
 
 @pytest.fixture
@@ -103,3 +193,28 @@ async def test_client_and_cli_over_mutual_tls_with_a_token(
     code, _, err = await run_cli("call", "status", *flags)
     assert code == 100 + grpc.StatusCode.UNAUTHENTICATED.value[0] == 116, err
     assert err.startswith("error: UNAUTHENTICATED: "), err
+
+
+async def test_ctrl_c_during_a_call_exits_130() -> None:
+    """A service that accepts TCP but never speaks HTTP/2: the call hangs until interrupted."""
+    import signal
+    import socket
+
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        target = f"127.0.0.1:{mute.getsockname()[1]}"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_SERVICE_")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "control_service", "call", "--target", target,
+            "--timeout", "100", "pause", env=clean,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        header = await asyncio.wait_for(proc.stdout.readline(), 60)  # the call has started
+        assert header.startswith(b"pause request_id="), header
+        proc.send_signal(signal.SIGINT)
+        err = await asyncio.wait_for(proc.stderr.read(), 30)
+        assert await asyncio.wait_for(proc.wait(), 30) == 130
+    assert err == b"interrupted\n"

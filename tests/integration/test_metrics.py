@@ -57,9 +57,12 @@ async def test_scrape_after_calls(
     assert m[("control_calls_total", (("method", "Resume"), ("status", "INVALID_ARGUMENT")))] == 1
     assert m[("control_calls_total", (("method", "Resume"), ("status", "DEADLINE_EXCEEDED")))] == 1
     assert m[("control_calls_total", (("method", "GetStatus"), ("status", "OK")))] == 1
-    assert m[("control_call_duration_seconds_count", (("method", "Pause"),))] == 2
-    assert m[("control_call_duration_seconds_bucket", (("le", "+Inf"), ("method", "Pause")))] == 2
-    assert 0 < m[("control_call_duration_seconds_sum", (("method", "Pause"),))] < 20
+    pause_ok = (("method", "Pause"), ("status", "OK"))
+    assert m[("control_call_duration_seconds_count", pause_ok)] == 2
+    assert m[("control_call_duration_seconds_bucket", (("le", "+Inf"), *pause_ok))] == 2
+    assert 0 < m[("control_call_duration_seconds_sum", pause_ok)] < 20
+    update_failed = (("method", "UpdateWeights"), ("status", "NOT_FOUND"))
+    assert m[("control_call_duration_seconds_count", update_failed)] == 1
     assert m[("control_open_slots", ())] == 0
     assert m[("control_engine_up", (("engine", "e0"),))] == 1
     assert m[("control_engine_malformed_frames_total", (("engine", "e0"),))] == 1
@@ -78,7 +81,7 @@ async def test_metrics_port_in_use_fails_the_start(
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
-        with pytest.raises(ControlError, match="cannot serve metrics on port"):
+        with pytest.raises(ControlError, match=r"cannot serve metrics on 127\.0\.0\.1:"):
             await start_service({"e0": stub.endpoint}, metrics_port=taken.getsockname()[1])
 
 
@@ -90,8 +93,37 @@ def test_call_stats_buckets_are_cumulative_and_bounds_inclusive() -> None:
     calls, latency = list(stats.families())
     counts = {tuple(s.labels.values()): s.value for s in calls.samples}
     assert counts == {("Pause", "OK"): 4, ("Pause", "ABORTED"): 1}
-    buckets = {s.labels["le"]: s.value for s in latency.samples if s.name.endswith("_bucket")}
-    assert buckets["0.001"] == 1 and buckets["0.0025"] == 3 and buckets["0.5"] == 4
-    assert buckets["300.0"] == 4 and buckets["+Inf"] == 5
-    total = next(s.value for s in latency.samples if s.name.endswith("_sum"))
-    assert total == pytest.approx(1000.3041)
+    buckets = {
+        (s.labels["status"], s.labels["le"]): s.value
+        for s in latency.samples
+        if s.name.endswith("_bucket")
+    }
+    assert buckets["OK", "0.001"] == 1 and buckets["OK", "0.0025"] == 2
+    assert buckets["OK", "0.5"] == 3 and buckets["OK", "300.0"] == 3
+    assert buckets["OK", "+Inf"] == 4 and buckets["ABORTED", "0.0025"] == 1
+    sums = {s.labels["status"]: s.value for s in latency.samples if s.name.endswith("_sum")}
+    assert sums == {"OK": pytest.approx(1000.3021), "ABORTED": pytest.approx(0.002)}
+
+
+async def test_metrics_listen_on_the_grpc_host_by_default_or_where_told(
+    start_service: StartService, start_stub: Callable[..., StubProcess]
+) -> None:
+    """Not on every interface with no way to choose: by default on the gRPC listen host
+    (127.0.0.1 here), or on --metrics-listen HOST:PORT."""
+    stub = start_stub()
+    service = await start_service({"e0": stub.endpoint}, metrics_port=free_port())
+    assert service.server.metrics._http is not None
+    assert service.server.metrics._http[0].server_address[0] == "127.0.0.1"
+    port = free_port()
+    told = await start_service({"e0": stub.endpoint}, metrics_listen=f"127.0.0.1:{port}")
+    assert told.server.metrics._http is not None
+    assert told.server.metrics._http[0].server_address[:2] == ("127.0.0.1", port)
+    assert ("control_engine_up", (("engine", "e0"),)) in await scrape(port)
+
+
+@pytest.mark.parametrize("bad", ["9090", "host:", ":9090", "host:0", "host:99999"])
+def test_a_bad_metrics_address_is_a_configuration_error(bad: str) -> None:
+    from control_service.server.config import EngineConfig, ServiceConfig
+
+    with pytest.raises(ControlError, match="metrics address"):
+        ServiceConfig(engines=(EngineConfig("e0", "tcp://127.0.0.1:1"),), metrics_listen=bad)

@@ -98,11 +98,12 @@ async def test_bearer_token_missing_wrong_right_and_health_exemption(
 
 
 def test_bad_security_configuration_is_refused(tmp_path: Path) -> None:
-    from control_service.errors import ControlError
+    from control_service.server.config import ConfigError
 
     short = tmp_path / "short"
     short.write_text("abc")
-    with pytest.raises(ControlError, match="go together"):
+    with pytest.raises(ConfigError, match="go together") as info:
         SecurityConfig(tls_cert=short)
-    with pytest.raises(ControlError, match="16 characters"):
+    assert info.value.fields == ("tls_cert", "tls_key")
+    with pytest.raises(ConfigError, match="16-4096 visible ASCII characters"):
         SecurityConfig(auth_token_file=short).token()

@@ -1,5 +1,6 @@
 """Configuration: engines from a file for large N, security and metrics flags from flags or env
-(flags win), all validated at start with a one-line reason and exit code 2."""
+(flags win), all validated at start with a one-line reason and exit code 2. The config layer
+raises ConfigError: a plain error that borrows no gRPC code and names fields, never flags."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 import zmq.auth
 
-from control_service.cli import app as cli
-from control_service.errors import ControlError
+from control_service.cli import app, serve
 from control_service.server.config import (
+    ConfigError,
     EngineConfig,
     LinkConfig,
     SecurityConfig,
@@ -39,7 +40,7 @@ def test_engines_file_with_names_comments_and_defaults(tmp_path: Path) -> None:
 def test_bad_engines_file_names_the_line(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "engines.txt"
     path.write_text(text)
-    with pytest.raises(ControlError, match=needle):
+    with pytest.raises(ConfigError, match=needle):
         load_engines(path)
 
 
@@ -59,7 +60,14 @@ def test_serve_with_bad_engines_file_exits_2_with_one_line(tmp_path: Path) -> No
 
 
 def _serve_config(argv: list[str], env: dict[str, str]) -> ServiceConfig:
-    return cli.service_config(cli.parse_args(["serve", "--engine", "tcp://h:1", *argv], env))
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("CONTROL_SERVICE_")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        plan = app.parse(["serve", "--engine", "tcp://h:1", *argv])
+    assert isinstance(plan, serve.Serve)
+    return plan.config
 
 
 def test_security_and_metrics_flags_from_env_and_flags_win(tmp_path: Path) -> None:
@@ -100,38 +108,40 @@ def files(tmp_path: Path) -> dict[str, Path]:
 @pytest.mark.parametrize(
     ("flags", "reason"),
     [
-        ({"--tls-cert": "cert"}, "--tls-cert and --tls-key go together"),
+        ({"--tls-cert": "cert"}, "the TLS certificate and key go together (--tls-cert, --tls-key)"),
         ({"--tls-cert": "garbage", "--tls-key": "garbage"}, "need a PEM certificate chain"),
         ({"--tls-cert": "cert", "--tls-key": "other_key"}, "KEY_VALUES_MISMATCH"),
         ({"--tls-cert": "cert", "--tls-key": "key", "--tls-client-ca": "garbage"},
          "not PEM CA certificates"),
-        ({"--tls-client-ca": "ca"}, "needs --tls-cert"),
-        ({"--auth-token-file": "garbage"}, "at least 16 characters"),
+        ({"--tls-client-ca": "ca"}, "needs the server's TLS certificate and key (--tls-client-ca"),
+        ({"--auth-token-file": "garbage"},
+         "16-4096 visible ASCII characters (no spaces, control or non-ASCII characters); "
+         "got 7 characters (--auth-token-file)"),
         ({"--engine-curve-server-key": "curve_public"}, "go together"),
         ({"--engine-curve-server-key": "garbage", "--engine-curve-client-key": "curve_secret"},
          "not a zmq.auth CURVE key file"),
         ({"--engine-curve-server-key": "curve_public", "--engine-curve-client-key": "curve_public"},
          "has no secret key"),
-        ({"--metrics-port": "-1"}, "integer >= 0"),
+        ({"--metrics-port": "-1"}, "x>=0"),
+        ({"--auth-token": "x" * 16, "--auth-token-file": "garbage"},
+         "give the token once: as a value or as a file (--auth-token, --auth-token-file)"),
     ],
 )  # fmt: skip
 def test_bad_security_configuration_exits_2_with_one_line(
     flags: dict[str, str], reason: str, files: dict[str, Path],
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    for name in [n for n in os.environ if n.startswith(cli.ENV_PREFIX)]:
+    for name in [n for n in os.environ if n.startswith("CONTROL_SERVICE_")]:
         monkeypatch.delenv(name)
 
     def never(*_: object) -> None:
         raise AssertionError("a bad configuration got as far as serving")
 
-    monkeypatch.setattr(cli, "run_loop", never)
+    monkeypatch.setattr(serve.Serve, "run", never)
     argv = ["serve", "--engine", "tcp://127.0.0.1:1"]
     for flag, name in flags.items():
         argv += [flag, str(files[name]) if name in files else name]
-    with pytest.raises(SystemExit) as exit_info:
-        raise SystemExit(cli.main(argv))
-    assert exit_info.value.code == 2
+    assert app.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and reason in err, err
 
@@ -143,3 +153,22 @@ def test_good_security_files_pass(files: dict[str, Path]) -> None:
     link = LinkConfig(curve_server_key=files["curve_public"],
                       curve_client_key=files["curve_secret"])  # fmt: skip
     assert link.curve_client_key == files["curve_secret"]
+
+
+def test_config_errors_borrow_no_grpc_code_and_quote_no_flag(tmp_path: Path) -> None:
+    """The config layer speaks of fields; only the CLI knows them as flags."""
+    cases = [
+        lambda: SecurityConfig(tls_cert=tmp_path),
+        lambda: SecurityConfig(tls_client_ca=tmp_path),
+        lambda: SecurityConfig(auth_token="x" * 16, auth_token_file=tmp_path),
+        lambda: LinkConfig(curve_server_key=tmp_path),
+        lambda: ServiceConfig(engines=(EngineConfig("a", "tcp://h:1"),), max_timeout_s=1),
+        lambda: ServiceConfig(engines=()),
+        lambda: EngineConfig("a b", "tcp://h:1"),
+    ]
+    for build in cases:
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert type(info.value) is ConfigError and not hasattr(info.value, "code")
+        assert "--" not in info.value.message, info.value.message
+        assert all(field in serve.FLAG_OF_FIELD for field in info.value.fields), info.value.fields
