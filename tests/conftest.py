@@ -42,6 +42,8 @@ async def start_service() -> AsyncIterator[StartService]:
     ) -> Service:
         if isinstance(engines, list):
             engines = {f"e{i}": ep for i, ep in enumerate(engines)}
+        # No status probes of its own unless a test asks (they would add frames to exact counts).
+        overrides.setdefault("engine_probe_interval_s", None)
         config = ServiceConfig(
             engines=tuple(EngineConfig(n, ep) for n, ep in engines.items()),
             listen="127.0.0.1:0",

@@ -58,17 +58,23 @@ def config_from(args: argparse.Namespace) -> AdapterConfig:
     )
 
 
-def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    p = parser(prog) if prog else parser()
-    args = p.parse_args(argv)
+def prepare(argv: Sequence[str] | None, prog: str | None = None) -> AdapterConfig:
+    """Parse (argparse exits 2 on bad usage, 0 on --help), set up logging, and check the
+    configuration: ConfigError names what is wrong."""
+    args = (parser(prog) if prog else parser()).parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    config = config_from(args)
+    config.api_key()  # a bad key file stops the start here, with its reason
+    return config
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
-        config = config_from(args)
-        config.api_key()  # a bad key file stops the start here, with its reason
+        config = prepare(argv, prog)
     except ConfigError as err:
-        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        print(f"{prog or parser().prog}: error: {err}", file=sys.stderr)
         return 2
     return run_adapter(config)
 

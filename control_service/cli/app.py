@@ -14,13 +14,13 @@ from typing import Protocol, TextIO
 
 import click
 
-from control_service.cli import aio, call, demo, exit_codes, healthcheck, serve
+from control_service.cli import adapt, aio, call, demo, exit_codes, healthcheck, serve
 from control_service.cli.params import CONTEXT
 from control_service.cli.render import printable
 from control_service.server.config import ConfigError
 
 COMMANDS: tuple[click.Command, ...] = (serve.command, call.command, demo.command,
-                                        healthcheck.command)  # fmt: skip
+                                        healthcheck.command, adapt.command)  # fmt: skip
 
 
 class Plan(Protocol):
@@ -93,17 +93,7 @@ def run_command(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `control-service` script and `python -m control_service`."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["adapt"]:  # every further argument is the adapter's, --help included
-        return run_adapt(args[1:])
     return run_command(root, argv)
-
-
-def run_adapt(argv: Sequence[str]) -> int:
-    """`control-service adapt ...`: a thin wrapper over `python -m control_service.adapters`."""
-    from control_service.adapters.__main__ import main as adapt
-
-    return adapt(argv, prog="control-service adapt")
 
 
 if __name__ == "__main__":

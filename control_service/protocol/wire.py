@@ -91,10 +91,8 @@ try:  # orjson (the `fast` extra) is ~5x quicker on the reply path; same JSON on
 
     _encode: Callable[[Any], bytes] = orjson.dumps
     _decode: Callable[[bytes], Any] = orjson.loads
-    CODEC = "orjson"  # which one is in use: the codec parity test checks it
 except ImportError:  # pragma: no cover - exercised where orjson is not installed
     _encode, _decode = _stdlib_codec()
-    CODEC = "json"
 
 
 class WireError(ValueError):

@@ -234,8 +234,9 @@ class ServiceConfig:
     status_timeout_s: float = 2.0
     # Every engine is asked for its status when its link comes up and then this often: its
     # capabilities (checked before a call is sent) and whether the engine behind an adapter is
-    # reachable (readiness). 0: only at link-up.
-    engine_probe_interval_s: float = 5.0
+    # reachable (readiness). 0: only at link-up; None: never (no capability check, readiness
+    # from the links alone: what in-process tests of other behaviour use, to count frames exactly).
+    engine_probe_interval_s: float | None = 5.0
     # Open reply slots across all engines; past it a call gets RESOURCE_EXHAUSTED.
     max_open_slots: int = 4096
     # Events buffered per caller before the oldest progress events are dropped (never a result).
@@ -274,7 +275,7 @@ class ServiceConfig:
             raise ConfigError(
                 "detach grace and retry window must be >= 0", "detach_grace_s", "retry_window_s"
             )
-        if self.engine_probe_interval_s < 0:
+        if self.engine_probe_interval_s is not None and self.engine_probe_interval_s < 0:
             raise ConfigError("engine probe interval must be >= 0", "engine_probe_interval_s")
         if not 0 < self.default_timeout_s <= self.max_timeout_s:
             raise ConfigError(

@@ -132,7 +132,8 @@ class ControlServer:
         for link in self.links.values():
             link.start(self._zmq)
         self._health_task = asyncio.create_task(self._health_loop())
-        self._probe_task = asyncio.create_task(self._probe_loop())
+        if c.engine_probe_interval_s is not None:
+            self._probe_task = asyncio.create_task(self._probe_loop())
         await server.start()
         self._server = server
         log.info("serving", listen=c.listen, port=port, engines=[e.name for e in c.engines])
@@ -177,14 +178,14 @@ class ControlServer:
     async def _probe_loop(self) -> None:
         """Ask every engine whose link is up for its status: at once when a link changes, then
         every probe interval. The dispatcher learns capabilities and engine health from it."""
-        interval = self.config.engine_probe_interval_s
+        interval = self.config.engine_probe_interval_s or None  # 0: wait for a link change
         while True:
             self._probe_now.clear()
             up = tuple(name for name, link in self.links.items() if link.up)
             if up and self.dispatcher is not None:
                 await self.dispatcher.status(up)
             try:
-                await asyncio.wait_for(self._probe_now.wait(), interval or None)
+                await asyncio.wait_for(self._probe_now.wait(), interval)
             except TimeoutError:
                 pass
 

@@ -43,7 +43,7 @@ async def one_engine(
 ) -> tuple[FakeEngine, Service]:
     fake = fake_engine(kind)
     adapter = start_adapter(kind, fake.url)
-    service = await start_service({kind: adapter.endpoint})
+    service = await start_service({kind: adapter.endpoint}, engine_probe_interval_s=5.0)
     await eventually(lambda: kind in service.server.dispatcher.capabilities)
     return fake, service
 
@@ -136,7 +136,7 @@ async def test_mixed_fleet_refuses_a_mode_one_engine_lacks_before_sending(
     fakes = {kind: fake_engine(kind) for kind in ENGINES}
     endpoints = {kind: start_adapter(kind, fake.url).endpoint for kind, fake in fakes.items()}
     stub = start_stub()
-    service = await start_service({**endpoints, "stub": stub.endpoint})
+    service = await start_service({**endpoints, "stub": stub.endpoint}, engine_probe_interval_s=5)
     names = (*ENGINES, "stub")
     await eventually(lambda: all(n in service.server.dispatcher.capabilities for n in names))
 

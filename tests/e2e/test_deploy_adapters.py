@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from control_service.adapters.__main__ import config_from, parser
-from control_service.cli.app import parse_args
+from control_service.cli.serve import engine_configs
 from control_service.server import LIVENESS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,8 +47,8 @@ def test_the_service_points_at_the_adapter() -> None:
     (port,) = adapter_service["spec"]["ports"]
     container = m[("Deployment", "control-service")]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
-    args = parse_args(["serve"], environ=env)
-    assert args.engine == [f"vllm-0=tcp://vllm-0-adapter:{port['port']}"]
+    (engine,) = engine_configs(env["CONTROL_SERVICE_ENGINE"].split(","))
+    assert (engine.name, engine.endpoint) == ("vllm-0", f"tcp://vllm-0-adapter:{port['port']}")
     assert port["targetPort"] == "zmq"
     assert env["CONTROL_SERVICE_ENGINE_CURVE_SERVER_KEY"].endswith("adapter.key")
     assert container["readinessProbe"]["grpc"]["service"] == "control.v1.ControlService"

@@ -123,7 +123,7 @@ async def test_metrics_listen_on_the_grpc_host_by_default_or_where_told(
 
 @pytest.mark.parametrize("bad", ["9090", "host:", ":9090", "host:0", "host:99999"])
 def test_a_bad_metrics_address_is_a_configuration_error(bad: str) -> None:
-    from control_service.server.config import EngineConfig, ServiceConfig
+    from control_service.server.config import ConfigError, EngineConfig, ServiceConfig
 
-    with pytest.raises(ControlError, match="metrics address"):
+    with pytest.raises(ConfigError, match="metrics address"):
         ServiceConfig(engines=(EngineConfig("e0", "tcp://127.0.0.1:1"),), metrics_listen=bad)

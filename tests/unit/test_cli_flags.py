@@ -113,13 +113,13 @@ SERVE_CASES: dict[str, tuple[str, tuple[str, ...], Callable[[Serve], Any], Any]]
     "--max-timeout": ("300", ENGINE, lambda p: p.config.max_timeout_s, 300.0),
     "--default-pause-mode": ("keep", ENGINE, lambda p: p.config.default_pause_mode, "keep"),
     "--status-timeout": ("1.5", ENGINE, lambda p: p.config.status_timeout_s, 1.5),
+    "--engine-probe-interval": ("0", ENGINE, lambda p: p.config.engine_probe_interval_s, 0.0),
     "--max-open-slots": ("9", ENGINE, lambda p: p.config.max_open_slots, 9),
     "--slot-queue-events": ("8", ENGINE, lambda p: p.config.slot_queue_events, 8),
     "--max-message-bytes": ("4096", ENGINE, lambda p: p.config.max_message_bytes, 4096),
     "--retry-window": ("0", ENGINE, lambda p: p.config.retry_window_s, 0.0),
     "--retry-max-records": ("7", ENGINE, lambda p: p.config.retry_max_records, 7),
     "--detach-grace": ("0.5", ENGINE, lambda p: p.config.detach_grace_s, 0.5),
-    "--engine-probe-interval": ("2", ENGINE, lambda p: p.config.engine_probe_interval_s, 2.0),
     "--shutdown-grace": ("3", ENGINE, lambda p: p.config.shutdown_grace_s, 3.0),
     "--metrics-port": ("9090", ENGINE, lambda p: p.config.metrics_port, 9090),
     "--tls-cert": ("@cert", (*ENGINE, "--tls-key", "@key"), lambda p: p.config.security.tls_cert,
@@ -439,5 +439,5 @@ def test_exit_codes_are_stable_and_documented() -> None:
 
 def test_a_new_command_is_one_module_with_a_command() -> None:
     names = {c.name for c in app.COMMANDS}
-    assert names == {"serve", "call", "demo", "healthcheck"}
+    assert names == {"serve", "call", "demo", "healthcheck", "adapt"}
     assert all(isinstance(c, click.Command) for c in app.COMMANDS)
