@@ -92,7 +92,8 @@ async def test_staging_refused_up_front_naming_the_engines_that_cannot(
     start_service: StartService, start_stub: Callable[..., StubProcess], toy: str, tmp_path: Path
 ) -> None:
     stub = start_stub()
-    service = await start_service({"stub": stub.endpoint, "toy": toy})
+    # probed at link-up (the harness turns the service's own probes off by default)
+    service = await start_service({"stub": stub.endpoint, "toy": toy}, engine_probe_interval_s=0)
     await eventually(lambda: {"stub", "toy"} <= set(service.server.dispatcher.capabilities), 15)
     write_checkpoint(tmp_path / "1", files=1)
     for method, request in (
