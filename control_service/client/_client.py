@@ -190,12 +190,15 @@ class ControlClient:
         timeout: float | None = None,
         engines: Iterable[str] = (),
         on_event: EventCallback | None = None,
+        stage: bool = False,
     ) -> Outcome:
         """Pause -> update_weights -> resume as one call. If a step fails, `on_failure` runs
         (by default the engines resume on their old weights) and ControlError names the step.
-        `Outcome.results` holds each engine's final state (the events tagged step "refit")."""
+        `Outcome.results` holds each engine's final state (the events tagged step "refit"),
+        whose `paused_ms` is how long that engine did not generate. `stage`: load while the
+        engines serve and pause them only for the swap (engines need the `stage` capability)."""
         request = refit_request(
-            uri, version, mode, clear_cache, on_failure, steps, request_id, engines
+            uri, version, mode, clear_cache, on_failure, steps, request_id, engines, stage
         )
         return await self._mutate(self._rpc("Refit"), request, timeout, on_event)
 
@@ -303,6 +306,7 @@ def refit_request(
     steps: StepTimeouts | None,
     request_id: str | None,
     engines: Iterable[str],
+    stage: bool = False,
 ) -> control_pb2.RefitRequest:
     if not uri or not version:
         raise invalid("refit needs a non-empty uri and version")
@@ -314,6 +318,7 @@ def refit_request(
         version=version,
         on_failure=utils.refit_policy(on_failure),
         engines=list(engines),
+        stage=stage,
     )
     for name, seconds in (steps or StepTimeouts()).items():
         getattr(request, f"{name}_timeout").CopyFrom(utils.duration(seconds))

@@ -149,10 +149,11 @@ class SyncControlClient:
         timeout: float | None = None,
         engines: Iterable[str] = (),
         on_event: SyncEventCallback | None = None,
+        stage: bool = False,
     ) -> Outcome:
         """Pause -> update_weights -> resume as one call (see ControlClient.refit)."""
         request = refit_request(
-            uri, version, mode, clear_cache, on_failure, steps, request_id, engines
+            uri, version, mode, clear_cache, on_failure, steps, request_id, engines, stage
         )
         return self._mutate(self._rpc("Refit"), request, timeout, on_event)
 

@@ -123,3 +123,19 @@ async def test_a_failed_stage_fails_the_refit_with_nothing_paused(
     assert "pause" not in {e.step for e in events}
     assert events[-1].step == "refit" and events[-1].result.state.paused is False
     assert events[-1].result.paused_ms == 0
+
+
+async def test_the_client_asks_for_a_staged_refit(
+    start_service: StartService, start_stub: Callable[..., StubProcess], tmp_path: Path
+) -> None:
+    from control_service.client import ClientConfig, ControlClient
+
+    stub = start_stub()
+    service = await start_service({"e0": stub.endpoint})
+    write_checkpoint(tmp_path / "3", files=1, seed=3)
+    steps: list[str] = []
+    async with ControlClient(ClientConfig(target=service.target)) as client:
+        outcome = await client.refit(
+            str(tmp_path / "3"), "3", stage=True, on_event=lambda e: steps.append(e.step)
+        )
+    assert steps[0] == "stage_weights" and outcome.results["e0"].state.weight_version == "3"
