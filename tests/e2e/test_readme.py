@@ -15,6 +15,9 @@ command added to the README later is run, or the suite goes red):
   reports SERVING on its health service (a person would wait for it too).
 - every ```python block: written to a file and run as a script with `.venv/bin/python`, after the
   bash blocks before it, against the same service; it must exit 0.
+- the block after `<!-- adapters-session -->` (adapters beside vLLM and SGLang, which cannot run
+  here) is run line by line by tests/e2e/test_adapters.py against those engines' HTTP fakes, with
+  their ports substituted; this module checks that test exists.
 - a block in any other language has no runner and fails the test.
 
 Substitution, the only change made to a line: `127.0.0.1:50051` becomes `127.0.0.1:<a free
@@ -45,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 ADDRESS = "127.0.0.1:50051"
 CI_MARKERS = ("demo-command", "test-command")
+# Blocks run by another test module, against fakes of engines that cannot run here.
+DELEGATED = {"adapters-session": ("test_adapters.py", "def test_readme_adapter_session_as_written")}
 LINE_TIMEOUT_S = 180.0
 
 
@@ -58,6 +63,8 @@ class Block:
     def runner(self) -> str:
         if self.marker in CI_MARKERS:
             return "ci"
+        if self.marker in DELEGATED:
+            return "delegated"
         return {"bash": "bash", "python": "python"}.get(self.language, "")
 
 
@@ -98,6 +105,9 @@ def test_every_readme_line_has_a_runner() -> None:
             for line in block.lines:
                 background = line.endswith("&")
                 assert not background or " serve " in f" {line} ", f"no runner for: {line}"
+        if block.runner == "delegated":
+            module, test = DELEGATED[block.marker]
+            assert test in (Path(__file__).parent / module).read_text(), (block.marker, module)
     session = [line for b in found if b.runner == "bash" for line in b.lines]
     assert any("control-service serve" in line for line in session), "nothing starts a service"
 
