@@ -237,7 +237,11 @@ def test_a_resume_without_answer_is_never_sent_twice(
     code, message = error_of(engine.call("resume"))
     assert code == "FAILED_PRECONDITION" and "deadlock" in message
     assert fake.mutations().count("POST /resume") == 1
-    fake.release()  # the first resume completes in the engine
+    fake.release()  # the first resume completes in the engine, on the fake's own time
+    deadline = time.monotonic() + 10
+    while fake.log()["paused"]:  # until the engine reads serving, the guard must hold
+        assert time.monotonic() < deadline, "the released resume never completed"
+        time.sleep(0.01)
     assert "nothing sent" in engine.result("resume").data["message"]
     assert fake.mutations().count("POST /resume") == 1
 
