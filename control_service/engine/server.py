@@ -7,36 +7,30 @@ at a time (a second gets ABORTED naming the running one), `status` never queued 
 mutation, `cancel` by request_id, `timeout_s` enforced (DEADLINE_EXCEEDED), progress to every
 attached peer, repeats of a request_id attached to the running operation or answered from the
 record of its outcome (records.py), replies to gone peers dropped (ROUTER_MANDATORY), sends that
-never block, CURVE with a ZAP allow-list, and a clean shutdown.
+never block, CURVE with a ZAP allow-list, and a clean shutdown. The socket itself (binding,
+CURVE, draining, non-blocking sends) is router.py's, the argument rules arguments.py's and the
+running mutation's record and ending replies running.py's; this module is what the frames mean.
 
-The socket is a plain (not zmq.asyncio) one read by `loop.add_reader`, and replies go out with a
-non-blocking send: no future and no task per message, so an engine whose handler answers at once
-costs about what a bare echo costs. The running mutation's end is kept by its task's done
-callback, not by code inside the task, so a mutation cancelled before it ever started (a `cancel`
-read in the same batch) still frees the slot and still gets its CANCELLED reply.
+The running mutation's end is kept by its task's done callback, not by code inside the task, so
+a mutation cancelled before it ever started (a `cancel` read in the same batch) still frees the
+slot and still gets its CANCELLED reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, cast
-
-import zmq
-import zmq.asyncio
-import zmq.auth
+from typing import cast
 
 from control_service.protocol import names, wire
 
+from .arguments import check_args
 from .config import EngineServerConfig
 from .handler import (
     Done,
-    EngineError,
     EngineHandler,
     EngineState,
     Operation,
@@ -45,6 +39,9 @@ from .handler import (
     clip,
 )
 from .records import OutcomeRecords, Record
+from .router import EngineServerError as EngineServerError
+from .router import RouterServer
+from .running import Running, as_awaitable, discard, failure, other_call, stopped
 
 log = logging.getLogger("control_service.engine")
 
@@ -55,32 +52,8 @@ Sender = Callable[[bytes, bytes], "bool | None"]
 # everything a peer can make grow.
 MAX_PEERS_PER_OPERATION = 16
 
-# Plain ints: flag arithmetic on pyzmq's enum constants builds enum objects on every send.
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-_NOBLOCK = int(zmq.NOBLOCK)
-_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
-
-class EngineServerError(Exception):
-    """The server cannot start (e.g. the endpoint cannot be bound)."""
-
-
-@dataclass(eq=False, slots=True)
-class _Running:
-    """The one mutation in progress: its request, the peers waiting on it, and its task."""
-
-    request: wire.Request
-    peers: list[bytes]
-    op: Operation | None = None
-    task: asyncio.Task[None] | None = None
-    awaitable: Awaitable[Done] | None = None
-    timer: asyncio.TimerHandle | None = None
-    timed_out: bool = False
-    finished: bool = False
-
-
-class EngineServer:
+class EngineServer(RouterServer):
     """Serve one handler on one ROUTER until stopped.
 
     on_request: called with every decoded request except `status` (cancel included), on receipt,
@@ -97,22 +70,13 @@ class EngineServer:
         on_request: Callable[[wire.Request], None] | None = None,
         sender: Sender | None = None,
     ) -> None:
+        super().__init__(config)
         self.handler = handler
-        self.config = config
         self._on_request = on_request
         self._sender: Sender = sender or self.send_frame
         self._records = OutcomeRecords(config.outcome_records, config.outcome_ttl_s)
-        self._running: _Running | None = None
+        self._running: Running | None = None
         self._status_tasks: set[asyncio.Task[None]] = set()
-        self._sock: zmq.Socket[bytes] | None = None
-        self._endpoint = ""
-        self._closing = False
-        self._draining = False  # inside _drain, whose loop looks at EVENTS after each send
-
-    @property
-    def endpoint(self) -> str:
-        """The bound endpoint (the real port when bound to port 0); "" before serve()."""
-        return self._endpoint
 
     @property
     def running(self) -> str | None:
@@ -120,61 +84,6 @@ class EngineServer:
         return self._running.request.request_id if self._running else None
 
     # ------------------------------------------------------------------------------ lifecycle
-
-    async def serve(
-        self, stop: asyncio.Event | None = None, ready: Callable[[str], None] | None = None
-    ) -> None:
-        """Bind, call `ready(endpoint)`, serve until `stop` is set (or this is cancelled), then
-        cancel what runs and close. Raises EngineServerError when the bind fails."""
-        ctx = zmq.asyncio.Context()  # asyncio for the ZAP authenticator; the ROUTER is plain
-        sock: zmq.Socket[bytes] = zmq.Socket(ctx, zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        auth = self._curve(ctx, sock)
-        try:
-            sock.bind(self.config.bind)
-        except zmq.ZMQError as err:
-            _close(auth, sock, ctx)
-            raise EngineServerError(f"cannot bind {self.config.bind}: {err}") from None
-        self._sock = sock
-        self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        log.info("%s listening on %s", self.config.name, self._endpoint)
-        loop = asyncio.get_running_loop()
-        fd = sock.FD
-        loop.add_reader(fd, self._drain)
-        loop.call_soon(self._drain)  # anything that came in before the reader was added
-        try:
-            if ready is not None:
-                ready(self._endpoint)
-            await (stop.wait() if stop is not None else loop.create_future())
-        finally:
-            loop.remove_reader(fd)
-            await self._shutdown()
-            self._sock = None
-            _close(auth, sock, ctx)
-            log.info("%s stopped", self.config.name)
-
-    def _curve(self, ctx: zmq.asyncio.Context, sock: zmq.Socket[bytes]) -> Any:
-        """Encrypt the link, and let in only the allow-listed client keys (a ZAP handler)."""
-        curve = self.config.curve
-        if curve is None:
-            return None
-        from zmq.auth.asyncio import AsyncioAuthenticator
-
-        try:
-            public, secret = curve.keys()
-        except ValueError as err:
-            raise EngineServerError(str(err)) from None
-        auth = AsyncioAuthenticator(ctx)
-        auth.start()
-        allowed = curve.allowed_clients
-        auth.configure_curve(
-            domain="*", location=str(allowed) if allowed else zmq.auth.CURVE_ALLOW_ANY
-        )
-        sock.curve_secretkey = secret
-        sock.curve_publickey = public
-        sock.curve_server = True
-        return auth
 
     async def _shutdown(self) -> None:
         """Cancel what runs; their ends are not sent (the socket closes with linger 0)."""
@@ -187,23 +96,6 @@ class EngineServer:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------------------ receiving
-
-    def _drain(self) -> None:
-        """Handle every queued message. ZMQ's FD is edge-triggered: read until EVENTS shows none
-        (a send can swallow the edge too, so `send_frame` looks again after sending, unless it
-        runs in here)."""
-        sock = self._sock
-        self._draining = True
-        try:
-            while sock is not None and not self._closing and _readable(sock):
-                frames = sock.recv_multipart(_NOBLOCK)
-                try:
-                    self._on_frames(frames)
-                except Exception:  # a bug must cost one frame, never the engine
-                    log.exception("unexpected error handling a frame; dropped")
-                sock = self._sock
-        finally:
-            self._draining = False
 
     def _on_frames(self, frames: list[bytes]) -> None:
         if len(frames) != 3 or frames[1]:
@@ -249,13 +141,13 @@ class EngineServer:
         try:
             got = self.handler.status()
         except Exception as err:  # noqa: BLE001 - the handler's failure is this call's error
-            self._send(identity, _failure(request, err))
+            self._send(identity, failure(request, err))
             return
         if isinstance(got, EngineState):
             self._send(identity, self._status_reply(request, got))
             return
         if len(self._status_tasks) >= self.config.max_status_in_flight:
-            _discard(got)
+            discard(got)
             limit = self.config.max_status_in_flight
             message = f"{limit} status calls are already running"
             self._send(identity, wire.error(request.request_id, "RESOURCE_EXHAUSTED", message))
@@ -276,7 +168,7 @@ class EngineServer:
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - the handler's failure is this call's error
-            reply = _failure(request, err)
+            reply = failure(request, err)
         self._send(identity, reply)
 
     def _status_reply(self, request: wire.Request, state: EngineState) -> wire.Reply:
@@ -299,7 +191,7 @@ class EngineServer:
             if record is not None:
                 self._repeat(identity, request, record)
                 return
-        problem = self._check_args(request)
+        problem = check_args(self.handler, request)
         if problem is not None:
             log.warning("refused %s %s: %s", request.method, rid, problem.message)
             self._send(identity, wire.error(rid, problem.code, problem.message))
@@ -311,11 +203,11 @@ class EngineServer:
             return
         self._start(identity, request)
 
-    def _attach(self, running: _Running, identity: bytes, request: wire.Request) -> None:
+    def _attach(self, running: Running, identity: bytes, request: wire.Request) -> None:
         """A repeat of the running operation: the new peer gets its remaining replies."""
         rid = request.request_id
         if request.method != running.request.method or request.args != running.request.args:
-            self._send(identity, _other_call(request))
+            self._send(identity, other_call(request))
         elif identity in running.peers:
             log.info("duplicate %s ignored: it is running and will answer", rid)
         elif len(running.peers) >= MAX_PEERS_PER_OPERATION:
@@ -328,38 +220,13 @@ class EngineServer:
     def _repeat(self, identity: bytes, request: wire.Request, record: Record) -> None:
         """A repeat of a finished operation: its recorded outcome, without running it again."""
         if not record.same_call(request):
-            self._send(identity, _other_call(request))
+            self._send(identity, other_call(request))
             return
         log.info("%s %s repeated: answered from its record", request.method, request.request_id)
         self._send(identity, record.reply)
 
-    def _check_args(self, request: wire.Request) -> EngineError | None:
-        args = request.args
-        if request.method == "pause":
-            mode = args.get("mode")
-            if not isinstance(mode, str) or mode not in wire.PAUSE_MODES:
-                got = clip(repr(mode))
-                return EngineError("INVALID_ARGUMENT", f"mode must be abort, wait or keep: {got}")
-            if mode not in self.handler.capabilities().pause_modes:
-                return EngineError("UNIMPLEMENTED", f"this engine has no pause mode {mode}")
-            if not isinstance(args.get("clear_cache", False), bool):
-                return EngineError("INVALID_ARGUMENT", "clear_cache must be a boolean")
-        elif request.method in (names.UPDATE_WEIGHTS, names.STAGE_WEIGHTS):
-            for key in ("uri", "version"):
-                value = args.get(key)
-                if not isinstance(value, str) or not 0 < len(value) <= wire.MAX_TEXT_CHARS:
-                    message = f"{key} must be a string of 1-{wire.MAX_TEXT_CHARS} characters"
-                    return EngineError("INVALID_ARGUMENT", message)
-            staged = args.get(names.STAGED, False)
-            if not isinstance(staged, bool):
-                return EngineError("INVALID_ARGUMENT", f"{names.STAGED} must be a boolean")
-            stages = request.method == names.STAGE_WEIGHTS or staged
-            if stages and not can_stage(self.handler):
-                return EngineError("UNIMPLEMENTED", "this engine cannot stage weights")
-        return None
-
     def _start(self, identity: bytes, request: wire.Request) -> None:
-        run = _Running(request, [identity])
+        run = Running(request, [identity])
         deadline = time.monotonic() + request.timeout_s
         run.op = op = Operation(
             request.request_id, request.method, deadline, functools.partial(self._report, run)
@@ -367,7 +234,7 @@ class EngineServer:
         try:
             answer = self._call_handler(op, request)
         except Exception as err:  # noqa: BLE001 - EngineError or a bug: this call's error
-            self._end(run, _failure(request, err))
+            self._end(run, failure(request, err))
             return
         if isinstance(answer, Done):  # answered at once: inline, unless the state must wait
             state = answer.state or self._state_now()
@@ -393,12 +260,12 @@ class EngineServer:
         got = self.handler.status()
         if isinstance(got, EngineState):
             return got
-        _discard(got)
+        discard(got)
         return None
 
-    def _run_as_task(self, run: _Running, answer: Done | Awaitable[Done]) -> None:
+    def _run_as_task(self, run: Running, answer: Done | Awaitable[Done]) -> None:
         loop = asyncio.get_running_loop()
-        run.awaitable = _as_awaitable(answer)
+        run.awaitable = as_awaitable(answer)
         self._running = run
         run.task = loop.create_task(
             self._drive(run, run.awaitable), name=f"{run.request.method} {run.request.request_id}"
@@ -406,7 +273,7 @@ class EngineServer:
         run.task.add_done_callback(functools.partial(self._task_ended, run))
         run.timer = loop.call_later(run.request.timeout_s, self._expire, run)
 
-    async def _drive(self, run: _Running, awaitable: Awaitable[Done]) -> None:
+    async def _drive(self, run: Running, awaitable: Awaitable[Done]) -> None:
         request = run.request
         try:
             done = await awaitable
@@ -415,34 +282,34 @@ class EngineServer:
         except asyncio.CancelledError:
             if self._closing:
                 raise
-            reply = _stopped(run)
+            reply = stopped(run)
         except Exception as err:  # noqa: BLE001 - EngineError or a bug: this call's error
-            reply = _failure(request, err)
+            reply = failure(request, err)
         self._end(run, reply)
 
     async def _state(self) -> EngineState:
         got = self.handler.status()
         return got if isinstance(got, EngineState) else await got
 
-    def _task_ended(self, run: _Running, task: asyncio.Task[None]) -> None:
+    def _task_ended(self, run: Running, task: asyncio.Task[None]) -> None:
         """The safety net: a task cancelled before its first step never ran `_drive`'s body."""
         if run.finished:
             return
         if run.awaitable is not None:
-            _discard(run.awaitable)
+            discard(run.awaitable)
         if self._closing:
             run.finished = True
             self._running = None if self._running is run else self._running
             return
         if task.cancelled():
-            self._end(run, _stopped(run))
+            self._end(run, stopped(run))
         else:
             error = task.exception()
             rid = run.request.request_id
             log.error("%s %s ended without a reply: %r", run.request.method, rid, error)
             self._end(run, wire.error(rid, "INTERNAL", clip(repr(error))))
 
-    def _expire(self, run: _Running) -> None:
+    def _expire(self, run: Running) -> None:
         if run.task is not None and not run.finished:
             run.timed_out = True
             run.task.cancel()
@@ -456,7 +323,7 @@ class EngineServer:
         else:
             log.info("cancel %s: no such running operation", request_id)
 
-    def _end(self, run: _Running, reply: wire.Reply) -> None:
+    def _end(self, run: Running, reply: wire.Reply) -> None:
         """The one place an operation ends: free the slot, record the outcome, answer."""
         if run.finished:
             return
@@ -483,7 +350,7 @@ class EngineServer:
 
     # ------------------------------------------------------------------------------ sending
 
-    def _report(self, run: _Running, reply: wire.Reply) -> None:
+    def _report(self, run: Running, reply: wire.Reply) -> None:
         """accepted/progress from the handler; dropped once the operation has ended, so nothing
         ever follows a terminal reply (a worker thread may still be reporting)."""
         if run.finished:
@@ -491,7 +358,7 @@ class EngineServer:
             return
         self._to_peers(run, reply)
 
-    def _to_peers(self, run: _Running, reply: wire.Reply) -> None:
+    def _to_peers(self, run: Running, reply: wire.Reply) -> None:
         """One reply to every peer waiting on the operation; a peer known gone is forgotten."""
         body = wire.encode_reply(reply)
         for peer in list(run.peers):
@@ -500,85 +367,3 @@ class EngineServer:
 
     def _send(self, identity: bytes, reply: wire.Reply) -> None:
         self._sender(identity, wire.encode_reply(reply))
-
-    def send_frame(self, identity: bytes, body: bytes) -> bool:
-        """Non-blocking: a peer that is gone or not reading loses the reply, nobody else waits.
-        False when the reply was not delivered to the socket."""
-        sock = self._sock
-        if sock is None or self._closing:
-            return False
-        sent = True
-        try:
-            sock.send(identity, _MORE_NOBLOCK)  # ROUTER_MANDATORY: raises if the peer is gone
-            sock.send(b"", _MORE_NOBLOCK)
-            sock.send(body, _NOBLOCK)
-        except zmq.ZMQError as err:
-            _log_send_failure(identity, err)
-            sent = False
-        # The send may have taken the edge of a request that came in. Inside _drain its loop
-        # looks next anyway; asking here too would cost a second system call per reply.
-        if not self._draining and _readable(sock):
-            asyncio.get_running_loop().call_soon(self._drain)
-        return sent
-
-
-# ---------------------------------------------------------------------------------- helpers
-
-
-def _failure(request: wire.Request, err: Exception) -> wire.Reply:
-    if isinstance(err, EngineError):
-        return wire.error(request.request_id, err.code, err.message)
-    log.error("%s %s failed", request.method, request.request_id, exc_info=err)
-    return wire.error(request.request_id, "INTERNAL", clip(f"{type(err).__name__}: {err}"))
-
-
-def _stopped(run: _Running) -> wire.Reply:
-    request = run.request
-    if run.timed_out:
-        message = f"{request.method} not done within {request.timeout_s:g}s"
-        return wire.error(request.request_id, "DEADLINE_EXCEEDED", message)
-    return wire.error(request.request_id, "CANCELLED", f"{request.method} cancelled")
-
-
-def _other_call(request: wire.Request) -> wire.Reply:
-    message = (
-        f"request_id {request.request_id} was already used for another call; "
-        "use a new request_id for a new call"
-    )
-    return wire.error(request.request_id, "ALREADY_EXISTS", message)
-
-
-def _as_awaitable(answer: Done | Awaitable[Done]) -> Awaitable[Done]:
-    if isinstance(answer, Done):
-
-        async def ready() -> Done:
-            return answer
-
-        return ready()
-    return answer
-
-
-def _discard(awaitable: Awaitable[Any]) -> None:
-    """Close a coroutine that will never run, so it is not reported as never awaited."""
-    if inspect.iscoroutine(awaitable) and inspect.getcoroutinestate(awaitable) == "CORO_CREATED":
-        awaitable.close()
-
-
-def _readable(sock: zmq.Socket[bytes]) -> bool:
-    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
-
-
-def _log_send_failure(identity: bytes, err: zmq.ZMQError) -> None:
-    if isinstance(err, zmq.Again):
-        log.warning("peer %s is not reading (high-water mark): reply dropped", identity.hex())
-    elif err.errno == zmq.EHOSTUNREACH:
-        log.warning("peer %s is gone: reply dropped", identity.hex())
-    else:
-        log.error("sending to peer %s failed: %r", identity.hex(), err)
-
-
-def _close(auth: Any, sock: zmq.Socket[bytes], ctx: zmq.asyncio.Context) -> None:
-    if auth is not None:
-        auth.stop()
-    sock.close(linger=0)
-    ctx.term()

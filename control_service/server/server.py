@@ -4,7 +4,7 @@ Health: the overall service "" and control.v1.ControlService are SERVING only wh
 link is up and no engine's status says it is unreachable (an adapter whose engine is down), so a
 readiness probe (Kubernetes' gRPC probe, grpcurl) sees engine loss at once. Engines are asked for
 their status when their link comes up and every `engine_probe_interval_s`: that is also how the
-service learns their capabilities (dispatcher._check_capable).
+service learns their capabilities (probes.py: StatusProbes._check_capable).
 "liveness" is SERVING from start to shutdown whatever the engines do: a gRPC liveness probe on it
 proves the event loop answers, without restarting the sidecar because its engine is down.
 Shutdown: health goes NOT_SERVING, new calls are refused, running ones get the grace period to
