@@ -111,6 +111,15 @@ class Metrics:
         """Expose /metrics over HTTP from a daemon thread (OSError if the port is taken)."""
         self._http = start_http_server(port, addr=addr, registry=self.registry)
 
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where /metrics listens (host, port), or None when it is not served: what an operator
+        checks against --metrics-listen."""
+        if self._http is None:
+            return None
+        host, port = self._http[0].server_address[:2]
+        return str(host), int(port)
+
     def close(self) -> None:
         """Stop serving /metrics and free the port (a stopped server must not hold it)."""
         if self._http is not None:

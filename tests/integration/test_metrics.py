@@ -112,12 +112,11 @@ async def test_metrics_listen_on_the_grpc_host_by_default_or_where_told(
     (127.0.0.1 here), or on --metrics-listen HOST:PORT."""
     stub = start_stub()
     service = await start_service({"e0": stub.endpoint}, metrics_port=free_port())
-    assert service.server.metrics._http is not None
-    assert service.server.metrics._http[0].server_address[0] == "127.0.0.1"
+    address = service.server.metrics.address
+    assert address is not None and address[0] == "127.0.0.1"
     port = free_port()
     told = await start_service({"e0": stub.endpoint}, metrics_listen=f"127.0.0.1:{port}")
-    assert told.server.metrics._http is not None
-    assert told.server.metrics._http[0].server_address[:2] == ("127.0.0.1", port)
+    assert told.server.metrics.address == ("127.0.0.1", port)
     assert ("control_engine_up", (("engine", "e0"),)) in await scrape(port)
 
 
