@@ -221,12 +221,7 @@ class Engine:
             raise EngineError("FAILED_PRECONDITION", "the engine must be paused to update weights")
         if self.staged is not None and self.staged.version == version:
             return self.commit_staged(version)  # staged already: a swap, not a second load
-        try:
-            files = await asyncio.to_thread(checkpoint_files, uri, op.deadline)
-        except CheckpointError as err:
-            raise EngineError(err.code, err.message) from None
-        if not files:
-            raise EngineError("NOT_FOUND", f"no *.safetensors files under {uri!r}")
+        files = await _checkpoint(op, uri)
         digest, total = await self._load(op, uri, files)
         self.weight_version = version
         self.weight_digest = digest
@@ -239,12 +234,7 @@ class Engine:
         max_staged_bytes); a failed or cancelled stage leaves nothing staged and the served
         weights as they were."""
         self.staged = None
-        try:
-            files = await asyncio.to_thread(checkpoint_files, uri, op.deadline)
-        except CheckpointError as err:
-            raise EngineError(err.code, err.message) from None
-        if not files:
-            raise EngineError("NOT_FOUND", f"no *.safetensors files under {uri!r}")
+        files = await _checkpoint(op, uri)
         sizes = await asyncio.to_thread(lambda: [os.path.getsize(f) for f in files])
         total, limit = sum(sizes), self.config.max_staged_bytes
         if total > limit:
@@ -317,3 +307,15 @@ class Engine:
 
     def _done(self, message: str, **counts: int) -> Done:
         return Done(clip(message), state=self.state(), **counts)
+
+
+async def _checkpoint(op: Operation, uri: str) -> list[Path]:
+    """The checkpoint's files, found in a thread within the operation's deadline: a file-system
+    error is its status (NOT_FOUND, INVALID_ARGUMENT, ...), and a folder with none is NOT_FOUND."""
+    try:
+        files = await asyncio.to_thread(checkpoint_files, uri, op.deadline)
+    except CheckpointError as err:
+        raise EngineError(err.code, err.message) from None
+    if not files:
+        raise EngineError("NOT_FOUND", f"no *.safetensors files under {uri!r}")
+    return files

@@ -48,18 +48,23 @@ class Commands:
         return self._command(rid, req, names.PAUSE, args, time_remaining)
 
     def update_weights(self, req: pb.UpdateWeightsRequest, time_remaining: float | None) -> Command:
-        rid = request_id(req.request_id)
-        _require_text("uri", req.uri, MAX_URI_CHARS)
-        _require_text("version", req.version, MAX_VERSION_CHARS)
-        args = {"uri": req.uri, "version": req.version}
-        return self._command(rid, req, names.UPDATE_WEIGHTS, args, time_remaining)
+        return self._weights(req, names.UPDATE_WEIGHTS, time_remaining)
 
     def stage_weights(self, req: pb.StageWeightsRequest, time_remaining: float | None) -> Command:
+        return self._weights(req, names.STAGE_WEIGHTS, time_remaining)
+
+    def _weights(
+        self,
+        req: pb.UpdateWeightsRequest | pb.StageWeightsRequest,
+        method: str,
+        time_remaining: float | None,
+    ) -> Command:
+        """A checkpoint (uri) and the version it becomes: the same rules to load or to stage."""
         rid = request_id(req.request_id)
         _require_text("uri", req.uri, MAX_URI_CHARS)
         _require_text("version", req.version, MAX_VERSION_CHARS)
         args = {"uri": req.uri, "version": req.version}
-        return self._command(rid, req, names.STAGE_WEIGHTS, args, time_remaining)
+        return self._command(rid, req, method, args, time_remaining)
 
     def resume(self, req: pb.ResumeRequest, time_remaining: float | None) -> Command:
         return self._command(request_id(req.request_id), req, names.RESUME, {}, time_remaining)
