@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -33,6 +33,10 @@ from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
 from control_service.protocol.names import RESUME_OLD_WEIGHTS
 from control_service.protocol.names import PauseMode as PauseModeName
 from control_service.protocol.names import RefitPolicy as RefitPolicyName
+
+WeightsRequest = TypeVar(
+    "WeightsRequest", control_pb2.UpdateWeightsRequest, control_pb2.StageWeightsRequest
+)
 
 __all__ = [
     "ClientConfig",
@@ -165,6 +169,22 @@ class ControlClient:
         request = update_weights_request(uri, version, request_id, engines)
         return await self._mutate(self._rpc("UpdateWeights"), request, timeout, on_event)
 
+    async def stage_weights(
+        self,
+        uri: str,
+        version: str,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        engines: Iterable[str] = (),
+        on_event: EventCallback | None = None,
+    ) -> Outcome:
+        """Load the checkpoint at `uri` beside the served weights while the engines keep serving;
+        a later update_weights (or refit) of `version` commits it with a swap, not a load.
+        Engines without the `stage` capability are refused up front (FAILED_PRECONDITION)."""
+        request = stage_weights_request(uri, version, request_id, engines)
+        return await self._mutate(self._rpc("StageWeights"), request, timeout, on_event)
+
     async def resume(
         self,
         *,
@@ -281,9 +301,31 @@ def pause_request(
 def update_weights_request(
     uri: str, version: str, request_id: str | None, engines: Iterable[str]
 ) -> control_pb2.UpdateWeightsRequest:
+    return _weights_request(
+        control_pb2.UpdateWeightsRequest, "update_weights", uri, version, request_id, engines
+    )
+
+
+def stage_weights_request(
+    uri: str, version: str, request_id: str | None, engines: Iterable[str]
+) -> control_pb2.StageWeightsRequest:
+    return _weights_request(
+        control_pb2.StageWeightsRequest, "stage_weights", uri, version, request_id, engines
+    )
+
+
+def _weights_request(
+    message: type[WeightsRequest],
+    method: str,
+    uri: str,
+    version: str,
+    request_id: str | None,
+    engines: Iterable[str],
+) -> WeightsRequest:
+    """A checkpoint (uri) and the version it becomes: the same request to load or to stage."""
     if not uri or not version:
-        raise invalid("update_weights needs a non-empty uri and version")
-    return control_pb2.UpdateWeightsRequest(
+        raise invalid(f"{method} needs a non-empty uri and version")
+    return message(
         request_id=utils.checked_request_id(request_id),
         uri=uri,
         version=version,

@@ -32,6 +32,7 @@ from control_service.client._client import (
     refit_request,
     resume_request,
     retry_delay,
+    stage_weights_request,
     status_deadline,
     update_weights_request,
     with_timeout,
@@ -123,6 +124,20 @@ class SyncControlClient:
         """Load the checkpoint at `uri` into the (paused) engines, to report as `version`."""
         request = update_weights_request(uri, version, request_id, engines)
         return self._mutate(self._rpc("UpdateWeights"), request, timeout, on_event)
+
+    def stage_weights(
+        self,
+        uri: str,
+        version: str,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        engines: Iterable[str] = (),
+        on_event: SyncEventCallback | None = None,
+    ) -> Outcome:
+        """Load `uri` beside the served weights while serving (see ControlClient.stage_weights)."""
+        request = stage_weights_request(uri, version, request_id, engines)
+        return self._mutate(self._rpc("StageWeights"), request, timeout, on_event)
 
     def resume(
         self,

@@ -62,6 +62,25 @@ def test_a_training_loop_refits_step_by_step_and_in_one_call(
     assert {e.step for e in seen if e.request_id == "sync-refit-8"} >= {"pause", "refit"}
 
 
+def test_stage_weights_loads_while_serving_and_the_update_commits_it(
+    service: ServeProcess, checkpoint: str
+) -> None:
+    progress: list[pb.ControlEvent] = []
+    with SyncControlClient(ClientConfig(target=service.target, timeout_s=60)) as control:
+        staged = control.stage_weights(checkpoint, "9", request_id="sync-stage-9",
+                                       on_event=progress.append)  # fmt: skip
+        status = control.status()
+        control.pause("wait")
+        committed = control.update_weights(checkpoint, "9")
+        control.resume()
+
+    assert staged.request_id == "sync-stage-9" and any(e.HasField("progress") for e in progress)
+    assert [r.state.paused for r in staged.results.values()] == [False], "served throughout"
+    assert [s.state.staged_version for s in status.engines.values()] == ["9"]
+    assert not any(e.HasField("progress") for e in committed.events), "a swap, not a load"
+    assert [r.state.weight_version for r in committed.results.values()] == ["9"]
+
+
 def test_a_failed_call_raises_the_same_error_as_the_async_client(service: ServeProcess) -> None:
     config = ClientConfig(target=service.target)
     with SyncControlClient(config) as control:

@@ -139,3 +139,25 @@ async def test_the_client_asks_for_a_staged_refit(
             str(tmp_path / "3"), "3", stage=True, on_event=lambda e: steps.append(e.step)
         )
     assert steps[0] == "stage_weights" and outcome.results["e0"].state.weight_version == "3"
+
+
+async def test_the_client_stages_weights_and_an_update_commits_them(
+    start_service: StartService, start_stub: Callable[..., StubProcess], tmp_path: Path
+) -> None:
+    from control_service.client import ClientConfig, ControlClient
+
+    stub = start_stub()
+    service = await start_service({"e0": stub.endpoint})
+    size = write_checkpoint(tmp_path / "4", files=2, seed=4)
+    async with ControlClient(ClientConfig(target=service.target)) as client:
+        staged = await client.stage_weights(str(tmp_path / "4"), "4", request_id="stage-4")
+        status = await client.status()
+        await client.pause("wait")
+        committed = await client.update_weights(str(tmp_path / "4"), "4")
+    assert staged.request_id == "stage-4"
+    assert staged.results["e0"].bytes_loaded == size and not staged.results["e0"].state.paused
+    assert status.engines["e0"].state.staged_version == "4"
+    assert not any(e.HasField("progress") for e in committed.events), "committed, not loaded"
+    assert committed.results["e0"].state.weight_digest == expected_digest(tmp_path / "4")
+    asked = [e["method"] for e in stub.requests() if e["method"] != "status"]
+    assert asked == ["stage_weights", "pause", "update_weights"]
