@@ -91,7 +91,7 @@ def client_config(flags: dict[str, Any]) -> ClientConfig:
 class Call:
     """A validated `call` command line, ready to run."""
 
-    action: str  # pause | update-weights | resume | refit | status
+    action: str  # pause | update-weights | stage-weights | resume | refit | status
     client: ClientConfig
     json_lines: bool = False
     engines: tuple[str, ...] = ()
@@ -128,11 +128,13 @@ class Call:
             return await client.pause(a["mode"], clear_cache=a["clear_cache"], **common)
         if self.action == "update-weights":
             return await client.update_weights(a["uri"], a["version"], **common)
+        if self.action == "stage-weights":
+            return await client.stage_weights(a["uri"], a["version"], **common)
         if self.action == "refit":
             steps = StepTimeouts(a["pause_timeout"], a["update_timeout"], a["resume_timeout"])
             return await client.refit(
                 a["uri"], a["version"], mode=a["mode"], clear_cache=a["clear_cache"],
-                on_failure=a["on_failure"], steps=steps, **common,
+                on_failure=a["on_failure"], steps=steps, stage=a["stage"], **common,
             )  # fmt: skip
         return await client.resume(**common)
 
@@ -177,6 +179,8 @@ STEP_TIMEOUTS = tuple(
            help=f"limit for the {step} step, seconds (none: no limit)")
     for step in ("pause", "update", "resume")
 )  # fmt: skip
+STAGE = option("--stage", is_flag=True, per_call=True,
+               help="load while the engines serve; pause them only for the swap")  # fmt: skip
 ON_FAILURE = option(
     "--on-failure", type=click.Choice(("resume_old_weights", "stay_paused")),
     default="resume_old_weights", per_call=True, help="what to do if a step fails",
@@ -185,7 +189,10 @@ ON_FAILURE = option(
 _action("pause", "pause the engines", MODE, CLEAR, REQUEST_ID, ENGINES)
 _action("update-weights", "load new weights into the paused engines",
         URI, VERSION, REQUEST_ID, ENGINES)  # fmt: skip
+_action("stage-weights", "load new weights beside the served ones while the engines serve",
+        URI, VERSION, REQUEST_ID, ENGINES)  # fmt: skip
 _action("resume", "let the engines serve again", REQUEST_ID, ENGINES)
 _action("refit", "pause -> update weights -> resume as one call, safe on failure",
-        URI, VERSION, MODE, CLEAR, ON_FAILURE, *STEP_TIMEOUTS, REQUEST_ID, ENGINES)  # fmt: skip
+        URI, VERSION, MODE, CLEAR, STAGE, ON_FAILURE, *STEP_TIMEOUTS,
+        REQUEST_ID, ENGINES)  # fmt: skip
 _action("status", "print every engine's reachability and state", ENGINES)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -129,6 +130,49 @@ async def test_engine_and_caller_text_is_escaped_on_a_terminal(
     assert "version=v1\\x1b]0;pwned\\x07\\x1b[2J[bold]" in screen
     code, screen = await run_on_terminal("call", "status", *target)
     assert code == 0 and "pwned\\x07" in screen and "\x1b]0;pwned" not in screen, screen
+
+
+async def test_stage_weights_and_a_staged_refit_from_the_shell(
+    start_service: StartService, start_stub: Callable[..., StubProcess], tmp_path: Path
+) -> None:
+    """Issue 15: staging from the CLI, in each output style, with the usual exit codes."""
+    from control_service.gen.control.v1 import control_pb2 as pb
+    from engine_stub import write_checkpoint
+
+    for version in ("1", "2", "3"):
+        write_checkpoint(tmp_path / version, files=2, seed=int(version))
+    stub = start_stub()
+    service = await start_service({"e0": stub.endpoint})
+    target = ("--target", service.target)
+
+    code, out, err = await run_cli("call", "stage-weights", str(tmp_path / "1"), "1", *target)
+    assert code == 0, err
+    assert out.startswith("stage-weights request_id=") and "e0 paused=no version=-" in out
+    status = await service.stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert status.engines[0].state.staged_version == "1"
+
+    code, out, err = await run_cli("call", "refit", str(tmp_path / "2"), "2", "--stage", *target)
+    assert code == 0, err
+    assert "e0 #1 [stage_weights] accepted" in out and "e0 paused=no version=2" in out
+    assert out.index("[stage_weights]") < out.index("[pause]") < out.index("[refit]")
+
+    code, out, err = await run_cli("call", "--json", "stage-weights", str(tmp_path / "3"), "3",
+                                   "--request-id", "cli-stage-3", *target)  # fmt: skip
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert {line["requestId"] for line in lines} == {"cli-stage-3"}
+    assert lines[-1]["result"]["state"]["stagedVersion"] == "3"
+
+    code, screen = await run_on_terminal("call", "refit", str(tmp_path / "3"), "3", "--stage",
+                                         *target)  # fmt: skip
+    assert code == 0 and "ok: 1 engine(s)" in screen and "e0 paused=no version=3" in screen
+
+    code, out, err = await run_cli("call", "stage-weights", str(tmp_path / "none"), "4", *target)
+    assert code == 105 and err.startswith("error: NOT_FOUND: "), err
+    code, out, err = await run_cli("call", "refit", str(tmp_path / "none"), "4", "--stage",
+                                   *target)  # fmt: skip
+    assert code == 105 and "nothing was paused" in err, err
+    assert "[pause]" not in out
 
 
 def test_demo_runs_two_cycles_end_to_end() -> None:

@@ -44,9 +44,10 @@ OLD_CONNECTION_FLAGS = (
 OLD_ACTION_FLAGS = {
     "pause": ["--mode", "--clear-cache", "--request-id", "--engine"],
     "update-weights": ["--request-id", "--engine"],
+    "stage-weights": ["--request-id", "--engine"],
     "resume": ["--request-id", "--engine"],
-    "refit": ["--mode", "--clear-cache", "--on-failure", "--pause-timeout", "--update-timeout",
-              "--resume-timeout", "--request-id", "--engine"],
+    "refit": ["--mode", "--clear-cache", "--stage", "--on-failure", "--pause-timeout",
+              "--update-timeout", "--resume-timeout", "--request-id", "--engine"],
     "status": ["--engine"],
 }  # fmt: skip
 OLD_DEMO_FLAGS = (
@@ -225,6 +226,7 @@ CONNECTION_CASES: dict[str, tuple[str, Callable[[Call], Any], Any]] = {
     "--tls-server-name": ("svc", lambda p: p.client.tls.server_name_override, "svc"),
     "--keepalive": ("0", lambda p: p.client.keepalive_time_s, None),
 }
+WEIGHTS_ACTIONS = ("update-weights", "stage-weights", "refit")  # take URI VERSION
 TLS_PAIR = {"--tls-cert": ("--tls-key", "/k.pem"), "--tls-key": ("--tls-cert", "/c.pem")}
 
 
@@ -242,7 +244,7 @@ def test_connection_flag_before_or_after_the_action_and_its_variable(
     flag: str, action: str, clean_env: pytest.MonkeyPatch
 ) -> None:
     text, got, wanted = CONNECTION_CASES[flag]
-    positional = ["/ckpt", "5"] if action in ("update-weights", "refit") else []
+    positional = ["/ckpt", "5"] if action in WEIGHTS_ACTIONS else []
     pair = list(TLS_PAIR.get(flag, ()))
     assert got(plan("call", action, *positional, flag, text, *pair)) == wanted, "after"
     assert got(plan("call", flag, text, *pair, action, *positional)) == wanted, "before"
@@ -279,6 +281,10 @@ PER_CALL = [
      "CONTROL_SERVICE_RESUME_TIMEOUT"),
     ("update-weights", ["/ckpt", "v9"], lambda p: (p.arguments["uri"], p.arguments["version"]),
      ("/ckpt", "v9"), "CONTROL_SERVICE_VERSION"),
+    ("stage-weights", ["/ckpt", "v9"], lambda p: (p.arguments["uri"], p.arguments["version"]),
+     ("/ckpt", "v9"), "CONTROL_SERVICE_URI"),
+    ("refit", ["/c", "1", "--stage"], lambda p: p.arguments["stage"], True,
+     "CONTROL_SERVICE_STAGE"),
 ]  # fmt: skip
 
 
@@ -290,7 +296,7 @@ def test_per_call_arguments_work_and_never_come_from_the_environment(
     assert got(plan("call", action, *argv)) == wanted
     clean_env.setenv(env, "stale")
     clean_env.setenv("CONTROL_SERVICE_JSON", "true")
-    bare = plan("call", action, *argv[:2]) if action in ("refit", "update-weights") else None
+    bare = plan("call", action, *argv[:2]) if action in WEIGHTS_ACTIONS else None
     stale = plan("call", action) if bare is None else bare
     assert "stale" not in (stale.request_id, *stale.engines, *map(str, stale.arguments.values()))
     assert stale.json_lines is False
