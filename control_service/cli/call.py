@@ -131,7 +131,8 @@ class Call:
         if self.action == "stage-weights":
             return await client.stage_weights(a["uri"], a["version"], **common)
         if self.action == "refit":
-            steps = StepTimeouts(a["pause_timeout"], a["update_timeout"], a["resume_timeout"])
+            steps = StepTimeouts(a["pause_timeout"], a["update_timeout"], a["resume_timeout"],
+                                 a["stage_timeout"])  # fmt: skip
             return await client.refit(
                 a["uri"], a["version"], mode=a["mode"], clear_cache=a["clear_cache"],
                 on_failure=a["on_failure"], steps=steps, stage=a["stage"], **common,
@@ -177,7 +178,7 @@ VERSION = click.argument("version")
 STEP_TIMEOUTS = tuple(
     option(f"--{step}-timeout", type=POSITIVE_FLOAT, default=None, per_call=True, metavar="S",
            help=f"limit for the {step} step, seconds (none: no limit)")
-    for step in ("pause", "update", "resume")
+    for step in ("pause", "update", "resume", "stage")
 )  # fmt: skip
 STAGE = option("--stage", is_flag=True, per_call=True,
                help="load while the engines serve; pause them only for the swap")  # fmt: skip

@@ -41,11 +41,13 @@ class TlsConfig:
 
 @dataclass(frozen=True, slots=True)
 class StepTimeouts:
-    """Per-step limits of a Refit (seconds; None: only the overall timeout applies)."""
+    """Per-step limits of a Refit (seconds; None: only the overall timeout applies). `stage`
+    bounds the staging step of a `refit(stage=True)`; `update` then bounds only the commit."""
 
     pause: float | None = None
     update: float | None = None
     resume: float | None = None
+    stage: float | None = None
 
     def items(self) -> list[tuple[str, float]]:
         return [
@@ -54,6 +56,7 @@ class StepTimeouts:
                 ("pause", self.pause),
                 ("update", self.update),
                 ("resume", self.resume),
+                ("stage", self.stage),
             )  # fmt: skip
             if value is not None
         ]

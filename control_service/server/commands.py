@@ -82,7 +82,7 @@ class Commands:
             f"{name}_timeout_s": _seconds(getattr(req, f"{name}_timeout"), maximum)
             if req.HasField(f"{name}_timeout")
             else None
-            for name in ("pause", "update", "resume")
+            for name in ("pause", "update", "resume", "stage")
         }
         args = {
             "mode": mode,

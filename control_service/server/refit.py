@@ -84,7 +84,7 @@ class RefitDriver:
         a = self.args
         update_args = {"uri": a["uri"], "version": a["version"]}
         if a.get("stage", False):  # load while serving: the pause below only covers a swap
-            staged = await self._step(names.STAGE_WEIGHTS, update_args, a["update_timeout_s"])
+            staged = await self._step(names.STAGE_WEIGHTS, update_args, a["stage_timeout_s"])
             if not staged.outcome.ok:
                 return self._stage_failed(staged)
             update_args = {**update_args, names.STAGED: True}

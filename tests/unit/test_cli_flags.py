@@ -47,7 +47,8 @@ OLD_ACTION_FLAGS = {
     "stage-weights": ["--request-id", "--engine"],
     "resume": ["--request-id", "--engine"],
     "refit": ["--mode", "--clear-cache", "--stage", "--on-failure", "--pause-timeout",
-              "--update-timeout", "--resume-timeout", "--request-id", "--engine"],
+              "--update-timeout", "--resume-timeout", "--stage-timeout", "--request-id",
+              "--engine"],
     "status": ["--engine"],
 }  # fmt: skip
 OLD_DEMO_FLAGS = (
@@ -285,6 +286,8 @@ PER_CALL = [
      ("/ckpt", "v9"), "CONTROL_SERVICE_URI"),
     ("refit", ["/c", "1", "--stage"], lambda p: p.arguments["stage"], True,
      "CONTROL_SERVICE_STAGE"),
+    ("refit", ["/c", "1", "--stage-timeout", "5"], lambda p: p.arguments["stage_timeout"], 5.0,
+     "CONTROL_SERVICE_STAGE_TIMEOUT"),
 ]  # fmt: skip
 
 

@@ -210,7 +210,7 @@ class EngineCapabilities(_message.Message):
     def __init__(self, pause_modes: _Optional[_Iterable[_Union[PauseMode, str]]] = ..., cancel: _Optional[bool] = ..., progress: _Optional[bool] = ..., flags: _Optional[_Mapping[str, bool]] = ...) -> None: ...
 
 class RefitRequest(_message.Message):
-    __slots__ = ("request_id", "mode", "clear_cache", "uri", "version", "timeout", "pause_timeout", "update_timeout", "resume_timeout", "on_failure", "engines", "stage")
+    __slots__ = ("request_id", "mode", "clear_cache", "uri", "version", "timeout", "pause_timeout", "update_timeout", "resume_timeout", "on_failure", "engines", "stage", "stage_timeout")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CLEAR_CACHE_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +223,7 @@ class RefitRequest(_message.Message):
     ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
     ENGINES_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     mode: PauseMode
     clear_cache: bool
@@ -235,4 +236,5 @@ class RefitRequest(_message.Message):
     on_failure: RefitFailurePolicy
     engines: _containers.RepeatedScalarFieldContainer[str]
     stage: bool
-    def __init__(self, request_id: _Optional[str] = ..., mode: _Optional[_Union[PauseMode, str]] = ..., clear_cache: _Optional[bool] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., update_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., on_failure: _Optional[_Union[RefitFailurePolicy, str]] = ..., engines: _Optional[_Iterable[str]] = ..., stage: _Optional[bool] = ...) -> None: ...
+    stage_timeout: _duration_pb2.Duration
+    def __init__(self, request_id: _Optional[str] = ..., mode: _Optional[_Union[PauseMode, str]] = ..., clear_cache: _Optional[bool] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., update_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., on_failure: _Optional[_Union[RefitFailurePolicy, str]] = ..., engines: _Optional[_Iterable[str]] = ..., stage: _Optional[bool] = ..., stage_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
