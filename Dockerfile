@@ -4,16 +4,17 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY protos ./protos
 COPY scripts ./scripts
 COPY control_service ./control_service
 COPY engine_stub ./engine_stub
-# Regenerate the protobuf code in the image (it must match what is committed) and build a wheel.
+# Regenerate the protobuf code in the image (it must match what is committed) and build the
+# wheels at the versions the tests ran (constraints.txt, the lock).
 RUN pip install --no-cache-dir "grpcio-tools==1.85.1" \
  && python scripts/gen_protos.py /tmp/gen \
  && diff -r /tmp/gen/control_service/gen control_service/gen \
- && pip wheel --no-cache-dir --wheel-dir /wheels ".[fast]"
+ && pip wheel --no-cache-dir -c constraints.txt --wheel-dir /wheels ".[fast]"
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 control
