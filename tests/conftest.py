@@ -16,7 +16,7 @@ from control_service.server.engine_link import EngineLink
 from engine_stub.checkpoint import write_checkpoint
 from tests.fakes.process import AdapterProcess, FakeEngine
 from tests.harness import Service, StartService
-from tests.stub_process import StubProcess
+from tests.stub_process import EngineClient, StubProcess
 
 TIERS = ("unit", "integration", "e2e")
 
@@ -124,3 +124,23 @@ def start_adapter() -> Iterator[Callable[..., AdapterProcess]]:
     yield start
     for adapter in adapters:
         adapter.stop()
+
+
+Launch = Callable[..., tuple[StubProcess, EngineClient]]
+
+
+@pytest.fixture
+def launch() -> Iterator[Launch]:
+    """launch(*flags) -> (stub, client): a started stub and a DEALER connected to it."""
+    opened: list[StubProcess | EngineClient] = []
+
+    def start(*args: str) -> tuple[StubProcess, EngineClient]:
+        stub = StubProcess()
+        opened.append(stub)
+        client = EngineClient(stub.start(*args))
+        opened.append(client)
+        return stub, client
+
+    yield start
+    for thing in reversed(opened):
+        thing.__exit__(None, None, None)

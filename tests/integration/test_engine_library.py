@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,27 +16,10 @@ import pytest
 from control_service.protocol import wire
 from engine_stub import write_checkpoint
 from engine_stub.checkpoint import CheckpointError, checkpoint_files
-from tests.stub_process import EngineClient, StubProcess
+from tests.conftest import Launch
+from tests.stub_process import EngineClient
 
-Launch = Callable[..., tuple[StubProcess, EngineClient]]
 SLOW = ("--token-interval", "0.05", "--tokens", "100")  # a WAIT drain takes >= 1.25 s
-
-
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    """launch(*flags) -> (stub, client): a started stub and a DEALER connected to it."""
-    opened: list[StubProcess | EngineClient] = []
-
-    def start(*args: str) -> tuple[StubProcess, EngineClient]:
-        stub = StubProcess()
-        opened.append(stub)
-        client = EngineClient(stub.start(*args))
-        opened.append(client)
-        return stub, client
-
-    yield start
-    for thing in reversed(opened):
-        thing.__exit__(None, None, None)
 
 
 def unread_bytes(port: int) -> int:

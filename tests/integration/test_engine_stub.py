@@ -13,7 +13,6 @@ import json
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,27 +21,10 @@ from safetensors.numpy import load_file
 from control_service.protocol import wire
 from engine_stub import write_checkpoint
 from engine_stub.server import parse_knobs
-from tests.stub_process import EngineClient, StubError, StubProcess
+from tests.conftest import Launch
+from tests.stub_process import EngineClient, StubError
 
-Launch = Callable[..., tuple[StubProcess, EngineClient]]
 SLOW = ("--token-interval", "0.05", "--tokens", "100")  # first request finishes after >= 1.25 s
-
-
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    """launch(*flags) -> (stub, client): a started stub and a DEALER connected to it."""
-    opened: list[StubProcess | EngineClient] = []
-
-    def start(*args: str) -> tuple[StubProcess, EngineClient]:
-        stub = StubProcess()
-        opened.append(stub)
-        client = EngineClient(stub.start(*args))
-        opened.append(client)
-        return stub, client
-
-    yield start
-    for thing in reversed(opened):
-        thing.__exit__(None, None, None)
 
 
 def kinds(replies: list[wire.Reply]) -> list[str]:
