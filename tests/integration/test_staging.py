@@ -5,35 +5,16 @@ the pause; a failed, cancelled or replaced stage never touches the served weight
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 from control_service.protocol import wire
 from engine_stub import write_checkpoint
+from tests.conftest import Launch
 from tests.integration.test_engine_stub import expected_digest, kinds
-from tests.stub_process import EngineClient, StubProcess
+from tests.stub_process import EngineClient
 
-Launch = Callable[..., tuple[StubProcess, EngineClient]]
 # Generation advances one token per 10 ms; each staged file takes >= 0.1 s more (a slow disk).
 SERVING = ("--token-interval", "0.01", "--tokens", "1000", "--load-interval", "0.1")
-
-
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    opened: list[StubProcess | EngineClient] = []
-
-    def start(*args: str) -> tuple[StubProcess, EngineClient]:
-        stub = StubProcess()
-        opened.append(stub)
-        client = EngineClient(stub.start(*args))
-        opened.append(client)
-        return stub, client
-
-    yield start
-    for thing in reversed(opened):
-        thing.__exit__(None, None, None)
 
 
 def state(client: EngineClient) -> dict[str, object]:
