@@ -106,13 +106,14 @@ if __name__ == "__main__":
         factories = _accounting.FACTORIES
     link = None
     beat = next((a for a in argv if a.startswith("--heartbeat=")), None)
-    if beat is not None:  # --heartbeat=INTERVAL/TIMEOUT in seconds (bench.fanout at scale)
+    if beat is not None:  # --heartbeat=INTERVAL/TIMEOUT[/RATE] (bench.fanout at scale)
         argv.remove(beat)
-        interval, timeout = (float(x) for x in beat.split("=", 1)[1].split("/"))
-        link = LinkConfig(heartbeat_ivl_s=interval, heartbeat_timeout_s=timeout)
+        values = [float(x) for x in beat.split("=", 1)[1].split("/")]
+        rate = {"heartbeat_rate": values[2]} if len(values) > 2 else {}
+        link = LinkConfig(heartbeat_ivl_s=values[0], heartbeat_timeout_s=values[1], **rate)
     if not argv:
         sys.exit(
-            "usage: python -m bench._service [--account] [--heartbeat=IVL/TIMEOUT] "
+            "usage: python -m bench._service [--account] [--heartbeat=IVL/TIMEOUT[/RATE]] "
             "NAME=ENDPOINT [NAME=ENDPOINT ...]"
         )
     sys.exit(run(serve(argv, link, **factories)))

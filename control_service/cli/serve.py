@@ -97,6 +97,11 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Any, str], ...] = (
      "seconds between engine heartbeats"),
     ("--heartbeat-timeout", LinkConfig, "heartbeat_timeout_s", POSITIVE_FLOAT,
      "seconds without a heartbeat before an engine is unreachable"),
+    ("--heartbeat-rate", LinkConfig, "heartbeat_rate", POSITIVE_FLOAT,
+     "heartbeats a second, all engines together, at most: with more engines than rate x "
+     "interval, interval and timeout grow in proportion (1,024 engines: 1.02 s / 3.07 s)"),
+    ("--heartbeat-interval-max", LinkConfig, "heartbeat_ivl_max_s", POSITIVE_FLOAT,
+     "the longest interval --heartbeat-rate may scale heartbeats to, seconds"),
     ("--reconnect-interval", LinkConfig, "reconnect_ivl_s", POSITIVE_FLOAT,
      "first ZMQ reconnect delay, seconds"),
     ("--reconnect-interval-max", LinkConfig, "reconnect_ivl_max_s", POSITIVE_FLOAT,

@@ -66,8 +66,13 @@ class ControlServer:
         self._dispatcher_factory = dispatcher_factory
         self._servicer_factory = servicer_factory
         self.budget = SlotBudget(config.max_open_slots)
+        link_config = config.link.for_links(len(config.engines))
+        if link_config is not config.link:
+            log.info("heartbeats scaled to the engines", engines=len(config.engines),
+                     interval_s=round(link_config.heartbeat_ivl_s, 3),
+                     timeout_s=round(link_config.heartbeat_timeout_s, 3))  # fmt: skip
         self.links = {
-            e.name: link_factory(e, config.link, self.budget, self._on_link_change)
+            e.name: link_factory(e, link_config, self.budget, self._on_link_change)
             for e in config.engines
         }
         self.dispatcher: Dispatcher | None = None

@@ -3,12 +3,19 @@ caller as its real status, naming engines, instead of a transport error about tr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
+import zmq
 
 from control_service.client import ClientConfig, ControlClient
 from control_service.errors import STATUS_MAX_BYTES, ControlError
 from control_service.gen.control.v1 import control_pb2 as pb
+from control_service.server.config import LinkConfig
 from tests.harness import StartService, free_port
+from tests.stub_process import StubProcess
+
+Stubs = Callable[..., StubProcess]
 
 LINKS = 400
 
@@ -36,3 +43,21 @@ async def test_a_call_failing_on_400_engines_ends_with_its_own_status(
             ), "the engines the status names come with their ErrorInfo"
         else:
             raise AssertionError("resume on 400 unreachable engines succeeded")
+
+
+async def test_heartbeats_on_the_sockets_are_scaled_to_the_links(
+    start_service: StartService, start_stub: Stubs
+) -> None:
+    """The scaled heartbeat is what each DEALER is given (libzmq's own options, read back), and
+    the links come up and answer with it."""
+    stub = start_stub()
+    link = LinkConfig(heartbeat_rate=10.0)  # 4 links -> every 0.4 s, timeout 1.2 s
+    service = await start_service([stub.endpoint] * 4, link=link)
+    for engine_link in service.server.links.values():
+        sock = engine_link.socket
+        assert sock is not None
+        assert sock.getsockopt(zmq.HEARTBEAT_IVL) == 400
+        assert sock.getsockopt(zmq.HEARTBEAT_TIMEOUT) == 1200
+        assert sock.getsockopt(zmq.HEARTBEAT_TTL) == 1200
+    events = await service.events("Pause", pb.PauseRequest(request_id="scaled"), timeout=10)
+    assert sum(e.HasField("result") for e in events) == 4

@@ -153,6 +153,8 @@ SERVE_CASES: dict[str, tuple[str, tuple[str, ...], Callable[[Serve], Any], Any]]
     "--metrics-listen": ("0.0.0.0:9090", ENGINE, lambda p: p.config.metrics_listen, "0.0.0.0:9090"),
     "--recv-hwm": ("7", ENGINE, lambda p: p.config.link.recv_hwm, 7),
     "--max-status-probes": ("2", ENGINE, lambda p: p.config.link.max_status_probes, 2),
+    "--heartbeat-rate": ("50", ENGINE, lambda p: p.config.link.heartbeat_rate, 50.0),
+    "--heartbeat-interval-max": ("4", ENGINE, lambda p: p.config.link.heartbeat_ivl_max_s, 4.0),
 }  # fmt: skip
 
 
