@@ -20,9 +20,13 @@ Recovery: libzmq reconnects by itself after a lost connection, but not after a p
 (a failed CURVE handshake, a malformed greeting, a message over MAXMSGSIZE): it ends that
 connection for good. It announces each retry it will make (CONNECT_RETRIED) right after the
 DISCONNECTED, so a DISCONNECTED without one means no retry is coming: the link then closes the
-DEALER and opens a fresh one, with the configured reconnect interval doubling up to its maximum
-while the engine stays bad. Every slot was already failed with UNAVAILABLE at the disconnect,
-and the old socket is closed without lingering, so nothing is ever resent.
+DEALER at once (its descriptors and context slots are freed while the link waits) and opens a
+fresh one after the configured reconnect interval, doubling up to its maximum while the engine
+stays bad. Every slot was already failed with UNAVAILABLE at the disconnect, and the old socket
+is closed without lingering, so nothing is ever resent. When the fresh socket cannot be made
+(thousands of flapping links can exhaust the open-files limit or the context's socket slots:
+`Too many open files`), the link stays down with that reason, says so once per streak of
+failures, and tries again on the same backoff; it never leaves an exception to the event loop.
 
 Fairness: `drain` reads at most a batch of messages per wake-up, then lets the loop's other work
 run (health checks, timers, writes) and looks again; libzmq's I/O thread keeps reading the
@@ -124,6 +128,7 @@ class EngineLink:
         self._retry_check: asyncio.TimerHandle | None = None
         self._recreate_timer: asyncio.TimerHandle | None = None
         self._backoff_s = config.reconnect_ivl_s
+        self._open_failures = 0  # fresh sockets that could not be made, in a row
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -131,17 +136,37 @@ class EngineLink:
         """Connect (ZMQ reconnects by itself from then on). Call from the event loop's thread."""
         self._loop = asyncio.get_running_loop()
         self._context = context
-        self._open_socket()
+        self._try_open()
+
+    def _try_open(self) -> None:
+        """Open the socket; if this process cannot make one now, stay down and retry later."""
+        try:
+            self._open_socket()
+        except (zmq.ZMQError, OSError) as err:
+            self._open_failed(err)
+            return
+        if self._open_failures:
+            log.info("engine link socket opened", engine=self.name,
+                     after_failures=self._open_failures)  # fmt: skip
+            self._open_failures = 0
 
     def _open_socket(self) -> None:
+        """The DEALER, its monitor, connected and read by the loop; all or nothing."""
         assert self._loop is not None and self._context is not None
         sock = self._context.socket(zmq.DEALER)
-        self._configure(sock)
-        self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
-        sock.connect(self.endpoint)
-        self._sock = sock
+        monitor: zmq.Socket | None = None
+        try:
+            self._configure(sock)
+            monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+            sock.connect(self.endpoint)
+        except BaseException:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(linger=0)
+            sock.close(linger=0)
+            raise
+        self._sock, self._monitor = sock, monitor
         self._events = cast(Events, sock.getsockopt)
-        monitor = self._monitor
         self._loop.add_reader(sock.FD, self.drain)
         self._loop.add_reader(monitor.FD, self.read_link_events, monitor)
         self._loop.call_soon(self.read_link_events, monitor)
@@ -348,25 +373,40 @@ class EngineLink:
             self.read_link_events(self._monitor)
         if self._retry_announced or self._closed or self._recreate_timer is not None:
             return
-        assert self._loop is not None
         if not self.down_reason.startswith(_HANDSHAKE):
             self.down_reason = "the engine broke the transport protocol (e.g. a frame over the cap)"
-        delay = self._backoff_s
-        self._backoff_s = min(delay * 2, self.config.reconnect_ivl_max_s)
+        # Anything still open fails with UNAVAILABLE first: the old socket's requests are never
+        # resent. It is closed now, so its descriptors are free while the link waits.
+        self._set_down(self.down_reason)
+        self._close_socket()
+        delay = self._schedule_recreate()
         log.info("engine link ended without a retry: reconnecting on a fresh socket",
                  engine=self.name, reason=self.down_reason, in_s=delay)  # fmt: skip
+
+    def _schedule_recreate(self) -> float:
+        assert self._loop is not None
+        delay = self._backoff_s
+        self._backoff_s = min(delay * 2, self.config.reconnect_ivl_max_s)
         self._recreate_timer = self._loop.call_later(delay, self._recreate)
+        return delay
 
     def _recreate(self) -> None:
-        """A fresh DEALER (and monitor) in place of one libzmq has given up on. Anything still
-        open fails with UNAVAILABLE first: the old socket's requests are never resent."""
+        """A fresh DEALER (and monitor) in place of one libzmq has given up on."""
         self._recreate_timer = None
-        if self._closed:
+        if self._closed or self._sock is not None:
             return
-        self._set_down(self.down_reason or "reconnecting")
-        self._close_socket()
         self.counters.recreated += 1
-        self._open_socket()
+        self._try_open()
+
+    def _open_failed(self, err: Exception) -> None:
+        """No socket could be made (e.g. EMFILE): down, said once per streak, tried again."""
+        self._open_failures += 1
+        self._set_down(f"cannot open a socket to the engine: {err}")
+        if self._open_failures == 1:
+            log.warning("engine link cannot open a socket: retrying with backoff",
+                        engine=self.name, error=str(err))  # fmt: skip
+        if not self._closed and self._recreate_timer is None:
+            self._schedule_recreate()
 
     def _handshake_failed(self, reason: str) -> None:
         """The link never comes up and no call fails with it, so say it once in the log: an

@@ -8,8 +8,6 @@ sockets and real engine processes: the link goes down, the engine is made good a
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from control_service.server.engine_link import _TRANSPORT_MAX_BYTES
 from tests.harness import StartService, eventually, free_port
 from tests.scripted_engine import ScriptedEngine, healthy
 from tests.stub_process import StubProcess
+from tests.zmtp_peers import WrongMechanismPeer
 
 BACK_WITHIN_S = 2.0
 
@@ -60,39 +59,6 @@ async def test_link_comes_back_after_an_oversize_frame(
     assert events[-1].result.state.paused, "a call works on the fresh socket"
 
 
-class _WrongMechanismPeer:
-    """A TCP listener that answers with a ZMTP 3.0 greeting for another security mechanism
-    (PLAIN) and then holds the connection: the DEALER itself finds the mismatch, a protocol
-    error. (A real PLAIN ROUTER would race the DEALER to it and sometimes just hang up.)"""
-
-    GREETING = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"PLAIN".ljust(20, b"\0") + b"\x01"
-    GREETING += bytes(64 - len(GREETING))
-
-    def __init__(self, port: int) -> None:
-        self.listener = socket.create_server(("127.0.0.1", port))
-        self.listener.settimeout(0.05)
-        self.held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            conn.sendall(self.GREETING)
-            self.held.append(conn)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for conn in self.held:
-            conn.close()
-        self.listener.close()
-
-
 async def test_link_comes_back_after_a_security_mechanism_mismatch(
     start_service: StartService, start_stub: Callable[..., StubProcess]
 ) -> None:
@@ -100,7 +66,7 @@ async def test_link_comes_back_after_a_security_mechanism_mismatch(
     the handshake. Then a real engine binds the same endpoint."""
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
-    wrong = _WrongMechanismPeer(port)
+    wrong = WrongMechanismPeer(port)
     try:
         service = await start_service([endpoint], wait_up=False)
         link = service.server.links["e0"]
