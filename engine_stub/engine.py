@@ -26,6 +26,12 @@ from control_service.protocol import names
 
 from .checkpoint import CheckpointError, checkpoint_files, checkpoint_root, hash_file, stage_file
 
+# Returning swapped-out weights to the OS (munmap/madvise of hundreds of MiB: milliseconds, more
+# the larger the checkpoint) right after the resume reply was handed to libzmq delayed that
+# reply's transmission on its I/O thread (the same address space, two cores), so the pause
+# window measured by the service grew with the checkpoint. Freed this long after, it is not.
+RETIRE_AFTER_S = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
@@ -61,8 +67,8 @@ class Engine:
         self.weight_digest = ""
         self.staged: Staged | None = None
         self._served: tuple[bytes, ...] = ()  # the weights a commit swapped in (a load keeps none)
-        # The weights a commit swapped out, freed only after the resume reply: returning 512 MiB
-        # to the OS takes ~100 ms here, which is not part of the swap.
+        # The weights a commit swapped out, freed well after the resume (RETIRE_AFTER_S) or when
+        # the next staging starts, whichever comes first: never next to a pause window.
         self._retired: tuple[bytes, ...] = ()
         self.simulating = True  # False in instant mode: the ticker idles
         self._tokens: list[int] = []  # tokens generated so far, one entry per in-flight request
@@ -205,8 +211,8 @@ class Engine:
         self.kept = False
         admitted = self._admit_batch()
         self._wake.set()
-        if self._retired:  # runs after this call's reply is sent (the library answers inline)
-            asyncio.get_running_loop().call_soon(self._free_retired)
+        if self._retired:
+            asyncio.get_running_loop().call_later(RETIRE_AFTER_S, self._free_retired)
         return self._done(
             f"resumed: {len(continuing)} kept requests continue at tokens={continuing}, "
             f"{admitted} new admitted"
@@ -234,6 +240,7 @@ class Engine:
         max_staged_bytes); a failed or cancelled stage leaves nothing staged and the served
         weights as they were."""
         self.staged = None
+        self._free_retired()  # the peak stays at two versions: the served one and this one
         files = await _checkpoint(op, uri)
         sizes = await asyncio.to_thread(lambda: [os.path.getsize(f) for f in files])
         total, limit = sum(sizes), self.config.max_staged_bytes
