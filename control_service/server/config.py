@@ -268,6 +268,11 @@ class ServiceConfig:
     # reachable (readiness). 0: only at link-up; None: never (no capability check, readiness
     # from the links alone: what in-process tests of other behaviour use, to count frames exactly).
     engine_probe_interval_s: float | None = 5.0
+    # Status probes a second, all engines together, at most: with more engines than
+    # engine_probe_rate * engine_probe_interval_s (1,000 by default) the rounds are further apart
+    # (`probe_interval_s`). Each probe costs the service ~150 us of CPU: 4,096 engines every 5 s
+    # took 16% of a core, idle, and half the messages of a run of Refits.
+    engine_probe_rate: float = 200.0
     # Open reply slots across all engines; past it a call gets RESOURCE_EXHAUSTED.
     max_open_slots: int = 4096
     # Events buffered per caller before the oldest progress events are dropped (never a result).
@@ -308,6 +313,8 @@ class ServiceConfig:
             )
         if self.engine_probe_interval_s is not None and self.engine_probe_interval_s < 0:
             raise ConfigError("engine probe interval must be >= 0", "engine_probe_interval_s")
+        if not self.engine_probe_rate > 0:
+            raise ConfigError("engine probe rate must be > 0", "engine_probe_rate")
         if not 0 < self.default_timeout_s <= self.max_timeout_s:
             raise ConfigError(
                 "need 0 < default timeout <= max timeout", "default_timeout_s", "max_timeout_s"
@@ -323,6 +330,15 @@ class ServiceConfig:
                 raise ConfigError(f"{name} must be >= 1", name)
         if self.metrics_listen:
             _host_port(self.metrics_listen, "the metrics address", "metrics_listen")
+
+    def probe_interval_s(self) -> float | None:
+        """Seconds between the service's own probe rounds: the configured interval, or longer so
+        that a round of every engine keeps within engine_probe_rate. 0: only at link changes;
+        None: never."""
+        interval = self.engine_probe_interval_s
+        if not interval:
+            return interval
+        return max(interval, len(self.engines) / self.engine_probe_rate)
 
     def metrics_address(self) -> tuple[str, int] | None:
         """Where /metrics is served, or None when off. Without metrics_listen: the gRPC listen

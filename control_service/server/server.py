@@ -183,7 +183,7 @@ class ControlServer:
     async def _probe_loop(self) -> None:
         """Ask every engine whose link is up for its status: at once when a link changes, then
         every probe interval. The dispatcher learns capabilities and engine health from it."""
-        interval = self.config.engine_probe_interval_s or None  # 0: wait for a link change
+        interval = self.config.probe_interval_s() or None  # 0: wait for a link change
         while True:
             self._probe_now.clear()
             up = tuple(name for name, link in self.links.items() if link.up)

@@ -3,6 +3,7 @@ caller as its real status, naming engines, instead of a transport error about tr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import grpc
@@ -12,7 +13,7 @@ from control_service.client import ClientConfig, ControlClient
 from control_service.errors import STATUS_MAX_BYTES, ControlError
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.server.config import LinkConfig
-from tests.harness import StartService, free_port
+from tests.harness import StartService, eventually, free_port
 from tests.stub_process import StubProcess
 
 Stubs = Callable[..., StubProcess]
@@ -61,3 +62,18 @@ async def test_heartbeats_on_the_sockets_are_scaled_to_the_links(
         assert sock.getsockopt(zmq.HEARTBEAT_TTL) == 1200
     events = await service.events("Pause", pb.PauseRequest(request_id="scaled"), timeout=10)
     assert sum(e.HasField("result") for e in events) == 4
+
+
+async def test_probe_rounds_keep_within_the_probe_rate(
+    start_service: StartService, start_stub: Stubs
+) -> None:
+    """2 engines at 2 probes a second: rounds 1 s apart, though the interval asks for 10 ms."""
+    stub = start_stub()
+    service = await start_service(
+        [stub.endpoint] * 2, engine_probe_interval_s=0.01, engine_probe_rate=2.0
+    )
+    links = service.server.links.values()
+    await eventually(lambda: all(link.probes.counters.delivered >= 1 for link in links))
+    first = sum(link.counters.sent for link in links)
+    await asyncio.sleep(0.5)  # a measuring window: at 10 ms, ~50 rounds would fall in it
+    assert sum(link.counters.sent for link in links) == first, "no second round within 0.5 s"

@@ -154,6 +154,7 @@ SERVE_CASES: dict[str, tuple[str, tuple[str, ...], Callable[[Serve], Any], Any]]
     "--recv-hwm": ("7", ENGINE, lambda p: p.config.link.recv_hwm, 7),
     "--max-status-probes": ("2", ENGINE, lambda p: p.config.link.max_status_probes, 2),
     "--heartbeat-rate": ("50", ENGINE, lambda p: p.config.link.heartbeat_rate, 50.0),
+    "--engine-probe-rate": ("20", ENGINE, lambda p: p.config.engine_probe_rate, 20.0),
     "--heartbeat-interval-max": ("4", ENGINE, lambda p: p.config.link.heartbeat_ivl_max_s, 4.0),
 }  # fmt: skip
 

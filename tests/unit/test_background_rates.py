@@ -1,12 +1,13 @@
-"""Heartbeats scaled to the links: all links together beat at most `heartbeat_rate` a second,
-between the configured interval (the floor) and `heartbeat_ivl_max_s` (the ceiling), and the
-timeout keeps its ratio to the interval."""
+"""Background work bounded in total, not per engine link. Heartbeats: all links together beat at
+most `heartbeat_rate` a second, between the configured interval (the floor) and
+`heartbeat_ivl_max_s` (the ceiling), and the timeout keeps its ratio to the interval. The
+service's own status probes: rounds at most `engine_probe_rate` engines a second."""
 
 from __future__ import annotations
 
 import pytest
 
-from control_service.server.config import ConfigError, LinkConfig
+from control_service.server.config import ConfigError, EngineConfig, LinkConfig, ServiceConfig
 
 
 def test_few_links_keep_the_configured_heartbeats() -> None:
@@ -41,3 +42,22 @@ def test_the_configured_interval_is_a_floor_and_other_fields_stay() -> None:
 def test_heartbeat_settings_must_be_positive(field: str) -> None:
     with pytest.raises(ConfigError, match="must be > 0"):
         LinkConfig(**{field: 0.0})
+
+
+def _service(engines: int, **fields: object) -> ServiceConfig:
+    names = tuple(EngineConfig(f"e{i}", "tcp://127.0.0.1:9") for i in range(engines))
+    return ServiceConfig(engines=names, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("engines", "interval"), [(1, 5.0), (1000, 5.0), (4096, 20.48)])
+def test_probe_rounds_are_spread_to_keep_within_the_probe_rate(
+    engines: int, interval: float
+) -> None:
+    assert _service(engines).probe_interval_s() == pytest.approx(interval)
+
+
+def test_probe_interval_off_or_link_changes_only_is_kept() -> None:
+    assert _service(4096, engine_probe_interval_s=None).probe_interval_s() is None
+    assert _service(4096, engine_probe_interval_s=0.0).probe_interval_s() == 0.0
+    with pytest.raises(ConfigError, match="probe rate must be > 0"):
+        _service(1, engine_probe_rate=0.0)
