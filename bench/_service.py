@@ -109,8 +109,10 @@ if __name__ == "__main__":
     if beat is not None:  # --heartbeat=INTERVAL/TIMEOUT[/RATE] (bench.fanout at scale)
         argv.remove(beat)
         values = [float(x) for x in beat.split("=", 1)[1].split("/")]
-        rate = {"heartbeat_rate": values[2]} if len(values) > 2 else {}
-        link = LinkConfig(heartbeat_ivl_s=values[0], heartbeat_timeout_s=values[1], **rate)
+        rate = values[2] if len(values) > 2 else LinkConfig().heartbeat_rate
+        link = LinkConfig(
+            heartbeat_ivl_s=values[0], heartbeat_timeout_s=values[1], heartbeat_rate=rate
+        )
     if not argv:
         sys.exit(
             "usage: python -m bench._service [--account] [--heartbeat=IVL/TIMEOUT[/RATE]] "
