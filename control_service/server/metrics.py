@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -96,6 +96,11 @@ class Metrics:
             "Refit pause window per engine: from its pause result to its resume result.",
             ["engine"], buckets=_PAUSE_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.tolerated_failures = Counter(
+            "control_tolerated_engine_failures",
+            "Engines that failed their part of a call that still ended OK (max_failed_engines).",
+            ["method"], registry=self.registry,
+        )  # fmt: skip
         self.registry.register(_LinkCollector(links, budget, self.call_stats))
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
@@ -106,6 +111,10 @@ class Metrics:
     def pause_window(self, engine: str, seconds: float) -> None:
         """Observe one engine's Refit pause window (it ended in a resume)."""
         self.refit_pause.labels(engine).observe(seconds)
+
+    def tolerated(self, method: str, engines: int) -> None:
+        """Count the engines whose failure an OK call tolerated (method: pause, refit, ...)."""
+        self.tolerated_failures.labels(method).inc(engines)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose /metrics over HTTP from a daemon thread (OSError if the port is taken)."""
