@@ -17,13 +17,15 @@ import grpc
 class EngineFailure:
     """One engine's failed part of a call. `step` is where it failed (a Refit's step, or the
     call's method) and `action` what the service did with it (a names.FailureAction), where
-    known: a trainer routing around sick replicas needs both, not only the status."""
+    known: a trainer routing around sick replicas needs both, not only the status.
+    `request_id` names the call when it is not the one at hand (GetStatus's flags)."""
 
     engine: str
     code: grpc.StatusCode
     message: str
     step: str = ""
     action: str = ""
+    request_id: str = ""
 
 
 @dataclass(eq=False)

@@ -25,7 +25,7 @@ from control_service.server.engine_link import EngineLink
 from control_service.server.metrics import Metrics
 from control_service.server.operations import Command, FinalStatus, Operation, Part, Subscriber
 from control_service.server.probes import EngineReport as EngineReport
-from control_service.server.probes import LastFailure, StatusProbes
+from control_service.server.probes import StatusProbes
 from control_service.server.refit import RefitDriver
 
 log = structlog.get_logger("control_service.server.dispatcher")
@@ -263,7 +263,7 @@ class Dispatcher(StatusProbes):
                     failure = dataclasses.replace(
                         failure, step=command.method, action=names.LEFT_AS_REPORTED
                     )
-                self.failed[name] = LastFailure(command.request_id, failure)
+                self.failed[name] = dataclasses.replace(failure, request_id=command.request_id)
             elif outcome.ok or command.method != names.REFIT:
                 self.failed.pop(name, None)
         if outcome.ok and failed and self.metrics is not None:

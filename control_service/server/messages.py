@@ -32,14 +32,14 @@ def event(request_id: str, event: Event) -> pb.ControlEvent:
     return message
 
 
-def engine_failure(failure: EngineFailure, request_id: str = "") -> pb.EngineFailure:
+def engine_failure(failure: EngineFailure) -> pb.EngineFailure:
     """An engine's failure as the proto says it: step, its own status, what was done."""
     return pb.EngineFailure(
         step=failure.step,
         code=failure.code.name,
         message=failure.message,
         action=FAILURE_ACTION_VALUES.get(failure.action, pb.FAILURE_ACTION_UNSPECIFIED),
-        request_id=request_id,
+        request_id=failure.request_id,
     )
 
 

@@ -16,7 +16,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 
@@ -28,13 +28,6 @@ from control_service.server.metrics import Metrics
 from control_service.server.operations import Command
 
 
-class LastFailure(NamedTuple):
-    """An engine's failed part of a mutating call, kept until a call succeeds on it."""
-
-    request_id: str
-    failure: EngineFailure
-
-
 @dataclass(frozen=True, slots=True)
 class EngineReport:
     engine: str
@@ -43,7 +36,8 @@ class EngineReport:
     error: str
     expected_version: str = ""
     capabilities: dict[str, Any] | None = None
-    failure: LastFailure | None = None
+    # Its failed part of the last mutating call that reached it (request_id set), if any.
+    failure: EngineFailure | None = None
 
     @property
     def skewed(self) -> bool:
@@ -77,7 +71,7 @@ class StatusProbes:
         self.engine_down: dict[str, str] = {}
         # engine -> its failed part of the last mutating call that reached it (GetStatus flags
         # it so a trainer can route around it); removed when a call succeeds on it.
-        self.failed: dict[str, LastFailure] = {}
+        self.failed: dict[str, EngineFailure] = {}
         # Called when an engine's health (engine_down) changes: the server republishes health.
         self.on_engine_change: Callable[[], None] | None = None
         self._ids = itertools.count(1)

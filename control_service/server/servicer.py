@@ -159,9 +159,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     error=r.error,
                     expected_version=r.expected_version,
                     capabilities=messages.engine_capabilities(r.capabilities),
-                    failure=None
-                    if r.failure is None
-                    else messages.engine_failure(r.failure.failure, r.failure.request_id),
+                    failure=None if r.failure is None else messages.engine_failure(r.failure),
                 )
                 for r in reports
             ],
