@@ -9,7 +9,8 @@ service's CPU per call in the real server (A/B at 64 in flight: +4% calls/s with
 Everything runs on the event loop's thread, so the ints need no lock; a scrape (another thread)
 reads copies. Engine round-trip time is observed on the status probes (GetStatus and each
 Refit's final probe), off the mutating calls' hot path, with a regular Histogram; so is each
-engine's Refit pause window (once per engine per refit).
+engine's Refit pause window (once per engine per refit), and the engines whose failure a call
+tolerated (a regular Counter: only calls that had failed engines pay for it).
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ step fails, the failure policy runs: by default the engines resume serving their
 policy's resume is not bound by the overall timeout). The stream ends with one final Result per
 engine, read from a fresh status probe, so the end state is proven rather than assumed.
 
+With 64 replicas one sick engine should not stop the run: `max_failed_engines` lets that many
+fail. A failed engine leaves the refit at the step it failed (no later step is sent to it, so it
+is never resumed onto weights it did not load), the policy is applied to it alone after the
+others have resumed, and its final Result says the step, its status and what the policy did, as
+the final probe proves it (`_action`). Past the budget the refit fails as it always has.
+
 What a refit costs an RL run is the time each engine stops generating, not the control calls:
 the driver measures each engine's pause window (from its pause result to its resume result, by
 the service's monotonic clock) and reports it in that engine's final Result (`paused_ms`) and to
