@@ -199,6 +199,27 @@ async def test_stay_paused_leaves_only_the_failed_engine_paused(
     assert all((s.weight_version, s.paused) == ("7", False) for s in others)
 
 
+async def test_a_failed_stage_leaves_that_engine_serving_and_never_paused(
+    service: Service, stubs: dict[str, StubProcess], checkpoint: Callable[[int], tuple[str, int]]
+) -> None:
+    uri, _ = checkpoint(7)
+    stubs["e3"].knob(fail_next={"code": "RESOURCE_EXHAUSTED", "message": "no room to stage",
+                                "method": "stage_weights"})  # fmt: skip
+    events = await service.events(
+        "Refit",
+        pb.RefitRequest(request_id="st", uri=uri, version="7", stage=True, max_failed_engines=1),
+        timeout=30,
+    )
+    e3 = finals(events)["e3"].result
+    assert (e3.failure.step, e3.failure.code) == ("stage_weights", "RESOURCE_EXHAUSTED")
+    assert e3.failure.action == pb.FAILURE_ACTION_NOT_PAUSED
+    assert (e3.state.paused, e3.paused_ms) == (False, 0)
+    await service.events("Resume", pb.ResumeRequest(request_id="mark", engines=["e3"]), timeout=9)
+    assert asked(stubs["e3"], "mark") == ["st/stage_weights", "mark"], "nothing else was sent"
+    others = [finals(events)[n].result.state for n in set(NAMES) - {"e3"}]
+    assert all((s.weight_version, s.paused) == ("7", False) for s in others)
+
+
 async def test_pause_update_resume_each_tolerate_and_status_flags_clear(
     service: Service, stubs: dict[str, StubProcess], checkpoint: Callable[[int], tuple[str, int]]
 ) -> None:
