@@ -15,9 +15,17 @@ import grpc
 
 @dataclass(frozen=True, slots=True)
 class EngineFailure:
+    """One engine's failed part of a call. `step` is where it failed (a Refit's step, or the
+    call's method) and `action` what the service did with it (a names.FailureAction), where
+    known: a trainer routing around sick replicas needs both, not only the status.
+    `request_id` names the call when it is not the one at hand (GetStatus's flags)."""
+
     engine: str
     code: grpc.StatusCode
     message: str
+    step: str = ""
+    action: str = ""
+    request_id: str = ""
 
 
 @dataclass(eq=False)
@@ -189,10 +197,7 @@ def to_grpc_status(error: ControlError) -> grpc.Status:
             error_details_pb2.ErrorInfo(
                 reason=failure.code.name,
                 domain=ERROR_DOMAIN,
-                metadata={
-                    "engine": failure.engine[:CLIP_CHARS],
-                    "message": failure.message[: min(_MAX_METADATA_CHARS, _DETAIL_TEXT_CHARS)],
-                },
+                metadata=_failure_metadata(failure),
             )
         )
     details = []
@@ -207,6 +212,18 @@ def to_grpc_status(error: ControlError) -> grpc.Status:
     message = _clip_message(error.message)
     status = status_pb2.Status(code=error.code.value[0], message=message, details=details)
     return rpc_status.to_status(status)
+
+
+def _failure_metadata(failure: EngineFailure) -> dict[str, str]:
+    metadata = {
+        "engine": failure.engine[:CLIP_CHARS],
+        "message": failure.message[: min(_MAX_METADATA_CHARS, _DETAIL_TEXT_CHARS)],
+    }
+    if failure.step:
+        metadata["step"] = failure.step
+    if failure.action:
+        metadata["action"] = failure.action
+    return metadata
 
 
 def _call_metadata(error: ControlError) -> dict[str, str]:
@@ -242,6 +259,8 @@ def from_rpc_error(err: grpc.RpcError) -> ControlError:
                     info.metadata.get("engine", ""),
                     status_code(info.reason),
                     info.metadata.get("message", ""),
+                    info.metadata.get("step", ""),
+                    info.metadata.get("action", ""),
                 )  # fmt: skip
             )
     return ControlError(code, message or "", tuple(failures))

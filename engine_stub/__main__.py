@@ -158,6 +158,7 @@ def _knobs(p: argparse.ArgumentParser, args: argparse.Namespace) -> Knobs:
         instant=knobs["instant"],
         silent=knobs["silent"],
         fail_next=(fail["code"], fail["message"]) if fail else None,
+        fail_method=fail.get("method") if fail else None,
     )
 
 

@@ -3,8 +3,8 @@
 The knobs that act on replies (silent, garbage, reply_delay) belong to server.py's sender; the
 ones here decide what an operation does: `instant` answers at once (a plain return, which the
 library sends inline: the benchmark's peer costs what an echo costs), `fail_next` fails the next
-mutation with a given status, `hang_next` makes the next mutation of a method hang until it is
-cancelled or its timeout_s runs out (a stuck load).
+mutation (of one method, if it names one) with a given status, `hang_next` makes the next
+mutation of a method hang until it is cancelled or its timeout_s runs out (a stuck load).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Knobs:
     silent: bool = False
     garbage: bool = False
     fail_next: tuple[str, str] | None = None  # (code, message) for the next mutation
+    fail_method: str | None = None  # ...of this method only (None: whichever comes)
     hang_next: str | None = None  # the next mutation of this method hangs until cancelled
 
 
@@ -88,7 +89,7 @@ class StubHandler:
     def _knocked(self, op: Operation) -> Awaitable[Done] | None:
         """fail_next raises its error; hang_next returns the hang; else None."""
         knobs = self.knobs
-        if knobs.fail_next is not None:
+        if knobs.fail_next is not None and knobs.fail_method in (None, op.method):
             code, message = knobs.fail_next
             knobs.fail_next = None
             raise EngineError(code, message)

@@ -95,11 +95,17 @@ def _parse_fail_next(value: object) -> dict[str, str] | None:
         return None
     code = value.get("code") if isinstance(value, dict) else None
     if not isinstance(value, dict) or not isinstance(code, str) or code not in wire.ERROR_CODES:
-        raise ValueError('fail_next must be {"code": <gRPC status name>, "message": str} or null')
+        raise ValueError(
+            'fail_next must be {"code": <gRPC status name>, "message": str, "method": str} or null'
+        )
     message = value.get("message", "")
     if not isinstance(message, str):
         raise ValueError("fail_next.message must be a string")
-    return {"code": value["code"], "message": message or f"injected {value['code']}"}
+    method = value.get("method")  # only that method's next mutation fails (a bad checkpoint)
+    if method is not None and method not in names.MUTATIONS:
+        raise ValueError("fail_next.method must be pause, update_weights, resume or stage_weights")
+    parsed = {"code": code, "message": message or f"injected {code}"}
+    return parsed if method is None else {**parsed, "method": method}
 
 
 def _is_number(value: object) -> bool:
@@ -220,6 +226,7 @@ class Server:
         if "fail_next" in changes:
             fail = changes["fail_next"]
             knobs.fail_next = None if fail is None else (fail["code"], fail["message"])
+            knobs.fail_method = None if fail is None else fail.get("method")
 
 
 def _announce(request: wire.Request) -> None:

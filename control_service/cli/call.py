@@ -120,10 +120,12 @@ class Call:
         request_id = checked_request_id(self.request_id)  # fails before the header prints
         if not self.json_lines:
             output.line(f"{self.action} request_id={request_id}")
+        a = self.arguments
         common: dict[str, Any] = {
             "request_id": request_id, "engines": list(self.engines), "on_event": output,
         }  # fmt: skip
-        a = self.arguments
+        if self.action != "stage-weights":
+            common["max_failed_engines"] = a["max_failed_engines"]
         if self.action == "pause":
             return await client.pause(a["mode"], clear_cache=a["clear_cache"], **common)
         if self.action == "update-weights":
@@ -187,13 +189,18 @@ ON_FAILURE = option(
     default="resume_old_weights", per_call=True, help="what to do if a step fails",
 )  # fmt: skip
 
-_action("pause", "pause the engines", MODE, CLEAR, REQUEST_ID, ENGINES)
+MAX_FAILED = option(
+    "--max-failed-engines", type=NON_NEGATIVE_INT, default=0, per_call=True, metavar="N",
+    help="engines that may fail while the call still succeeds (0: every engine must)",
+)  # fmt: skip
+
+_action("pause", "pause the engines", MODE, CLEAR, MAX_FAILED, REQUEST_ID, ENGINES)
 _action("update-weights", "load new weights into the paused engines",
-        URI, VERSION, REQUEST_ID, ENGINES)  # fmt: skip
+        URI, VERSION, MAX_FAILED, REQUEST_ID, ENGINES)  # fmt: skip
 _action("stage-weights", "load new weights beside the served ones while the engines serve",
         URI, VERSION, REQUEST_ID, ENGINES)  # fmt: skip
-_action("resume", "let the engines serve again", REQUEST_ID, ENGINES)
+_action("resume", "let the engines serve again", MAX_FAILED, REQUEST_ID, ENGINES)
 _action("refit", "pause -> update weights -> resume as one call, safe on failure",
-        URI, VERSION, MODE, CLEAR, STAGE, ON_FAILURE, *STEP_TIMEOUTS,
+        URI, VERSION, MODE, CLEAR, STAGE, ON_FAILURE, *STEP_TIMEOUTS, MAX_FAILED,
         REQUEST_ID, ENGINES)  # fmt: skip
 _action("status", "print every engine's reachability and state", ENGINES)

@@ -23,8 +23,10 @@ from rich.text import Text
 from control_service.cli.render import (
     format_error,
     format_event,
+    format_failure,
     format_state,
     format_status,
+    format_tolerated,
     printable,
     short_digest,
     to_json,
@@ -87,9 +89,15 @@ class CallOutput:
         if self.json_lines:
             return
         retried = f" after {outcome.attempts} attempts" if outcome.attempts > 1 else ""
-        self.line(f"ok: {len(outcome.results)} engine(s){retried}")
+        succeeded = len(set(outcome.results) - set(outcome.failed_engines))
+        self.line(f"ok: {succeeded} engine(s){retried}")
         for engine, state in sorted(outcome.states().items()):
             self.line(f"  {engine} {format_state(state)}")
+        if outcome.degraded:
+            self.line(f"degraded: {len(outcome.failures)} engine(s) failed, tolerated "
+                      "(max_failed_engines); route around them:")  # fmt: skip
+            for text in format_tolerated(outcome.failures):
+                self.line(text)
 
     def status(self, status: ServiceStatus) -> None:
         if self.json_lines:
@@ -196,7 +204,9 @@ class EngineBars:
 
 def status_table(engines: Sequence[control_pb2.EngineStatus]) -> Table:
     """GetStatus as a table: one row per engine, unreachable ones with the reason."""
-    table = Table("engine", "reachable", "paused", "version", "in flight", "digest", "error")
+    table = Table(
+        "engine", "reachable", "paused", "version", "in flight", "digest", "error", "failed"
+    )
     for status in engines:
         state = status.state
         cells = (
@@ -207,6 +217,7 @@ def status_table(engines: Sequence[control_pb2.EngineStatus]) -> Table:
             str(state.in_flight) if status.reachable else "-",
             short_digest(state.weight_digest),
             status.error or "",
+            format_failure(status.failure) if status.HasField("failure") else "",
         )
         table.add_row(*(Text(printable(cell)) for cell in cells))
     return table

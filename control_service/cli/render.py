@@ -16,7 +16,7 @@ import re
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from control_service.errors import ControlError
+from control_service.errors import ControlError, EngineFailure
 from control_service.gen.control.v1 import control_pb2
 
 DIGEST_CHARS = 16  # hex characters of a digest shown to humans; JSON output keeps all of it
@@ -56,8 +56,11 @@ def format_state(state: control_pb2.EngineState) -> str:
 
 
 def format_result(result: control_pb2.Result) -> str:
-    """The final state, plus the counters that are non-zero for this kind of call."""
-    parts = [format_state(result.state)]
+    """The final state, plus the counters that are non-zero for this kind of call, and a
+    Refit's failure of this engine (where, why, what was done)."""
+    parts = [format_state(result.state) if result.HasField("state") else "state=unknown"]
+    if result.HasField("failure"):
+        parts.append(format_failure(result.failure))
     if result.aborted:
         parts.append(f"aborted={result.aborted}")
     if result.drained:
@@ -104,12 +107,21 @@ def to_json(message: Message) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
+def format_failure(failure: control_pb2.EngineFailure) -> str:
+    """'failed <step>: CODE: message -> action [request_id]' (what a trainer routes around)."""
+    action = control_pb2.FailureAction.Name(failure.action).removeprefix("FAILURE_ACTION_")
+    call = f" [{failure.request_id}]" if failure.request_id else ""
+    return f"failed {failure.step}: {failure.code}: {failure.message} -> {action.lower()}{call}"
+
+
 def format_status(status: control_pb2.EngineStatus) -> str:
-    """'<engine> reachable <state>' or '<engine> UNREACHABLE <why>'."""
+    """'<engine> reachable <state>' or '<engine> UNREACHABLE <why>', then its failure flag."""
     if not status.reachable:
-        return f"{status.engine} unreachable {status.error or ''}".rstrip()
-    line = f"{status.engine} reachable {format_state(status.state)}"
-    return f"{line} ({status.error})" if status.error else line
+        line = f"{status.engine} unreachable {status.error or ''}".rstrip()
+    else:
+        line = f"{status.engine} reachable {format_state(status.state)}"
+        line = f"{line} ({status.error})" if status.error else line
+    return f"{line} {format_failure(status.failure)}" if status.HasField("failure") else line
 
 
 def format_error(error: ControlError) -> list[str]:
@@ -117,3 +129,9 @@ def format_error(error: ControlError) -> list[str]:
     lines = [f"error: {error.code.name}: {error.message}"]
     lines += [f"  {f.engine}: {f.code.name}: {f.message}" for f in error.failures]
     return lines
+
+
+def format_tolerated(failures: tuple[EngineFailure, ...]) -> list[str]:
+    """The engines a successful call did without: one indented line each."""
+    return [f"  {f.engine} failed {f.step}: {f.code.name}: {f.message} -> {f.action}"
+            for f in failures]  # fmt: skip

@@ -28,11 +28,13 @@ import grpc
 from control_service.client import _utils as utils
 from control_service.client._config import ClientConfig, StepTimeouts, TlsConfig
 from control_service.client._utils import EventCallback, new_request_id
-from control_service.errors import ControlError, EngineFailure, invalid
+from control_service.errors import ControlError, EngineFailure, invalid, status_code
 from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
+from control_service.protocol import names
 from control_service.protocol.names import RESUME_OLD_WEIGHTS
 from control_service.protocol.names import PauseMode as PauseModeName
 from control_service.protocol.names import RefitPolicy as RefitPolicyName
+from control_service.protocol.proto_enums import FAILURE_ACTION_NAMES
 
 WeightsRequest = TypeVar(
     "WeightsRequest", control_pb2.UpdateWeightsRequest, control_pb2.StageWeightsRequest
@@ -67,10 +69,27 @@ class Outcome:
     results: Mapping[str, control_pb2.Result]
     events: tuple[control_pb2.ControlEvent, ...] = ()
     attempts: int = 1
+    # The engines that failed in a call that still succeeded (max_failed_engines): each with
+    # its status, the step it failed at and what was done with it (`action`).
+    failures: tuple[EngineFailure, ...] = ()
+
+    @property
+    def degraded(self) -> bool:
+        """It succeeded without some engines (route around `failed_engines`)."""
+        return bool(self.failures)
+
+    @property
+    def failed_engines(self) -> tuple[str, ...]:
+        return tuple(f.engine for f in self.failures)
 
     def states(self) -> dict[str, control_pb2.EngineState]:
-        """Each engine's state after the operation (paused, weight version, in flight, digest)."""
-        return {engine: result.state for engine, result in self.results.items()}
+        """Each engine's state after the operation (paused, weight version, in flight, digest);
+        for a Refit, failed engines too, where their final probe reached them."""
+        return {
+            engine: result.state
+            for engine, result in self.results.items()
+            if result.HasField("state")
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +105,16 @@ class ServiceStatus:
     @property
     def all_reachable(self) -> bool:
         return all(status.reachable for status in self.engines.values())
+
+    def failures(self) -> dict[str, EngineFailure]:
+        """The engines flagged as failed: each one's failed part of the last mutating call that
+        reached it (request_id, step, status, action), until a call succeeds on it. Route
+        generation around them."""
+        return {
+            name: failure_of(name, status.failure)
+            for name, status in self.engines.items()
+            if status.HasField("failure")
+        }
 
     def to_response(self) -> control_pb2.GetStatusResponse:
         """Back to the wire message (for JSON output)."""
@@ -150,9 +179,12 @@ class ControlClient:
         timeout: float | None = None,
         engines: Iterable[str] = (),
         on_event: EventCallback | None = None,
+        max_failed_engines: int = 0,
     ) -> Outcome:
-        """Stop the engines serving generation; mode None means the server's default."""
-        request = pause_request(mode, clear_cache, request_id, engines)
+        """Stop the engines serving generation; mode None means the server's default.
+        max_failed_engines: how many may fail while the call still succeeds (Outcome.failures
+        names them, each left as it reported); 0: every engine must succeed."""
+        request = pause_request(mode, clear_cache, request_id, engines, max_failed_engines)
         return await self._mutate(self._rpc("Pause"), request, timeout, on_event)
 
     async def update_weights(
@@ -164,9 +196,11 @@ class ControlClient:
         timeout: float | None = None,
         engines: Iterable[str] = (),
         on_event: EventCallback | None = None,
+        max_failed_engines: int = 0,
     ) -> Outcome:
-        """Load the checkpoint at `uri` into the (paused) engines, to report as `version`."""
-        request = update_weights_request(uri, version, request_id, engines)
+        """Load the checkpoint at `uri` into the (paused) engines, to report as `version`
+        (max_failed_engines: as for pause)."""
+        request = update_weights_request(uri, version, request_id, engines, max_failed_engines)
         return await self._mutate(self._rpc("UpdateWeights"), request, timeout, on_event)
 
     async def stage_weights(
@@ -192,9 +226,11 @@ class ControlClient:
         timeout: float | None = None,
         engines: Iterable[str] = (),
         on_event: EventCallback | None = None,
+        max_failed_engines: int = 0,
     ) -> Outcome:
-        """Let paused engines serve again (KEEP-paused requests continue)."""
-        request = resume_request(request_id, engines)
+        """Let paused engines serve again (KEEP-paused requests continue; max_failed_engines:
+        as for pause)."""
+        request = resume_request(request_id, engines, max_failed_engines)
         return await self._mutate(self._rpc("Resume"), request, timeout, on_event)
 
     async def refit(
@@ -211,15 +247,20 @@ class ControlClient:
         engines: Iterable[str] = (),
         on_event: EventCallback | None = None,
         stage: bool = False,
+        max_failed_engines: int = 0,
     ) -> Outcome:
         """Pause -> update_weights -> resume as one call. If a step fails, `on_failure` runs
         (by default the engines resume on their old weights) and ControlError names the step.
         `Outcome.results` holds each engine's final state (the events tagged step "refit"),
         whose `paused_ms` is how long that engine did not generate. `stage`: load while the
-        engines serve and pause them only for the swap (engines need the `stage` capability)."""
+        engines serve and pause them only for the swap (engines need the `stage` capability).
+        `max_failed_engines`: up to that many engines may fail and the refit still succeeds on
+        the others; each failed one leaves the refit at its failed step, gets `on_failure`
+        alone, and is named in `Outcome.failures` (step, status, action)."""
         request = refit_request(
-            uri, version, mode, clear_cache, on_failure, steps, request_id, engines, stage
-        )
+            uri, version, mode, clear_cache, on_failure, steps, request_id, engines, stage,
+            max_failed_engines,
+        )  # fmt: skip
         return await self._mutate(self._rpc("Refit"), request, timeout, on_event)
 
     async def status(
@@ -263,7 +304,7 @@ class ControlClient:
                 call.cancel()  # no-op once finished; stops the stream if a callback raised
 
         attempts = await self._with_retries(attempt, count_attempts=True)
-        return log.outcome(request.request_id, attempts)
+        return log.outcome(request.request_id, attempts, method_of(request))
 
     async def _with_retries(self, attempt: Callable[[], Any], count_attempts: bool = False) -> Any:
         """Await attempt() until it succeeds or fails with anything but a retryable UNAVAILABLE.
@@ -288,22 +329,33 @@ class ControlClient:
 
 
 def pause_request(
-    mode: PauseModeName | None, clear_cache: bool, request_id: str | None, engines: Iterable[str]
+    mode: PauseModeName | None,
+    clear_cache: bool,
+    request_id: str | None,
+    engines: Iterable[str],
+    max_failed_engines: int = 0,
 ) -> control_pb2.PauseRequest:
     return control_pb2.PauseRequest(
         request_id=utils.checked_request_id(request_id),
         mode=utils.pause_mode(mode),
         clear_cache=clear_cache,
         engines=list(engines),
+        max_failed_engines=utils.failure_budget(max_failed_engines),
     )
 
 
 def update_weights_request(
-    uri: str, version: str, request_id: str | None, engines: Iterable[str]
+    uri: str,
+    version: str,
+    request_id: str | None,
+    engines: Iterable[str],
+    max_failed_engines: int = 0,
 ) -> control_pb2.UpdateWeightsRequest:
-    return _weights_request(
+    request = _weights_request(
         control_pb2.UpdateWeightsRequest, "update_weights", uri, version, request_id, engines
     )
+    request.max_failed_engines = utils.failure_budget(max_failed_engines)
+    return request
 
 
 def stage_weights_request(
@@ -333,9 +385,13 @@ def _weights_request(
     )
 
 
-def resume_request(request_id: str | None, engines: Iterable[str]) -> control_pb2.ResumeRequest:
+def resume_request(
+    request_id: str | None, engines: Iterable[str], max_failed_engines: int = 0
+) -> control_pb2.ResumeRequest:
     return control_pb2.ResumeRequest(
-        request_id=utils.checked_request_id(request_id), engines=list(engines)
+        request_id=utils.checked_request_id(request_id),
+        engines=list(engines),
+        max_failed_engines=utils.failure_budget(max_failed_engines),
     )
 
 
@@ -349,6 +405,7 @@ def refit_request(
     request_id: str | None,
     engines: Iterable[str],
     stage: bool = False,
+    max_failed_engines: int = 0,
 ) -> control_pb2.RefitRequest:
     if not uri or not version:
         raise invalid("refit needs a non-empty uri and version")
@@ -361,6 +418,7 @@ def refit_request(
         on_failure=utils.refit_policy(on_failure),
         engines=list(engines),
         stage=stage,
+        max_failed_engines=utils.failure_budget(max_failed_engines),
     )
     for name, seconds in (steps or StepTimeouts()).items():
         getattr(request, f"{name}_timeout").CopyFrom(utils.duration(seconds))
@@ -396,10 +454,55 @@ class EventLog:
         self.events.append(event)
         return True
 
-    def outcome(self, request_id: str, attempts: int) -> Outcome:
+    def outcome(self, request_id: str, attempts: int, method: str = "") -> Outcome:
+        """The call's Outcome. Its failures (a call that tolerated some): a Refit's final
+        Results that carry one; for the other calls, each engine's error event (the service
+        left it as it reported)."""
         events = self.events
         results = {e.engine: e.result for e in events if e.WhichOneof("event") == "result"}
-        return Outcome(request_id, MappingProxyType(results), tuple(events), attempts)
+        failures = [failure_of(engine, r.failure) for engine, r in results.items()
+                    if r.HasField("failure")]  # fmt: skip
+        if method != names.REFIT:
+            failures += [
+                EngineFailure(
+                    e.engine,
+                    status_code(e.error.code),
+                    e.error.message,
+                    method,
+                    names.LEFT_AS_REPORTED,
+                )  # fmt: skip
+                for e in events
+                if e.WhichOneof("event") == "error"
+            ]
+        return Outcome(
+            request_id, MappingProxyType(results), tuple(events), attempts, tuple(failures)
+        )
+
+
+# The call each request type makes, in the words of `names` (a failure's step).
+_METHODS: dict[type, str] = {
+    control_pb2.PauseRequest: names.PAUSE,
+    control_pb2.UpdateWeightsRequest: names.UPDATE_WEIGHTS,
+    control_pb2.StageWeightsRequest: names.STAGE_WEIGHTS,
+    control_pb2.ResumeRequest: names.RESUME,
+    control_pb2.RefitRequest: names.REFIT,
+}
+
+
+def method_of(request: Any) -> str:
+    return _METHODS.get(type(request), "")
+
+
+def failure_of(engine: str, failure: control_pb2.EngineFailure) -> EngineFailure:
+    """The proto's EngineFailure as the client's typed one (action as a names.FailureAction)."""
+    return EngineFailure(
+        engine,
+        status_code(failure.code),
+        failure.message,
+        failure.step,
+        FAILURE_ACTION_NAMES.get(failure.action, ""),
+        failure.request_id,
+    )
 
 
 def retry_delay(error: grpc.RpcError, made: int, config: ClientConfig) -> float:

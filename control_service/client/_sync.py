@@ -28,6 +28,7 @@ from control_service.client._client import (
     PauseModeName,
     RefitPolicyName,
     ServiceStatus,
+    method_of,
     pause_request,
     refit_request,
     resume_request,
@@ -106,9 +107,11 @@ class SyncControlClient:
         timeout: float | None = None,
         engines: Iterable[str] = (),
         on_event: SyncEventCallback | None = None,
+        max_failed_engines: int = 0,
     ) -> Outcome:
-        """Stop the engines serving generation; mode None means the server's default."""
-        request = pause_request(mode, clear_cache, request_id, engines)
+        """Stop the engines serving generation; mode None means the server's default
+        (max_failed_engines: see ControlClient.pause)."""
+        request = pause_request(mode, clear_cache, request_id, engines, max_failed_engines)
         return self._mutate(self._rpc("Pause"), request, timeout, on_event)
 
     def update_weights(
@@ -120,9 +123,10 @@ class SyncControlClient:
         timeout: float | None = None,
         engines: Iterable[str] = (),
         on_event: SyncEventCallback | None = None,
+        max_failed_engines: int = 0,
     ) -> Outcome:
         """Load the checkpoint at `uri` into the (paused) engines, to report as `version`."""
-        request = update_weights_request(uri, version, request_id, engines)
+        request = update_weights_request(uri, version, request_id, engines, max_failed_engines)
         return self._mutate(self._rpc("UpdateWeights"), request, timeout, on_event)
 
     def stage_weights(
@@ -146,9 +150,10 @@ class SyncControlClient:
         timeout: float | None = None,
         engines: Iterable[str] = (),
         on_event: SyncEventCallback | None = None,
+        max_failed_engines: int = 0,
     ) -> Outcome:
         """Let paused engines serve again (KEEP-paused requests continue)."""
-        request = resume_request(request_id, engines)
+        request = resume_request(request_id, engines, max_failed_engines)
         return self._mutate(self._rpc("Resume"), request, timeout, on_event)
 
     def refit(
@@ -165,11 +170,13 @@ class SyncControlClient:
         engines: Iterable[str] = (),
         on_event: SyncEventCallback | None = None,
         stage: bool = False,
+        max_failed_engines: int = 0,
     ) -> Outcome:
         """Pause -> update_weights -> resume as one call (see ControlClient.refit)."""
         request = refit_request(
-            uri, version, mode, clear_cache, on_failure, steps, request_id, engines, stage
-        )
+            uri, version, mode, clear_cache, on_failure, steps, request_id, engines, stage,
+            max_failed_engines,
+        )  # fmt: skip
         return self._mutate(self._rpc("Refit"), request, timeout, on_event)
 
     def status(self, engines: Iterable[str] = (), *, timeout: float | None = None) -> ServiceStatus:
@@ -210,7 +217,7 @@ class SyncControlClient:
                 call.cancel()  # no-op once finished; stops the stream on Ctrl-C or a raise
 
         attempts = self._with_retries(attempt, count_attempts=True)
-        return log.outcome(request.request_id, attempts)
+        return log.outcome(request.request_id, attempts, method_of(request))
 
     def _with_retries(self, attempt: Callable[[], Any], count_attempts: bool = False) -> Any:
         """attempt() until it succeeds or fails with anything but a retryable UNAVAILABLE."""

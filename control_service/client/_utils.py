@@ -55,6 +55,13 @@ def refit_policy(policy: str) -> control_pb2.RefitFailurePolicy:
     return value
 
 
+def failure_budget(max_failed_engines: int) -> int:
+    """max_failed_engines as the proto's uint32; the service checks it against the engines."""
+    if isinstance(max_failed_engines, bool) or not 0 <= max_failed_engines <= 2**32 - 1:
+        raise invalid(f"max_failed_engines must be an integer >= 0, got {max_failed_engines!r}")
+    return max_failed_engines
+
+
 def duration(seconds: float) -> duration_pb2.Duration:
     """Seconds as a protobuf Duration (the wire form of every timeout)."""
     value = duration_pb2.Duration()

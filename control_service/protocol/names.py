@@ -50,6 +50,24 @@ RESUME_OLD_WEIGHTS: Final = "resume_old_weights"
 STAY_PAUSED: Final = "stay_paused"
 REFIT_POLICIES: Final[tuple[RefitPolicy, ...]] = (RESUME_OLD_WEIGHTS, STAY_PAUSED)
 
+# ------------------------------------------------------------------- failed engines' actions
+
+# What the service did with an engine that failed its part of a call (the proto's FailureAction).
+FailureAction = Literal[
+    "left_as_reported", "resumed_old_weights", "resumed_new_weights", "left_paused",
+    "resume_failed", "not_paused",
+]  # fmt: skip
+LEFT_AS_REPORTED: Final = "left_as_reported"  # Pause / UpdateWeights / Resume: nothing
+RESUMED_OLD_WEIGHTS: Final = "resumed_old_weights"  # Refit policy: serving its old weights
+RESUMED_NEW_WEIGHTS: Final = "resumed_new_weights"  # Refit: only its resume failed, then it did
+LEFT_PAUSED: Final = "left_paused"  # Refit, STAY_PAUSED
+RESUME_FAILED: Final = "resume_failed"  # Refit policy: could not resume it
+NOT_PAUSED: Final = "not_paused"  # Refit with stage: staging failed before any pause
+FAILURE_ACTIONS: Final[tuple[FailureAction, ...]] = (
+    LEFT_AS_REPORTED, RESUMED_OLD_WEIGHTS, RESUMED_NEW_WEIGHTS, LEFT_PAUSED, RESUME_FAILED,
+    NOT_PAUSED,
+)  # fmt: skip
+
 # ------------------------------------------------------------------------------- request_id
 
 MAX_REQUEST_ID_CHARS: Final = 128

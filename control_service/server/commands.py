@@ -144,7 +144,9 @@ class Commands:
         engines = (
             (names[0],) if len(names) == 1 and names[0] in self._known else self.engines(names)
         )
-        return Command(rid, method, args, engines, self.deadline(timeout, time_remaining))
+        max_failed = _max_failed(getattr(req, "max_failed_engines", 0), len(engines))
+        deadline = self.deadline(timeout, time_remaining)
+        return Command(rid, method, args, engines, deadline, max_failed)
 
     def deadline(self, timeout: Duration | None, time_remaining: float | None) -> float:
         c = self.config
@@ -194,6 +196,16 @@ def _seconds(timeout: Duration, maximum: float) -> float:
     if not 0 < seconds <= maximum:
         raise invalid(f"timeout must be > 0s and <= {maximum:g}s, got {seconds:g}s")
     return seconds
+
+
+def _max_failed(value: int, engines: int) -> int:
+    """A failure budget the call can meet: at least one of its engines must succeed."""
+    if value and value >= engines:
+        raise invalid(
+            f"max_failed_engines {value} cannot be met: the call has {engines} "
+            f"engine{'s' if engines != 1 else ''}, so at most {engines - 1} may fail"
+        )
+    return value
 
 
 def _require_text(name: str, value: str, limit: int) -> None:

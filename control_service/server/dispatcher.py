@@ -11,6 +11,7 @@ probes, capabilities, health, expected versions) is probes.py's: a Dispatcher is
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import OrderedDict
 
 import grpc
@@ -243,10 +244,30 @@ class Dispatcher(StatusProbes):
         assert outcome is not None
         if op.command.method == names.UPDATE_WEIGHTS:
             self._expect_version(op.command, outcome)
-        if op.owner is None and _replayable(outcome):
-            self._remember(rid, op)
+        if op.owner is None:
+            self._flag_failed(op.command, outcome)
+            if _replayable(outcome):
+                self._remember(rid, op)
         if not self.running and self._idle is not None:
             self._idle.set()
+
+    def _flag_failed(self, command: Command, outcome: FinalStatus) -> None:
+        """Flag for GetStatus each engine that failed this call; unflag those it succeeded on.
+        A Refit that failed as a whole succeeded on none (on_failure undid its steps), so it
+        unflags nothing; every other call succeeded on each engine it does not name failed."""
+        failed = {f.engine: f for f in outcome.failures}
+        for name in command.engines:
+            failure = failed.get(name)
+            if failure is not None:
+                if not failure.step:  # a Pause/UpdateWeights/Resume did nothing about it
+                    failure = dataclasses.replace(
+                        failure, step=command.method, action=names.LEFT_AS_REPORTED
+                    )
+                self.failed[name] = dataclasses.replace(failure, request_id=command.request_id)
+            elif outcome.ok or command.method != names.REFIT:
+                self.failed.pop(name, None)
+        if outcome.ok and failed and self.metrics is not None:
+            self.metrics.tolerated(command.method, len(failed))
 
     def _remember(self, rid: str, op: Operation) -> None:
         """Keep a finished operation's outcome for retries (the newest last, bounded)."""
@@ -284,8 +305,8 @@ def _replayable(outcome: FinalStatus) -> bool:
     engine, nor one where any engine failed on time or reachability (a deadline ends a call on
     whichever side sees it first: the engine's own timeout_s or the service's timer, so a
     retry must run again either way)."""
+    if outcome.code is _OK:  # an OK call (failures tolerated included) is decided: a retry
+        return True  # must not pause or load again the engines it succeeded on
     if not outcome.engine_reported:
         return False
-    if outcome.code is _OK:  # tested first: a StatusCode's hash, for the set test, costs a call
-        return True
     return outcome.code not in _FRESH and not any(f.code in _FRESH for f in outcome.failures)

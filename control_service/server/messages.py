@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from control_service.errors import EngineFailure
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.protocol import wire
-from control_service.protocol.proto_enums import PAUSE_MODE_VALUES
+from control_service.protocol.proto_enums import FAILURE_ACTION_VALUES, PAUSE_MODE_VALUES
 from control_service.server.operations import Event
 
 
@@ -26,7 +27,20 @@ def event(request_id: str, event: Event) -> pb.ControlEvent:
     )
     if event.step:
         message.step = event.step
+    if event.failure is not None:
+        message.result.failure.CopyFrom(engine_failure(event.failure))
     return message
+
+
+def engine_failure(failure: EngineFailure) -> pb.EngineFailure:
+    """An engine's failure as the proto says it: step, its own status, what was done."""
+    return pb.EngineFailure(
+        step=failure.step,
+        code=failure.code.name,
+        message=failure.message,
+        action=FAILURE_ACTION_VALUES.get(failure.action, pb.FAILURE_ACTION_UNSPECIFIED),
+        request_id=failure.request_id,
+    )
 
 
 # The ControlEvent field each reply kind fills.

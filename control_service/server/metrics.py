@@ -9,7 +9,8 @@ service's CPU per call in the real server (A/B at 64 in flight: +4% calls/s with
 Everything runs on the event loop's thread, so the ints need no lock; a scrape (another thread)
 reads copies. Engine round-trip time is observed on the status probes (GetStatus and each
 Refit's final probe), off the mutating calls' hot path, with a regular Histogram; so is each
-engine's Refit pause window (once per engine per refit).
+engine's Refit pause window (once per engine per refit), and the engines whose failure a call
+tolerated (a regular Counter: only calls that had failed engines pay for it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -96,6 +97,11 @@ class Metrics:
             "Refit pause window per engine: from its pause result to its resume result.",
             ["engine"], buckets=_PAUSE_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.tolerated_failures = Counter(
+            "control_tolerated_engine_failures",
+            "Engines that failed their part of a call that still ended OK (max_failed_engines).",
+            ["method"], registry=self.registry,
+        )  # fmt: skip
         self.registry.register(_LinkCollector(links, budget, self.call_stats))
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
@@ -106,6 +112,10 @@ class Metrics:
     def pause_window(self, engine: str, seconds: float) -> None:
         """Observe one engine's Refit pause window (it ended in a resume)."""
         self.refit_pause.labels(engine).observe(seconds)
+
+    def tolerated(self, method: str, engines: int) -> None:
+        """Count the engines whose failure an OK call tolerated (method: pause, refit, ...)."""
+        self.tolerated_failures.labels(method).inc(engines)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose /metrics over HTTP from a daemon thread (OSError if the port is taken)."""

@@ -31,6 +31,8 @@ class Event(NamedTuple):
     seq: int  # per engine, from 1, within the call
     reply: wire.Reply
     step: str = ""  # in a Refit, the step the event belongs to
+    # A Refit's final Result of an engine that failed a step: where, why, and what was done.
+    failure: EngineFailure | None = None
 
 
 @dataclass(slots=True)
@@ -43,12 +45,17 @@ class Command:
     args: dict[str, Any]
     engines: tuple[str, ...]
     deadline: float  # event-loop time
+    # How many engines may fail while the call still ends OK (the request's max_failed_engines);
+    # the service's own, never sent to an engine with `args`.
+    max_failed: int = 0
 
     def fingerprint(self) -> str:
         """What must match for a retry to count as the same call: not the deadline, nor any
         other timeout (a retry naturally has less time left)."""
         args = {k: v for k, v in self.args.items() if not k.endswith("_timeout_s")}
-        return json.dumps([self.method, args, sorted(self.engines)], sort_keys=True)
+        return json.dumps(
+            [self.method, args, sorted(self.engines), self.max_failed], sort_keys=True
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +285,9 @@ class Operation:
         if self.detach_timer is not None:
             self._stop_detach_timer()
         if outcome is None:
-            outcome = summarize(self._failures, len(self.parts), self._all_reported)
+            outcome = summarize(
+                self._failures, len(self.parts), self._all_reported, self.command.max_failed
+            )
             if self.lost_reason is not None and self.lost_reason[0] is outcome.code:
                 outcome = dataclasses.replace(outcome, reason=self.lost_reason[1])
         self.outcome = outcome
@@ -293,13 +302,20 @@ _OK_REPORTED = FinalStatus(grpc.StatusCode.OK, "", (), engine_reported=True)
 _OK_UNREPORTED = FinalStatus(grpc.StatusCode.OK, "", (), engine_reported=False)
 
 
-def summarize(failures: list[EngineFailure], engines: int, engine_reported: bool) -> FinalStatus:
-    """The documented rule: OK if every engine succeeded; else UNAVAILABLE if any engine was
-    unreachable; else the code of the first engine to fail. The message names every failure."""
+def summarize(
+    failures: list[EngineFailure], engines: int, engine_reported: bool, max_failed: int = 0
+) -> FinalStatus:
+    """The documented rule: OK if every engine succeeded, or if no more than `max_failed` failed
+    (the failures are kept, and named in the message, for the log and GetStatus); else
+    UNAVAILABLE if any engine was unreachable; else the code of the first engine to fail. The
+    message names every failure."""
     if not failures:
         return _OK_REPORTED if engine_reported else _OK_UNREPORTED
-    codes = {f.code for f in failures}
-    code = grpc.StatusCode.UNAVAILABLE if grpc.StatusCode.UNAVAILABLE in codes else failures[0].code
     listed = "; ".join(f"{f.engine}: {f.code.name}: {f.message}" for f in failures)
     message = listed if engines == 1 else f"{len(failures)} of {engines} engines failed: {listed}"
+    if len(failures) <= max_failed:
+        return FinalStatus(grpc.StatusCode.OK, f"{message} (tolerated: max_failed_engines="
+                           f"{max_failed})", tuple(failures), engine_reported)  # fmt: skip
+    codes = {f.code for f in failures}
+    code = grpc.StatusCode.UNAVAILABLE if grpc.StatusCode.UNAVAILABLE in codes else failures[0].code
     return FinalStatus(code, message, tuple(failures), engine_reported)

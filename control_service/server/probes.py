@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from control_service.errors import ControlError
+from control_service.errors import ControlError, EngineFailure
 from control_service.protocol import names, wire
 from control_service.server.config import ServiceConfig
 from control_service.server.engine_link import EngineLink
@@ -36,6 +36,8 @@ class EngineReport:
     error: str
     expected_version: str = ""
     capabilities: dict[str, Any] | None = None
+    # Its failed part of the last mutating call that reached it (request_id set), if any.
+    failure: EngineFailure | None = None
 
     @property
     def skewed(self) -> bool:
@@ -67,6 +69,9 @@ class StatusProbes:
         # engine -> why it is down though its link is up: its status said UNAVAILABLE (an
         # adapter whose engine is unreachable). Readiness and GetStatus show it down.
         self.engine_down: dict[str, str] = {}
+        # engine -> its failed part of the last mutating call that reached it (GetStatus flags
+        # it so a trainer can route around it); removed when a call succeeds on it.
+        self.failed: dict[str, EngineFailure] = {}
         # Called when an engine's health (engine_down) changes: the server republishes health.
         self.on_engine_change: Callable[[], None] | None = None
         self._ids = itertools.count(1)
@@ -116,6 +121,7 @@ class StatusProbes:
                 r,
                 expected_version=expected.get(r.engine, ""),
                 capabilities=self.capabilities.get(r.engine),
+                failure=self.failed.get(r.engine),
             )
             for r in reports
         ]

@@ -99,7 +99,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             assert op.outcome is not None
             if op.outcome.code is not _OK:
                 raise op.outcome.error()
-            code, message = _OK, ""
+            code, message = _OK, op.outcome.message  # non-empty: failures it tolerated
         except ControlError as err:
             code, message = err.code, err.message
             named = request_id if names.is_request_id(request_id) else ""  # never echo junk
@@ -125,7 +125,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         seconds = time.perf_counter() - started
         if self._metrics is not None:
             self._metrics.call_ended(method, code.name, seconds)
-        ok = code is grpc.StatusCode.OK
+        ok = code is grpc.StatusCode.OK and not message
         if ok and not self._log.is_enabled_for(logging.INFO):
             return
         fields = dict(
@@ -137,7 +137,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         )
         if ok:
             self._log.info("call ended", **fields)
-        else:
+        else:  # failed, or OK with failed engines it tolerated (the message names them)
             self._log.warning("call ended", error=message[:1024], **fields)
 
     async def GetStatus(
@@ -159,6 +159,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     error=r.error,
                     expected_version=r.expected_version,
                     capabilities=messages.engine_capabilities(r.capabilities),
+                    failure=None if r.failure is None else messages.engine_failure(r.failure),
                 )
                 for r in reports
             ],

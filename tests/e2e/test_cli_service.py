@@ -83,6 +83,32 @@ async def test_connection_flags_work_before_and_after_the_action(
     assert code == 0, err
 
 
+async def test_call_shows_failures_it_tolerated_and_status_flags_them(
+    start_service: StartService, start_stub: Callable[..., StubProcess], tmp_path: Path
+) -> None:
+    from engine_stub import write_checkpoint
+
+    write_checkpoint(tmp_path / "ckpt")
+    stubs = [start_stub() for _ in range(3)]
+    service = await start_service([stub.endpoint for stub in stubs])
+    stubs[1].knob(fail_next={"code": "NOT_FOUND", "message": "shard missing",
+                             "method": "update_weights"})  # fmt: skip
+    target = ("--target", service.target)
+    code, out, err = await run_cli(
+        "call", "refit", str(tmp_path / "ckpt"), "3", "--max-failed-engines", "1", *target
+    )
+    assert code == 0, err
+    assert "ok: 2 engine(s)" in out and "degraded: 1 engine(s) failed" in out, out
+    assert "  e1 failed update_weights: NOT_FOUND: shard missing -> resumed_old_weights" in out
+    assert "e1 #" in out and "[refit] result paused=no" in out, "the final Result line"
+    code, out, err = await run_cli("call", "status", *target)
+    assert code == 0, err
+    (e1,) = [line for line in out.splitlines() if line.startswith("e1 ")]
+    assert "failed update_weights: NOT_FOUND: shard missing -> resumed_old_weights [" in e1
+    code, out, err = await run_cli("call", "resume", "--max-failed-engines", "3", *target)
+    assert code == 103 and "max_failed_engines 3 cannot be met" in err, err
+
+
 async def run_on_terminal(*argv: str) -> tuple[int, str]:
     """`python -m control_service ARGV` with its stdout on a pseudo-terminal: exit code, screen."""
     master, slave = os.openpty()

@@ -133,6 +133,39 @@ async def test_error_details_as_grpcurl_shows_them(service: Service) -> None:
     ]  # fmt: skip
 
 
+async def test_tolerated_failure_as_grpcurl_shows_it(
+    start_service: StartService, start_stub: Callable[..., StubProcess], tmp_path: Path
+) -> None:
+    """max_failed_engines from JSON: the refit ends OK, the failed engine's final Result says
+    where it failed, why and what was done; GetStatus flags it; a budget the call cannot meet
+    is INVALID_ARGUMENT."""
+    from engine_stub import write_checkpoint
+
+    write_checkpoint(tmp_path / "ckpt")
+    stubs = [start_stub() for _ in range(3)]
+    service = await start_service([stub.endpoint for stub in stubs])
+    stubs[2].knob(fail_next={"code": "NOT_FOUND", "message": "shard missing",
+                             "method": "update_weights"})  # fmt: skip
+    m = "control.v1.ControlService/"
+    refit = {"request_id": "g-tol", "uri": str(tmp_path / "ckpt"), "version": "2",
+             "max_failed_engines": 1}  # fmt: skip
+    code, out = await grpcurl(service, m + "Refit", data=refit)
+    assert code == 0, out
+    finals = {e["engine"]: e["result"] for e in _json_stream(out) if e.get("step") == "refit"}
+    assert finals["e2"]["failure"] == {
+        "step": "update_weights", "code": "NOT_FOUND", "message": "shard missing",
+        "action": "FAILURE_ACTION_RESUMED_OLD_WEIGHTS",
+    }  # fmt: skip
+    assert "failure" not in finals["e0"] and finals["e0"]["state"]["weight_version"] == "2"
+    code, out = await grpcurl(service, m + "GetStatus")
+    assert code == 0, out
+    flagged = {e["engine"]: e["failure"] for e in json.loads(out)["engines"] if "failure" in e}
+    assert list(flagged) == ["e2"] and flagged["e2"]["request_id"] == "g-tol", out
+    code, out = await grpcurl(service, m + "Pause", data={"max_failed_engines": 3})
+    assert code != 0 and "Code: InvalidArgument" in out, out
+    assert "max_failed_engines 3 cannot be met: the call has 3 engines" in out, out
+
+
 def _json_stream(out: str) -> list[dict]:
     """grpcurl prints each streamed message as a pretty JSON object, one after another."""
     decoder, pos, items = json.JSONDecoder(), 0, []

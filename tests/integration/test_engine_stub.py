@@ -371,6 +371,21 @@ def test_fail_next_fails_only_the_next_mutation(launch: Launch) -> None:
     assert client.result("pause", {"mode": "abort"}).data["state"]["paused"]
 
 
+def test_fail_next_of_one_method_waits_for_that_method(launch: Launch) -> None:
+    """A bad checkpoint on one node: its pause runs, its load fails (refit tests rely on it)."""
+    stub, client = launch()
+    stub.knob(
+        fail_next={"code": "NOT_FOUND", "message": "shard 3 missing", "method": "update_weights"}
+    )
+    assert client.result("pause", {"mode": "abort"}).data["state"]["paused"], "pause not failed"
+    failed = client.call("update_weights", {"uri": "/nowhere", "version": "2"})
+    assert kinds(failed) == ["error"]
+    assert failed[0].data == {"code": "NOT_FOUND", "message": "shard 3 missing"}
+    assert client.result("resume").data["state"]["paused"] is False, "used once"
+    with pytest.raises(ValueError, match=r"fail_next\.method"):
+        parse_knobs({"fail_next": {"code": "NOT_FOUND", "method": "status"}})
+
+
 def test_fail_next_flag(launch: Launch) -> None:
     _, client = launch("--fail-next", "UNAVAILABLE")
     assert client.call("resume")[-1].data["code"] == "UNAVAILABLE"

@@ -25,3 +25,19 @@ async def test_terminals_beyond_the_limit_are_never_dropped() -> None:
         sub.push(Event(f"e{engine}", 1, wire.result("r", wire.state(True, "v", 0))))
     sub.close()
     assert len([event async for event in sub]) == 10 and sub.dropped == 0
+
+
+def test_summarize_tolerates_up_to_max_failed() -> None:
+    import grpc
+
+    from control_service.errors import EngineFailure
+    from control_service.server.operations import summarize
+
+    failures = [EngineFailure("e3", grpc.StatusCode.NOT_FOUND, "gone"),
+                EngineFailure("e5", grpc.StatusCode.UNAVAILABLE, "lost")]  # fmt: skip
+    ok = summarize(failures, 8, True, max_failed=2)
+    assert ok.ok and ok.failures == tuple(failures)
+    assert ok.message.startswith("2 of 8 engines failed: e3: NOT_FOUND: gone; e5: UNAVAILABLE")
+    assert summarize(failures, 8, True, max_failed=1).code is grpc.StatusCode.UNAVAILABLE
+    assert summarize(failures, 8, True).code is grpc.StatusCode.UNAVAILABLE, "default: none"
+    assert summarize(failures[:1], 8, True).code is grpc.StatusCode.NOT_FOUND

@@ -155,3 +155,33 @@ def test_progress_without_a_total_stays_a_line_on_a_terminal() -> None:
     output(_event(seq=1, progress=pb.Progress(stage="drain", done=3)))
     output.close()
     assert "e0 #1 progress drain 3" in screen.getvalue()
+
+
+def test_tolerated_failures_are_printed_and_escaped() -> None:
+    failure = pb.EngineFailure(step="pause", code="UNAVAILABLE", message=HOSTILE,
+                               action=pb.FAILURE_ACTION_RESUME_FAILED)  # fmt: skip
+    final = _event(
+        "e5", 3, step="refit", result=pb.Result(message="state unknown", failure=failure)
+    )
+    assert render.format_event(final) == (
+        f"e5 #3 [refit] result state=unknown failed pause: UNAVAILABLE: {HOSTILE} -> resume_failed"
+        " (state unknown)"
+    )
+    out = io.StringIO()
+    tolerated = EngineFailure("e5", grpc.StatusCode.UNAVAILABLE, HOSTILE, "pause", "resume_failed")
+    results = {"e0": pb.Result(state=STATE), "e5": final.result}
+    CallOutput(out).outcome(Outcome("r1", results, failures=(tolerated,)))
+    assert out.getvalue().splitlines() == [
+        "ok: 1 engine(s)",
+        "  e0 paused=yes version=7 in_flight=2 digest=sha256:abababababababab…",
+        "degraded: 1 engine(s) failed, tolerated (max_failed_engines); route around them:",
+        f"  e5 failed pause: UNAVAILABLE: {ESCAPED} -> resume_failed",
+    ]
+    status = pb.EngineStatus(engine="e5", reachable=False, error="link down",
+                             failure=pb.EngineFailure(request_id="r1", **{
+                                 k: getattr(failure, k) for k in ("step", "code", "message")
+                             }))  # fmt: skip
+    assert render.format_status(status).startswith("e5 unreachable link down failed pause: ")
+    screen, console = terminal()
+    CallOutput(screen, console=console).status(ServiceStatus({"e5": status}))
+    assert ESCAPED[:8] in screen.getvalue() and "\x1b]0;" not in screen.getvalue()

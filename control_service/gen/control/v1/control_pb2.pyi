@@ -17,6 +17,16 @@ class PauseMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAUSE_MODE_WAIT: _ClassVar[PauseMode]
     PAUSE_MODE_KEEP: _ClassVar[PauseMode]
 
+class FailureAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILURE_ACTION_UNSPECIFIED: _ClassVar[FailureAction]
+    FAILURE_ACTION_LEFT_AS_REPORTED: _ClassVar[FailureAction]
+    FAILURE_ACTION_RESUMED_OLD_WEIGHTS: _ClassVar[FailureAction]
+    FAILURE_ACTION_RESUMED_NEW_WEIGHTS: _ClassVar[FailureAction]
+    FAILURE_ACTION_LEFT_PAUSED: _ClassVar[FailureAction]
+    FAILURE_ACTION_RESUME_FAILED: _ClassVar[FailureAction]
+    FAILURE_ACTION_NOT_PAUSED: _ClassVar[FailureAction]
+
 class RefitFailurePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REFIT_FAILURE_POLICY_UNSPECIFIED: _ClassVar[RefitFailurePolicy]
@@ -26,37 +36,48 @@ PAUSE_MODE_UNSPECIFIED: PauseMode
 PAUSE_MODE_ABORT: PauseMode
 PAUSE_MODE_WAIT: PauseMode
 PAUSE_MODE_KEEP: PauseMode
+FAILURE_ACTION_UNSPECIFIED: FailureAction
+FAILURE_ACTION_LEFT_AS_REPORTED: FailureAction
+FAILURE_ACTION_RESUMED_OLD_WEIGHTS: FailureAction
+FAILURE_ACTION_RESUMED_NEW_WEIGHTS: FailureAction
+FAILURE_ACTION_LEFT_PAUSED: FailureAction
+FAILURE_ACTION_RESUME_FAILED: FailureAction
+FAILURE_ACTION_NOT_PAUSED: FailureAction
 REFIT_FAILURE_POLICY_UNSPECIFIED: RefitFailurePolicy
 REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS: RefitFailurePolicy
 REFIT_FAILURE_POLICY_STAY_PAUSED: RefitFailurePolicy
 
 class PauseRequest(_message.Message):
-    __slots__ = ("request_id", "mode", "clear_cache", "timeout", "engines")
+    __slots__ = ("request_id", "mode", "clear_cache", "timeout", "engines", "max_failed_engines")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CLEAR_CACHE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ENGINES_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILED_ENGINES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     mode: PauseMode
     clear_cache: bool
     timeout: _duration_pb2.Duration
     engines: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., mode: _Optional[_Union[PauseMode, str]] = ..., clear_cache: _Optional[bool] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_failed_engines: int
+    def __init__(self, request_id: _Optional[str] = ..., mode: _Optional[_Union[PauseMode, str]] = ..., clear_cache: _Optional[bool] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ..., max_failed_engines: _Optional[int] = ...) -> None: ...
 
 class UpdateWeightsRequest(_message.Message):
-    __slots__ = ("request_id", "uri", "version", "timeout", "engines")
+    __slots__ = ("request_id", "uri", "version", "timeout", "engines", "max_failed_engines")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ENGINES_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILED_ENGINES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     uri: str
     version: str
     timeout: _duration_pb2.Duration
     engines: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_failed_engines: int
+    def __init__(self, request_id: _Optional[str] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ..., max_failed_engines: _Optional[int] = ...) -> None: ...
 
 class StageWeightsRequest(_message.Message):
     __slots__ = ("request_id", "uri", "version", "timeout", "engines")
@@ -73,14 +94,16 @@ class StageWeightsRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ResumeRequest(_message.Message):
-    __slots__ = ("request_id", "timeout", "engines")
+    __slots__ = ("request_id", "timeout", "engines", "max_failed_engines")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ENGINES_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILED_ENGINES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     timeout: _duration_pb2.Duration
     engines: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_failed_engines: int
+    def __init__(self, request_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ..., max_failed_engines: _Optional[int] = ...) -> None: ...
 
 class ControlEvent(_message.Message):
     __slots__ = ("request_id", "step", "engine", "seq", "accepted", "progress", "result", "error")
@@ -129,20 +152,36 @@ class Progress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("state", "message", "aborted", "drained", "bytes_loaded", "paused_ms")
+    __slots__ = ("state", "message", "aborted", "drained", "bytes_loaded", "paused_ms", "failure")
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ABORTED_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
     BYTES_LOADED_FIELD_NUMBER: _ClassVar[int]
     PAUSED_MS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
     state: EngineState
     message: str
     aborted: int
     drained: int
     bytes_loaded: int
     paused_ms: float
-    def __init__(self, state: _Optional[_Union[EngineState, _Mapping]] = ..., message: _Optional[str] = ..., aborted: _Optional[int] = ..., drained: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., paused_ms: _Optional[float] = ...) -> None: ...
+    failure: EngineFailure
+    def __init__(self, state: _Optional[_Union[EngineState, _Mapping]] = ..., message: _Optional[str] = ..., aborted: _Optional[int] = ..., drained: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., paused_ms: _Optional[float] = ..., failure: _Optional[_Union[EngineFailure, _Mapping]] = ...) -> None: ...
+
+class EngineFailure(_message.Message):
+    __slots__ = ("step", "code", "message", "action", "request_id")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    code: str
+    message: str
+    action: FailureAction
+    request_id: str
+    def __init__(self, step: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., action: _Optional[_Union[FailureAction, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class EngineState(_message.Message):
     __slots__ = ("paused", "weight_version", "in_flight", "weight_digest", "staged_version", "staged_bytes")
@@ -175,20 +214,22 @@ class GetStatusResponse(_message.Message):
     def __init__(self, engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ..., skewed_engines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EngineStatus(_message.Message):
-    __slots__ = ("engine", "reachable", "state", "error", "expected_version", "capabilities")
+    __slots__ = ("engine", "reachable", "state", "error", "expected_version", "capabilities", "failure")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
     engine: str
     reachable: bool
     state: EngineState
     error: str
     expected_version: str
     capabilities: EngineCapabilities
-    def __init__(self, engine: _Optional[str] = ..., reachable: _Optional[bool] = ..., state: _Optional[_Union[EngineState, _Mapping]] = ..., error: _Optional[str] = ..., expected_version: _Optional[str] = ..., capabilities: _Optional[_Union[EngineCapabilities, _Mapping]] = ...) -> None: ...
+    failure: EngineFailure
+    def __init__(self, engine: _Optional[str] = ..., reachable: _Optional[bool] = ..., state: _Optional[_Union[EngineState, _Mapping]] = ..., error: _Optional[str] = ..., expected_version: _Optional[str] = ..., capabilities: _Optional[_Union[EngineCapabilities, _Mapping]] = ..., failure: _Optional[_Union[EngineFailure, _Mapping]] = ...) -> None: ...
 
 class EngineCapabilities(_message.Message):
     __slots__ = ("pause_modes", "cancel", "progress", "flags")
@@ -210,7 +251,7 @@ class EngineCapabilities(_message.Message):
     def __init__(self, pause_modes: _Optional[_Iterable[_Union[PauseMode, str]]] = ..., cancel: _Optional[bool] = ..., progress: _Optional[bool] = ..., flags: _Optional[_Mapping[str, bool]] = ...) -> None: ...
 
 class RefitRequest(_message.Message):
-    __slots__ = ("request_id", "mode", "clear_cache", "uri", "version", "timeout", "pause_timeout", "update_timeout", "resume_timeout", "on_failure", "engines", "stage", "stage_timeout")
+    __slots__ = ("request_id", "mode", "clear_cache", "uri", "version", "timeout", "pause_timeout", "update_timeout", "resume_timeout", "on_failure", "engines", "stage", "stage_timeout", "max_failed_engines")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CLEAR_CACHE_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +265,7 @@ class RefitRequest(_message.Message):
     ENGINES_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     STAGE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILED_ENGINES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     mode: PauseMode
     clear_cache: bool
@@ -237,4 +279,5 @@ class RefitRequest(_message.Message):
     engines: _containers.RepeatedScalarFieldContainer[str]
     stage: bool
     stage_timeout: _duration_pb2.Duration
-    def __init__(self, request_id: _Optional[str] = ..., mode: _Optional[_Union[PauseMode, str]] = ..., clear_cache: _Optional[bool] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., update_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., on_failure: _Optional[_Union[RefitFailurePolicy, str]] = ..., engines: _Optional[_Iterable[str]] = ..., stage: _Optional[bool] = ..., stage_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    max_failed_engines: int
+    def __init__(self, request_id: _Optional[str] = ..., mode: _Optional[_Union[PauseMode, str]] = ..., clear_cache: _Optional[bool] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., update_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., on_failure: _Optional[_Union[RefitFailurePolicy, str]] = ..., engines: _Optional[_Iterable[str]] = ..., stage: _Optional[bool] = ..., stage_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_failed_engines: _Optional[int] = ...) -> None: ...

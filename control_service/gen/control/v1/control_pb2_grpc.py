@@ -110,7 +110,8 @@ class ControlServiceServicer:
     def Refit(self, request, context):
         """Pause -> UpdateWeights -> Resume as one operation. If a step fails, `on_failure` runs (by
         default the engines resume serving their old weights) and the call ends with the failing
-        step's status. Events carry `step`; the stream ends with one final Result per engine.
+        step's status; with max_failed_engines, up to that many engines may fail (each gets the
+        policy) and the others still finish the refit. Events carry `step`; the stream ends with one final Result per engine.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
