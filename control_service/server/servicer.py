@@ -145,11 +145,12 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     ) -> pb.GetStatusResponse:
         started = time.perf_counter()
         try:
-            engines = self._commands.engines(request.engines)
+            engines = self._commands.status_engines(request.engines)
         except ControlError as err:
             self.call_ended("GetStatus", "", (), err.code, err.message, started)
             await context.abort_with_status(to_grpc_status(err))
         reports = await self._dispatcher.status(engines)
+        membership = self._commands.membership
         response = pb.GetStatusResponse(
             engines=[
                 pb.EngineStatus(
@@ -160,10 +161,13 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     expected_version=r.expected_version,
                     capabilities=messages.engine_capabilities(r.capabilities),
                     failure=None if r.failure is None else messages.engine_failure(r.failure),
+                    source=messages.engine_source(membership.sources.get(r.engine)),
+                    leaving=r.engine in membership.leaving,
                 )
                 for r in reports
             ],
             skewed_engines=[r.engine for r in reports if r.skewed],
+            membership_generation=membership.generation,
         )
         self.call_ended("GetStatus", "", engines, grpc.StatusCode.OK, "", started)
         return response
