@@ -292,7 +292,6 @@ class ControlServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
-
     def ready(self) -> bool:
         """Enough engines up: every member (ready_min_engines 0) or at least that many; never
         with no engines at all. Leaving engines do not count."""
