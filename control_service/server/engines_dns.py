@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections import Counter
 from collections.abc import Callable
 
 import dns.asyncresolver
@@ -133,9 +134,10 @@ def _engines(addresses: list[str], hostnames: dict[str, str], port: int) -> list
     engine name, else by the address."""
     unique = list(dict.fromkeys(addresses))
     wanted = [hostnames.get(a, "") for a in unique]
+    claims = Counter(wanted)
     engines = []
     for address, hostname in zip(unique, wanted, strict=True):
-        ok = ENGINE_NAME.match(hostname) is not None and wanted.count(hostname) == 1
+        ok = ENGINE_NAME.match(hostname) is not None and claims[hostname] == 1
         name = hostname if ok else address.replace(":", "-")
         host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
         engines.append(EngineConfig(name, f"tcp://{host}:{port}"))

@@ -149,8 +149,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         except ControlError as err:
             self.call_ended("GetStatus", "", (), err.code, err.message, started)
             await context.abort_with_status(to_grpc_status(err))
+        membership = self._commands.membership  # as the call starts: engines may leave meanwhile
+        leaving, sources = frozenset(membership.leaving), dict(membership.sources)
+        generation = membership.generation
         reports = await self._dispatcher.status(engines)
-        membership = self._commands.membership
         response = pb.GetStatusResponse(
             engines=[
                 pb.EngineStatus(
@@ -161,13 +163,13 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     expected_version=r.expected_version,
                     capabilities=messages.engine_capabilities(r.capabilities),
                     failure=None if r.failure is None else messages.engine_failure(r.failure),
-                    source=messages.engine_source(membership.sources.get(r.engine)),
-                    leaving=r.engine in membership.leaving,
+                    source=messages.engine_source(sources.get(r.engine)),
+                    leaving=r.engine in leaving,
                 )
                 for r in reports
             ],
             skewed_engines=[r.engine for r in reports if r.skewed],
-            membership_generation=membership.generation,
+            membership_generation=generation,
         )
         self.call_ended("GetStatus", "", engines, grpc.StatusCode.OK, "", started)
         return response
