@@ -39,9 +39,7 @@ class DnsZone(BaseResolver):  # type: ignore[misc]
         self._server.stop()
         self._server.server.server_close()
 
-    def set_engines(
-        self, name: str, engines: dict[str, str], port: int, srv: bool = True
-    ) -> None:
+    def set_engines(self, name: str, engines: dict[str, str], port: int, srv: bool = True) -> None:
         """NAME's A/AAAA records are the engines' addresses; with `srv`, SRV on NAME names
         each one (target HOSTNAME.NAME, its address in the additional section), as CoreDNS
         answers for a headless Service whose pods have hostnames. An empty dict: NAME exists

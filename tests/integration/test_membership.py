@@ -109,9 +109,7 @@ async def test_a_configmap_swap_adds_and_removes_engines(
 ) -> None:
     a, b = start_stub(), start_stub()
     configmap.publish(f"a={a.endpoint}\n")
-    service = await start_service(
-        {}, engines_file=configmap.path, engines_file_interval_s=0.05
-    )
+    service = await start_service({}, engines_file=configmap.path, engines_file_interval_s=0.05)
     first = await status(service)
     assert [(e.engine, e.source) for e in first.engines] == [("a", pb.ENGINE_SOURCE_FILE)]
     assert await paused_on(service) == {"a"}
@@ -262,7 +260,7 @@ async def test_ready_min_engines_keeps_a_fleet_serving_with_one_engine_down(
 ) -> None:
     a, b = start_stub(), start_stub()
     service = await start_service({"a": a.endpoint, "b": b.endpoint}, ready_min_engines=1)
-    await eventually(lambda: service.server.ready(), timeout=10)
+    await eventually(service.server.ready, timeout=10)
     b.kill()
     await eventually(lambda: not service.server.links["b"].up, timeout=10)
     assert service.server.ready()
