@@ -6,10 +6,15 @@ same two headers. Both sides read it through this module, and neither needs Open
 it: it is two bounded strings with a fixed shape (https://www.w3.org/TR/trace-context/).
 What is not in that shape is refused here, so a peer can never put arbitrary text into a
 header the adapter sends, or into a trace exporter.
+
+Both sides also turn tracing on the same way, from the standard OTEL_* variables
+(`configure_from_env`): the only place OpenTelemetry's SDK is imported, and only when those
+variables ask for tracing, so a plain install (no `otel` extra) never needs it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,3 +101,84 @@ def _checked(parent: Any, state: Any) -> TraceContext:
     if _VISIBLE_ASCII.fullmatch(state) is None:
         raise TraceContextError("tracestate must be visible ASCII")
     return TraceContext(parent, state)
+
+
+# ---------------------------------------------------------------------- configured by OTEL_*
+
+
+class TracingConfigError(ValueError):
+    """OTEL_* variables that ask for tracing this process cannot do (an unknown exporter, an
+    OTLP protocol without its package): the service's and engines' CLIs exit 2 with it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSetup:
+    """What the standard OTEL_* variables made of tracing in this process: the SDK's tracer
+    provider when on, None when off; `summary` is the one line each side logs at start."""
+
+    provider: Any
+    summary: str
+
+    @property
+    def on(self) -> bool:
+        return self.provider is not None
+
+
+_OTLP_ENDPOINTS: Final = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_setup: list[TracingSetup] = []  # this process's one setup, once made
+
+
+def configure_from_env(default_service_name: str) -> TracingSetup:
+    """Tracing as the standard variables say, once per process (the SDK's provider is global,
+    and the service and an engine may share a process): off unless OTEL_TRACES_EXPORTER names
+    an exporter, or an OTLP endpoint is set (then the exporter is `otlp`); always off with
+    OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none. Exporters are found and built as the
+    SDK's own auto-configuration does (its entry points read their own OTEL_EXPORTER_* variables),
+    the service name comes from OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, else the default.
+    Without the `otel` extra installed, asking for tracing leaves it off and says so."""
+    if not _setup:
+        _setup.append(_configure(default_service_name, os.environ))
+    return _setup[0]
+
+
+def _configure(default_service_name: str, env: Mapping[str, str]) -> TracingSetup:
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return TracingSetup(None, "tracing off: OTEL_SDK_DISABLED=true")
+    asked = env.get("OTEL_TRACES_EXPORTER", "").strip()
+    if asked.lower() == "none":
+        return TracingSetup(None, "tracing off: OTEL_TRACES_EXPORTER=none")
+    if not asked and not any(env.get(name) for name in _OTLP_ENDPOINTS):
+        return TracingSetup(None, "tracing off: no OTEL_TRACES_EXPORTER or OTLP endpoint set")
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk import _configuration as sdk_config
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        return TracingSetup(None, "tracing off: OTEL_* asks for it but OpenTelemetry is not "
+                            "installed (install control-service[otel])")  # fmt: skip
+    try:  # the SDK's own reading of OTEL_TRACES_EXPORTER and OTEL_EXPORTER_OTLP_*PROTOCOL
+        names = sdk_config._get_exporter_names("traces") or [
+            sdk_config._get_exporter_entry_point("otlp", "traces")
+        ]
+        exporters, _, _ = sdk_config._import_exporters(names, [], [])
+    except (RuntimeError, ValueError, ImportError) as err:
+        raise TracingConfigError(f"OTEL_TRACES_EXPORTER={asked or 'otlp'}: {err}") from None
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: default_service_name}))
+    provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER, as the SDK's
+    for exporter in exporters.values():
+        provider.add_span_processor(BatchSpanProcessor(exporter()))  # OTEL_BSP_* likewise
+    trace.set_tracer_provider(provider)  # a handler's own spans (trace.get_tracer) join in
+    where = ", ".join(_where(name, env) for name in exporters)
+    name = resource.attributes.get(SERVICE_NAME)
+    return TracingSetup(provider, f"tracing on: service.name {name}, exporting to {where}")
+
+
+def _where(exporter: str, env: Mapping[str, str]) -> str:
+    if not exporter.startswith("otlp"):
+        return exporter
+    endpoint = next((env[name] for name in _OTLP_ENDPOINTS if env.get(name)), None)
+    return f"{exporter} at {endpoint or 'the default endpoint (localhost:4317 / :4318)'}"

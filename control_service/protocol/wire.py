@@ -17,11 +17,11 @@ from types import MappingProxyType
 from typing import Any, Final, TypeGuard
 
 from control_service.protocol import names as _names
-from control_service.protocol.tracing import TraceContext, TraceContextError, check_trace
 
 # Re-exported: an engine reads the protocol's words here, beside the codec that checks them.
 from control_service.protocol.names import ENGINE_METHODS as METHODS
 from control_service.protocol.names import ERROR_CODES as ERROR_CODES
+from control_service.protocol.tracing import TraceContext, TraceContextError, check_trace
 
 log = logging.getLogger("control_service.protocol")
 
