@@ -15,9 +15,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from control_service.client import ClientConfig, ControlClient, ControlError
 from control_service.server.tracing import ServerTracing
+from control_service.protocol import wire
+from control_service.protocol.tracing import TraceContext
 from tests.collector import Collector, Span
+from tests.fakes.process import AdapterProcess, FakeEngine
 from tests.harness import StartService
-from tests.stub_process import StubProcess
+from tests.stub_process import EngineClient, StubProcess
 
 Checkpoint = Callable[[int], tuple[str, int]]
 
@@ -152,3 +155,49 @@ async def test_without_tracing_no_trace_goes_to_the_engine(
         await client.pause("abort", request_id="plain-1")
     seen = stub.wait_event(lambda e: e.get("event") == "request")
     assert seen["request_id"] == "plain-1" and "trace" not in seen, seen
+
+
+# ---------------------------------------------------------------------------------- adapters
+
+PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+MUTATIONS = [
+    ("pause", {"mode": "abort", "clear_cache": False}),
+    ("update_weights", {"uri": "/ckpt/7", "version": "7"}),
+    ("resume", {}),
+]
+
+
+@pytest.mark.parametrize("kind", ["vllm", "sglang", "fastdeploy"])
+def test_an_adapter_passes_the_trace_on_with_every_request_of_the_call(
+    kind: str, fake_engine: Callable[..., FakeEngine], start_adapter: Callable[..., AdapterProcess]
+) -> None:
+    """No tracing in the adapter process: the service's context goes on to the engine as it is."""
+    fake = fake_engine(kind)
+    with EngineClient(start_adapter(kind, fake.url).endpoint) as engine:
+        engine.result("status")
+        for method, args in MUTATIONS:
+            before = len(fake.log()["requests"])
+            trace = TraceContext(PARENT, f"{kind}=t61rcWkgMzE")
+            assert engine.call(method, args, trace=trace)[-1].kind == wire.RESULT
+            sent = fake.log()["requests"][before:]
+            assert sent, f"{method} sent nothing to {kind}"
+            assert all(r.get("trace") == trace.headers() for r in sent), (method, sent)
+        before = len(fake.log()["requests"])
+        engine.result("status")
+        assert all("trace" not in r for r in fake.log()["requests"][before:]), "status: no trace"
+
+
+def test_a_traced_adapter_sends_its_own_span_as_the_engines_parent(
+    collector: Collector,
+    fake_engine: Callable[..., FakeEngine],
+    start_adapter: Callable[..., AdapterProcess],
+) -> None:
+    fake = fake_engine("vllm")
+    with EngineClient(start_adapter("vllm", fake.url).endpoint) as engine:
+        before = len(fake.log()["requests"])
+        engine.result("pause", MUTATIONS[0][1], trace=TraceContext(PARENT))
+        sent = fake.log()["requests"][before:]
+    trace_id, parent_id = PARENT[3:35], PARENT[36:52]
+    (span,) = engine_spans(collector, trace_id, 1)
+    assert (span.name, span.parent_id) == ("pause", parent_id)
+    assert {r["trace"]["traceparent"][:52] for r in sent} == {f"00-{trace_id}-{span.span_id}"}
