@@ -137,11 +137,18 @@ def configure_from_env(default_service_name: str) -> TracingSetup:
     the service name comes from OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, else the default.
     Without the `otel` extra installed, asking for tracing leaves it off and says so."""
     if not _setup:
-        _setup.append(_configure(default_service_name, os.environ))
+        setup = _configure(default_service_name)
+        if setup.on:
+            from opentelemetry import trace
+
+            trace.set_tracer_provider(setup.provider)  # a handler's own spans join in
+        _setup.append(setup)
     return _setup[0]
 
 
-def _configure(default_service_name: str, env: Mapping[str, str]) -> TracingSetup:
+def _configure(default_service_name: str) -> TracingSetup:
+    """configure_from_env's reading, without making the provider this process's global one."""
+    env = os.environ  # the SDK's helpers below read it too
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return TracingSetup(None, "tracing off: OTEL_SDK_DISABLED=true")
     asked = env.get("OTEL_TRACES_EXPORTER", "").strip()
@@ -150,7 +157,6 @@ def _configure(default_service_name: str, env: Mapping[str, str]) -> TracingSetu
     if not asked and not any(env.get(name) for name in _OTLP_ENDPOINTS):
         return TracingSetup(None, "tracing off: no OTEL_TRACES_EXPORTER or OTLP endpoint set")
     try:
-        from opentelemetry import trace
         from opentelemetry.sdk import _configuration as sdk_config
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -171,7 +177,6 @@ def _configure(default_service_name: str, env: Mapping[str, str]) -> TracingSetu
     provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER, as the SDK's
     for exporter in exporters.values():
         provider.add_span_processor(BatchSpanProcessor(exporter()))  # OTEL_BSP_* likewise
-    trace.set_tracer_provider(provider)  # a handler's own spans (trace.get_tracer) join in
     where = ", ".join(_where(name, env) for name in exporters)
     name = resource.attributes.get(SERVICE_NAME)
     return TracingSetup(provider, f"tracing on: service.name {name}, exporting to {where}")

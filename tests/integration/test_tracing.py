@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from control_service.client import ClientConfig, ControlClient, ControlError
-from control_service.server.tracing import ServerTracing
 from control_service.protocol import wire
 from control_service.protocol.tracing import TraceContext
+from control_service.server.tracing import ServerTracing
 from tests.collector import Collector, Span
 from tests.fakes.process import AdapterProcess, FakeEngine
 from tests.harness import StartService
