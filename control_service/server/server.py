@@ -33,6 +33,7 @@ from control_service.server.engine_link import EngineLink
 from control_service.server.metrics import Metrics
 from control_service.server.servicer import ControlServicer
 from control_service.server.slots import SlotBudget
+from control_service.server.tracing import ServerTracing
 
 log = structlog.get_logger("control_service.server")
 
@@ -59,8 +60,10 @@ class ControlServer:
         *,
         dispatcher_factory: DispatcherFactory = Dispatcher,
         servicer_factory: ServicerFactory = ControlServicer,
+        tracing: ServerTracing | None = None,
     ) -> None:
         self.config = config
+        self.tracing = tracing  # None: no traces (server/tracing.py: ServerTracing.from_env)
         # First: when the engines cannot fit in this process, that is a configuration error.
         self._zmq = link_context(len(config.engines))
         self._dispatcher_factory = dispatcher_factory
@@ -95,10 +98,13 @@ class ControlServer:
         c = self.config
         self.dispatcher = self._dispatcher_factory(c, self.links, self.metrics)
         self.dispatcher.on_engine_change = self._health_dirty.set
+        self.dispatcher.tracing = self.tracing
         token = c.security.token()
-        interceptors = (
-            [BearerTokenInterceptor(token, c.security.auth_exempt_health)] if token else []
-        )
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.tracing is not None:  # first: a call refused by auth is traced too
+            interceptors.append(self.tracing.interceptor())
+        if token:
+            interceptors.append(BearerTokenInterceptor(token, c.security.auth_exempt_health))
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -242,9 +248,9 @@ def server_credentials(security: SecurityConfig) -> grpc.ServerCredentials | Non
     )
 
 
-async def serve(config: ServiceConfig) -> None:
+async def serve(config: ServiceConfig, tracing: ServerTracing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    server = ControlServer(config)
+    server = ControlServer(config, tracing=tracing)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
