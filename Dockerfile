@@ -1,8 +1,11 @@
 # control-service: the control plane sidecar beside an inference engine.
 # Build: docker build -t control-service .
+#        docker build --build-arg EXTRAS=otel -t control-service:otel .   (with tracing: README)
 # Run:   docker run -e CONTROL_SERVICE_ENGINE=engine=tcp://engine:5555 -p 50051:50051 control-service
 
 FROM python:3.11-slim AS build
+# Extras beside `fast`, comma-separated: "otel" adds OpenTelemetry tracing. Empty: a small image.
+ARG EXTRAS=""
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY protos ./protos
@@ -14,12 +17,14 @@ COPY engine_stub ./engine_stub
 RUN pip install --no-cache-dir "grpcio-tools==1.85.1" \
  && python scripts/gen_protos.py /tmp/gen \
  && diff -r /tmp/gen/control_service/gen control_service/gen \
- && pip wheel --no-cache-dir -c constraints.txt --wheel-dir /wheels ".[fast]"
+ && pip wheel --no-cache-dir -c constraints.txt --wheel-dir /wheels ".[fast${EXTRAS:+,$EXTRAS}]"
 
 FROM python:3.11-slim
+ARG EXTRAS=""
 RUN useradd --create-home --uid 10001 control
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels "control-service[fast]==0.1.0" \
+RUN pip install --no-cache-dir --no-index --find-links /wheels \
+    "control-service[fast${EXTRAS:+,$EXTRAS}]==0.1.0" \
  && rm -rf /wheels
 USER 10001
 ENV CONTROL_SERVICE_LISTEN=0.0.0.0:50051 \

@@ -237,6 +237,7 @@ def _announce(request: wire.Request) -> None:
         method=request.method,
         args=request.args,
         timeout_s=request.timeout_s,
+        **({"trace": request.trace.to_wire()} if request.trace is not None else {}),
     )
 
 

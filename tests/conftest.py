@@ -13,6 +13,7 @@ from control_service.gen.control.v1 import control_pb2_grpc
 from control_service.server import ControlServer, LinkFactory
 from control_service.server.config import EngineConfig, LinkConfig, ServiceConfig
 from control_service.server.engine_link import EngineLink
+from control_service.server.tracing import ServerTracing
 from engine_stub.checkpoint import write_checkpoint
 from tests.fakes.process import AdapterProcess, FakeEngine
 from tests.harness import Service, StartService
@@ -38,6 +39,7 @@ async def start_service() -> AsyncIterator[StartService]:
         link_factory: LinkFactory = EngineLink,
         wait_up: bool = True,
         link: LinkConfig | None = None,
+        tracing: ServerTracing | None = None,
         **overrides: Any,
     ) -> Service:
         if isinstance(engines, list):
@@ -50,7 +52,7 @@ async def start_service() -> AsyncIterator[StartService]:
             link=link or LinkConfig(),
             **overrides,
         )
-        server = ControlServer(config, link_factory=link_factory)
+        server = ControlServer(config, link_factory=link_factory, tracing=tracing)
         port = await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         service = Service(server, port, channel, control_pb2_grpc.ControlServiceStub(channel))

@@ -24,6 +24,7 @@ import zmq
 
 from bench.procs import REPO, Child
 from control_service.protocol import wire
+from control_service.protocol.tracing import TraceContext
 
 START_TIMEOUT = 15.0
 
@@ -161,10 +162,11 @@ class EngineClient:
         *,
         request_id: str | None = None,
         timeout_s: float = 10.0,
+        trace: TraceContext | None = None,
     ) -> str:
         """Send one request; return its request_id."""
         rid = request_id or f"{method}-{next(self._ids)}"
-        body = wire.encode_request(wire.Request(rid, method, args or {}, timeout_s))
+        body = wire.encode_request(wire.Request(rid, method, args or {}, timeout_s, trace))
         self.send_raw([b"", body])
         return rid
 

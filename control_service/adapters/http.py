@@ -4,6 +4,10 @@ httpx rather than aiohttp: per-request timeouts split into connect/read/write/po
 small API, streaming reads (so a response is bounded while it arrives, not after), connection
 pool limits, and no server stack pulled into a process that is only a client.
 
+Every request made for a traced call carries that call's `traceparent` / `tracestate` headers
+(control_service.engine.trace_headers), so the engine's own spans (vLLM exports OTLP traces)
+join the trainer's trace.
+
 Every outcome becomes either a `Response` (any HTTP status; the caller decides what a 400 from its
 engine means) or an `HttpError` with a gRPC status name, so the rest of the adapter never sees an
 httpx exception. Retries happen here and only where the caller says the call is safe to repeat
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from control_service.engine import trace_headers
 
 # Between retries of a safe call: short, since the whole call is bounded by its own timeout.
 _RETRY_BACKOFF_S = (0.05, 0.2, 0.5)
@@ -156,7 +162,12 @@ class EngineHttp:
         try:
             async with asyncio.timeout(timeout):  # the whole exchange, not each read
                 async with self._client.stream(
-                    method, path, json=json_body, params=params, timeout=limits
+                    method,
+                    path,
+                    json=json_body,
+                    params=params,
+                    timeout=limits,
+                    headers=trace_headers(),
                 ) as response:
                     raw = await self._read_bounded(response, where)
         except (TimeoutError, httpx.TimeoutException):

@@ -241,9 +241,11 @@ class Serve:
     async def _serve(self) -> None:
         from control_service.cli.embedded import EmbeddedEngines
         from control_service.server import serve
+        from control_service.server.tracing import ServerTracing
 
+        tracing = ServerTracing.from_env()  # before any engine starts: bad OTEL_* is exit 2
         if not self.embedded:
-            await serve(self.config)
+            await serve(self.config, tracing)
             return
         engines = EmbeddedEngines(
             self.embedded,
@@ -252,7 +254,7 @@ class Serve:
             name_prefix="embedded",
         )
         async with engines as started:
-            await serve(dataclasses.replace(self.config, engines=self.explicit + started))
+            await serve(dataclasses.replace(self.config, engines=self.explicit + started), tracing)
 
 
 def _command(**params: Any) -> Serve:

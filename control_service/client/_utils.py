@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 
+from control_service.client._tracing import trace_metadata
 from control_service.errors import ControlError, from_rpc_error, invalid
 from control_service.gen.control.v1 import control_pb2
 from control_service.protocol import names
@@ -123,5 +124,10 @@ def dedupe_key(event: control_pb2.ControlEvent) -> bytes:
 
 
 def metadata(bearer_token: str | None) -> Sequence[tuple[str, str]] | None:
-    """Per-call metadata: the bearer token, when one is configured."""
-    return names.bearer_metadata(bearer_token)
+    """Per-call metadata: the bearer token, when one is configured, and the trainer's trace
+    context, when a span is current (_tracing.py)."""
+    bearer = names.bearer_metadata(bearer_token)
+    traced = trace_metadata()
+    if not traced:
+        return bearer
+    return (*(bearer or ()), *traced)

@@ -22,6 +22,7 @@ from .handler import (
 )
 from .runner import run, serve_until_signalled
 from .server import EngineServer, EngineServerError, Sender
+from .tracing import EngineTracing, trace_headers
 
 __all__ = [
     "Capabilities",
@@ -33,6 +34,7 @@ __all__ = [
     "EngineServerConfig",
     "EngineServerError",
     "EngineState",
+    "EngineTracing",
     "Operation",
     "Sender",
     "Stager",
@@ -40,4 +42,5 @@ __all__ = [
     "clip",
     "run",
     "serve_until_signalled",
+    "trace_headers",
 ]

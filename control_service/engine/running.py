@@ -13,11 +13,14 @@ import inspect
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from control_service.protocol import wire
 
 from .handler import Done, EngineError, Operation, clip
+
+if TYPE_CHECKING:
+    from .tracing import MutationSpan
 
 log = logging.getLogger("control_service.engine")
 
@@ -34,6 +37,7 @@ class Running:
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
     finished: bool = False
+    span: MutationSpan | None = None  # when traced (tracing.py): ended with the reply
 
 
 def failure(request: wire.Request, err: Exception) -> wire.Reply:

@@ -23,7 +23,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Final, cast
 
 from control_service.protocol import names, wire
 
@@ -42,11 +42,15 @@ from .records import OutcomeRecords, Record
 from .router import EngineServerError as EngineServerError
 from .router import RouterServer
 from .running import Running, as_awaitable, discard, failure, other_call, stopped
+from .tracing import EngineTracing, MutationSpan, passed_on
 
 log = logging.getLogger("control_service.engine")
 
 # Sends one encoded reply body to one peer; returns False when the peer is known to be gone.
 Sender = Callable[[bytes, bytes], "bool | None"]
+
+# EngineServer's default `tracing`: as the OTEL_* variables say, read when it starts serving.
+FROM_ENV: Final = "from OTEL_* variables"
 
 # Peers one operation answers (the first, and repeats from restarted services): bounded, as
 # everything a peer can make grow.
@@ -60,6 +64,7 @@ class EngineServer(RouterServer):
     before it runs (engine_stub prints it, to prove what reached the engine).
     sender: how an encoded reply reaches a peer; by default `send_frame`. A test engine wraps it
     to delay, drop or corrupt replies.
+    tracing: a span per mutation (tracing.py); by default as the OTEL_* variables say, None: off.
     """
 
     def __init__(
@@ -69,8 +74,11 @@ class EngineServer(RouterServer):
         *,
         on_request: Callable[[wire.Request], None] | None = None,
         sender: Sender | None = None,
+        tracing: EngineTracing | str | None = FROM_ENV,
     ) -> None:
         super().__init__(config)
+        self._tracing_arg = tracing
+        self.tracing = tracing if isinstance(tracing, EngineTracing) else None
         self.handler = handler
         self._on_request = on_request
         self._sender: Sender = sender or self.send_frame
@@ -84,6 +92,15 @@ class EngineServer(RouterServer):
         return self._running.request.request_id if self._running else None
 
     # ------------------------------------------------------------------------------ lifecycle
+
+    async def serve(
+        self, stop: asyncio.Event | None = None, ready: Callable[[str], None] | None = None
+    ) -> None:
+        """RouterServer.serve, with tracing set up first from OTEL_* unless it was given (bad
+        variables raise EngineServerError, as a bind that fails does)."""
+        if self._tracing_arg == FROM_ENV:
+            self.tracing = EngineTracing.from_env(self.config.name)
+        await super().serve(stop, ready)
 
     async def _shutdown(self) -> None:
         """Cancel what runs; their ends are not sent (the socket closes with linger 0)."""
@@ -226,7 +243,19 @@ class EngineServer(RouterServer):
         self._send(identity, record.reply)
 
     def _start(self, identity: bytes, request: wire.Request) -> None:
-        run = Running(request, [identity])
+        """Run the mutation; traced (its span, its context current while the handler is called
+        and inherited by its task) when this process traces or the request brings a trace."""
+        if self.tracing is not None:
+            with self.tracing.mutation(request) as span:
+                self._begin(identity, request, span)
+        elif request.trace is not None:
+            with passed_on(request.trace):
+                self._begin(identity, request, None)
+        else:
+            self._begin(identity, request, None)
+
+    def _begin(self, identity: bytes, request: wire.Request, span: MutationSpan | None) -> None:
+        run = Running(request, [identity], span=span)
         deadline = time.monotonic() + request.timeout_s
         run.op = op = Operation(
             request.request_id, request.method, deadline, functools.partial(self._report, run)
@@ -333,6 +362,8 @@ class EngineServer(RouterServer):
         if self._running is run:
             self._running = None
         self._records.put(run.request, reply)
+        if run.span is not None:
+            run.span.end(reply)
         if reply.kind == wire.ERROR:
             code, message = reply.data["code"], reply.data["message"]
             log.info("%s %s failed: %s: %s", run.request.method, reply.request_id, code, message)

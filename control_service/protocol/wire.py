@@ -10,6 +10,7 @@ and the caller drops that one frame and carries on. See docs/engine-protocol.md.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -20,6 +21,9 @@ from control_service.protocol import names as _names
 # Re-exported: an engine reads the protocol's words here, beside the codec that checks them.
 from control_service.protocol.names import ENGINE_METHODS as METHODS
 from control_service.protocol.names import ERROR_CODES as ERROR_CODES
+from control_service.protocol.tracing import TraceContext, TraceContextError, check_trace
+
+log = logging.getLogger("control_service.protocol")
 
 PROTOCOL_VERSION: Final = 1
 MAX_FRAME_BYTES: Final = 1 << 20
@@ -114,6 +118,8 @@ class Request:
     method: str
     args: dict[str, Any]
     timeout_s: float
+    # The caller's W3C trace context (optional `trace`: protocol/tracing.py); None without one.
+    trace: TraceContext | None = None
 
 
 @dataclass(slots=True)
@@ -133,6 +139,9 @@ class Reply:
 
 
 def encode_request(request: Request) -> bytes:
+    if request.trace is not None:
+        return _frame(request.request_id, method=request.method, args=request.args,
+                      timeout_s=request.timeout_s, trace=request.trace.to_wire())  # fmt: skip
     return _frame(
         request.request_id, method=request.method, args=request.args, timeout_s=request.timeout_s
     )
@@ -151,7 +160,19 @@ def decode_request(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Request:
     timeout_s = obj.get("timeout_s")
     if not _is_number(timeout_s) or not timeout_s > 0:
         raise WireError("timeout_s must be a number > 0", request_id)
-    return Request(request_id, method, args, float(timeout_s))
+    trace = obj.get("trace")
+    return Request(request_id, method, args, float(timeout_s),
+                   None if trace is None else _trace(trace, request_id))  # fmt: skip
+
+
+def _trace(value: object, request_id: str) -> TraceContext | None:
+    """The optional trace context. One that breaks its rules is dropped, said in one line: a
+    trace is never a reason to fail the call it describes."""
+    try:
+        return check_trace(value)
+    except TraceContextError as err:
+        log.warning("request %r: trace context dropped: %s", request_id, err)
+        return None
 
 
 # ----------------------------------------------------------------------------------- replies

@@ -28,6 +28,7 @@ from control_service.server.operations import Command, FinalStatus, Operation, P
 from control_service.server.probes import EngineReport as EngineReport
 from control_service.server.probes import StatusProbes
 from control_service.server.refit import RefitDriver
+from control_service.server.tracing import ServerTracing
 
 log = structlog.get_logger("control_service.server.dispatcher")
 
@@ -54,9 +55,11 @@ class Dispatcher(StatusProbes):
         config: ServiceConfig,
         links: dict[str, EngineLink],
         metrics: Metrics | None = None,
+        tracing: ServerTracing | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
+        self.tracing = tracing  # None: the service does not trace
         self.links = links
         super().__init__()  # what the status probes learn (probes.py)
         self.running: dict[str, Operation] = {}
@@ -195,17 +198,32 @@ class Dispatcher(StatusProbes):
     def _send_all(self, op: Operation, now: float) -> None:
         c = op.command
         request = wire.Request(c.request_id, c.method, c.args, max(c.deadline - now, 0.001))
+        if self.tracing is not None:
+            self._send_traced(op, request, self.tracing)
+            return
         body = wire.encode_request(request)  # once, however many engines
         for part in list(op.parts.values()):
-            link = self.links.get(part.engine)
-            if link is None:
-                part.on_lost(unavailable(f"engine {part.engine} left the fleet"))
-                continue
-            try:
-                link.send_encoded(body)
-            except ControlError as err:
-                link.slots.close(c.request_id)
-                part.on_lost(err)
+            self._send_part(part, body)
+
+    def _send_traced(self, op: Operation, request: wire.Request, tracing: ServerTracing) -> None:
+        """Each engine's part gets its own span, and its request that span's trace context (so
+        one body per engine rather than one for all)."""
+        owner = op.owner.command.request_id if op.owner is not None else ""
+        for part in list(op.parts.values()):
+            part.span = span = tracing.part(op.command, part.engine, owner)
+            request.trace = span.context()
+            self._send_part(part, wire.encode_request(request))
+
+    def _send_part(self, part: Part, body: bytes) -> None:
+        link = self.links.get(part.engine)
+        if link is None:  # it left the fleet since the call started (a Refit's later step)
+            part.on_lost(unavailable(f"engine {part.engine} left the fleet"))
+            return
+        try:
+            link.send_encoded(body)
+        except ControlError as err:
+            link.slots.close(part.op.command.request_id)
+            part.on_lost(err)
 
     # -------------------------------------------------------------------------------- endings
 

@@ -15,13 +15,16 @@ import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
 from control_service.errors import ENDED_BY_ENGINE, ControlError, EngineFailure, status_code
 from control_service.protocol import wire
 from control_service.server.deadlines import Deadline
+
+if TYPE_CHECKING:
+    from control_service.server.tracing import PartSpan
 
 
 class Event(NamedTuple):
@@ -146,17 +149,20 @@ class Subscriber:
 class Part:
     """One engine's share of an operation; the sink of that engine's reply slot."""
 
-    __slots__ = ("done", "engine", "op", "seq")
+    __slots__ = ("done", "engine", "op", "seq", "span")
 
     def __init__(self, op: Operation, engine: str) -> None:
         self.op = op
         self.engine = engine
         self.seq = 0
         self.done = False
+        self.span: PartSpan | None = None  # set when the service traces (server/tracing.py)
 
     def on_reply(self, reply: wire.Reply) -> None:
         if self.done:
             return
+        if self.span is not None:
+            self.span.on_reply(reply)
         self.seq += 1
         event = Event(self.engine, self.seq, reply)
         if reply.kind in wire.TERMINAL_KINDS:
@@ -171,6 +177,8 @@ class Part:
             return
         self.seq += 1
         self.done = True
+        if self.span is not None:
+            self.span.lost(error.code, error.message)
         if error.reason and self.op.lost_reason is None:
             self.op.lost_reason = (error.code, error.reason)
         reply = wire.error(self.op.command.request_id, error.code.name, error.message)

@@ -48,6 +48,7 @@ from control_service.server.membership import Membership, Source
 from control_service.server.metrics import Metrics
 from control_service.server.servicer import ControlServicer
 from control_service.server.slots import SlotBudget
+from control_service.server.tracing import ServerTracing
 
 log = structlog.get_logger("control_service.server")
 
@@ -74,8 +75,10 @@ class ControlServer:
         *,
         dispatcher_factory: DispatcherFactory = Dispatcher,
         servicer_factory: ServicerFactory = ControlServicer,
+        tracing: ServerTracing | None = None,
     ) -> None:
         self.config = config
+        self.tracing = tracing  # None: no traces (server/tracing.py: ServerTracing.from_env)
         # First: when the engines cannot fit in this process, that is a configuration error. A
         # fleet that may grow gets the room this process has (engines past it are refused).
         fixed = len(config.engines)
@@ -148,10 +151,13 @@ class ControlServer:
         self.dispatcher.on_release = self.membership.released
         self.membership.holds = self.dispatcher.holds
         self.membership.on_drop = self.dispatcher.drop
+        self.dispatcher.tracing = self.tracing
         token = c.security.token()
-        interceptors = (
-            [BearerTokenInterceptor(token, c.security.auth_exempt_health)] if token else []
-        )
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.tracing is not None:  # first: a call refused by auth is traced too
+            interceptors.append(self.tracing.interceptor())
+        if token:
+            interceptors.append(BearerTokenInterceptor(token, c.security.auth_exempt_health))
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -315,9 +321,9 @@ def server_credentials(security: SecurityConfig) -> grpc.ServerCredentials | Non
     )
 
 
-async def serve(config: ServiceConfig) -> None:
+async def serve(config: ServiceConfig, tracing: ServerTracing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    server = ControlServer(config)
+    server = ControlServer(config, tracing=tracing)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

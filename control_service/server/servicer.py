@@ -125,6 +125,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         seconds = time.perf_counter() - started
         if self._metrics is not None:
             self._metrics.call_ended(method, code.name, seconds)
+        if self._dispatcher.tracing is not None:
+            self._dispatcher.tracing.call_ended(request_id, engines, code, message)
         ok = code is grpc.StatusCode.OK and not message
         if ok and not self._log.is_enabled_for(logging.INFO):
             return

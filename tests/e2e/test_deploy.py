@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,26 @@ def test_dockerfile_runs_as_non_root_with_exec_form_and_healthcheck() -> None:
     assert 'ENTRYPOINT ["control-service", "serve"]' in text, "exec form: SIGTERM reaches us"
     assert 'CMD ["python", "-m", "control_service.cli.healthcheck"]' in text
     assert "gen_protos.py" in text, "generated code is built (and checked) in the image"
+
+
+@pytest.mark.parametrize(("extras", "installed"), [("", "[fast]"), ("otel", "[fast,otel]")])
+def test_dockerfile_extras_build_arg_selects_the_extras_in_both_stages(
+    extras: str, installed: str
+) -> None:
+    """`--build-arg EXTRAS=otel` builds an image with tracing; the default stays small. Each
+    stage declares the ARG (a stage sees only its own), and the shell expands the pip targets
+    as `docker build` would (sh -c, the ARG in the environment)."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count('ARG EXTRAS=""') == 2, "both stages"
+    targets = re.findall(r'"([^"]*\[fast\$\{EXTRAS:\+,\$EXTRAS\}\][^"]*)"', text)
+    assert [t.split("[")[0] for t in targets] == [".", "control-service"], targets
+    for target in targets:
+        done = subprocess.run(["sh", "-c", f'printf %s "{target}"'], env={"EXTRAS": extras},
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        assert done.stdout == target.replace("[fast${EXTRAS:+,$EXTRAS}]", installed)
+        assert installed in done.stdout
+    project = (ROOT / "pyproject.toml").read_text()
+    assert "otel = [" in project, "the extra the build arg names exists"
 
 
 def test_sidecar_manifest_probes_and_metrics() -> None:

@@ -15,7 +15,8 @@ follows its engine's routes, field names, status codes and quirks (see docs/adap
 Test controls live under `/_fake/` and are never logged: `POST /_fake/knobs` sets behaviours
 (`hang`: a path whose next request hangs until `/_fake/release`; `fail`: `{path, status, times}`;
 `fail_load`: a message; `running`: requests in flight; `drain_s`: how long a WAIT drain takes),
-`GET /_fake/log` returns every other request in order and the violations seen.
+`GET /_fake/log` returns every other request in order (with `trace`: the traceparent and
+tracestate headers it came with, if any) and the violations seen.
 """
 
 from __future__ import annotations
@@ -261,9 +262,12 @@ def make_handler(state: FakeState, engine: Any) -> type[BaseHTTPRequestHandler]:
             if url.path.startswith("/_fake/"):
                 self._send(*self._control(method, url.path, body))
                 return
+            entry = {"method": method, "path": url.path, "query": query, "body": body}
+            trace = {k: v for k in ("traceparent", "tracestate") if (v := self.headers.get(k))}
+            if trace:  # the call's trace context, as the adapter passed it on
+                entry["trace"] = trace
             with state.lock:
-                state.log.append({"method": method, "path": url.path, "query": query,
-                                  "body": body})  # fmt: skip
+                state.log.append(entry)
             if state.api_key and not url.path.startswith(("/health", "/metrics")):
                 if self.headers.get("Authorization") != f"Bearer {state.api_key}":
                     self._send(401, {"error": "Unauthorized"})

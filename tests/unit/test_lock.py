@@ -2,9 +2,9 @@
 
 A full re-resolve (`uv pip compile`) needs the package index and answers differently as releases
 appear, so it is the refresh command (README), not a test. What is checked here, without the
-network: every requirement of pyproject.toml (base, `fast` and `test` extras) is pinned in the lock
-and its pin satisfies the range; every pin's own requirements (read from the installed package's
-metadata) are pinned too; the lock's header names the refresh command the README gives;
+network: every requirement of pyproject.toml (base, `fast`, `otel` and `test` extras) is pinned in
+the lock and its pin satisfies the range; every pin's own requirements (read from the installed
+package's metadata) are pinned too; the lock's header names the refresh command the README gives;
 pyproject.toml upper-bounds nothing by hand; and under CI, where the README's install used the
 lock, what is installed is exactly what the lock says.
 """
@@ -42,7 +42,7 @@ def pins() -> dict[str, Version]:
 def requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     listed = list(project["dependencies"])
-    for extra in ("fast", "test"):
+    for extra in ("fast", "otel", "test"):
         listed += project["optional-dependencies"][extra]
     return [Requirement(text) for text in listed]
 

@@ -1,0 +1,182 @@
+"""The service's traces: a server span per call, and a child span per engine part of it.
+
+When a refit is slow, the question is which engine and which step. So each call gets the gRPC
+instrumentation's server span (its parent is the trainer's span when the trainer sends a trace
+context), and each engine's part of it a child span, from the moment the part is sent until that
+engine's final reply (or its loss) arrives, with request_id, engine, method and status; a Refit's
+steps are parts too, so a refit shows a span per step per engine. The part's own context goes to
+the engine in the request's `trace` (protocol/tracing.py), so the engine's spans are its children.
+
+Off unless the standard OTEL_* variables ask for it (protocol/tracing.py: `configure_from_env`).
+This is the service's only module that imports OpenTelemetry, and only once tracing is on: with
+it off the service holds `None` where a `ServerTracing` would be, and pays one `is None` test per
+call and per reply.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import structlog
+
+from control_service.protocol import tracing, wire
+from control_service.protocol.tracing import TraceContext
+from control_service.server.config import ConfigError
+
+if TYPE_CHECKING:
+    from control_service.server.operations import Command
+
+log = structlog.get_logger("control_service.server.tracing")
+
+DEFAULT_SERVICE_NAME = "control-service"
+# Attribute names: the call's words, under this project's prefix; gRPC's own under rpc.*.
+REQUEST_ID = "control.request_id"
+ENGINE = "control.engine"
+METHOD = "control.method"
+STATUS = "control.status"
+OWNER = "control.refit.request_id"  # a Refit step's part: the refit it belongs to
+# Health checks and reflection would bury the calls in probe spans.
+_UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
+
+
+class PartSpan:
+    """One engine's part of a call, as a span: ended by the part's final reply or its loss."""
+
+    __slots__ = ("_span", "_tracing")
+
+    def __init__(self, span: Any, tracing: ServerTracing) -> None:
+        self._span = span
+        self._tracing = tracing
+
+    def context(self) -> TraceContext | None:
+        """This span as the request's `trace`: the engine continues from here."""
+        return self._tracing.trace_context(self._span)
+
+    def on_reply(self, reply: wire.Reply) -> None:
+        """accepted/progress become span events (where the time went); the terminal reply ends
+        the span with the engine's status."""
+        if reply.kind == wire.PROGRESS:
+            d = reply.data
+            self._span.add_event("progress", {"stage": d["stage"], "done": d["done"],
+                                              "total": d["total"]})  # fmt: skip
+        elif reply.kind == wire.ACCEPTED:
+            self._span.add_event("accepted")
+        elif reply.kind == wire.RESULT:
+            self._end("OK", "")
+        else:
+            self._end(reply.data["code"], reply.data["message"])
+
+    def lost(self, code: grpc.StatusCode, message: str) -> None:
+        """The service ended the part (engine lost, deadline, cancel, shutdown)."""
+        self._end(code.name, message)
+
+    def _end(self, code: str, message: str) -> None:
+        status, status_code = self._tracing.status
+        self._span.set_attribute(STATUS, code)
+        if code != "OK":
+            self._span.set_status(status(status_code.ERROR, f"{code}: {message}"[:512]))
+        self._span.end()
+
+
+class ServerTracing:
+    """Tracing on: the gRPC server interceptor and the engine parts' spans, from one provider
+    (the SDK's, from OTEL_*; a test passes its own, with an in-memory exporter)."""
+
+    def __init__(self, provider: Any, summary: str = "") -> None:
+        from opentelemetry.trace import Status, StatusCode, get_current_span, set_span_in_context
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self.provider = provider
+        self.summary = summary
+        self._tracer = provider.get_tracer("control_service.server")
+        self.status = (Status, StatusCode)  # imported once, for every span's end
+        self._current_span = get_current_span
+        self._in_context = set_span_in_context
+        self._propagator = TraceContextTextMapPropagator()
+
+    @classmethod
+    def from_env(cls) -> ServerTracing | None:
+        """As the OTEL_* variables say (None: off), logged once either way. Variables that ask
+        for what cannot be done are a ConfigError (the CLI's exit 2)."""
+        try:
+            setup = tracing.configure_from_env(DEFAULT_SERVICE_NAME)
+        except tracing.TracingConfigError as err:
+            raise ConfigError(str(err)) from None
+        log.info(setup.summary)
+        return cls(setup.provider, setup.summary) if setup.on else None
+
+    def interceptor(self) -> grpc.aio.ServerInterceptor:
+        """opentelemetry-instrumentation-grpc's server interceptor, health and reflection left
+        out, taught the handler style of this service's streams (_WriterAwareInterceptor)."""
+        from opentelemetry.instrumentation.grpc import filters
+
+        untraced = filters.any_of(*(filters.service_name(s) for s in _UNTRACED_SERVICES))
+        return _interceptor_class()(self._tracer, filter_=filters.negate(untraced))
+
+    def part(self, command: Command, engine: str, owner: str = "") -> PartSpan:
+        """A child of the current span (the call's server span, or the Refit's) for one engine's
+        part of `command`; ended by PartSpan.on_reply / lost."""
+        attributes = {REQUEST_ID: command.request_id, ENGINE: engine, METHOD: command.method}
+        if owner:
+            attributes[OWNER] = owner
+        span = self._tracer.start_span(f"engine {command.method}", attributes=attributes,
+                                       kind=_client_kind())  # fmt: skip
+        return PartSpan(span, self)
+
+    def trace_context(self, span: Any) -> TraceContext | None:
+        """`span` as W3C headers, checked (protocol/tracing.py) as anything on the wire is."""
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier, self._in_context(span))
+        return tracing.from_headers(carrier)
+
+    def call_ended(self, request_id: str, engines: Iterable[str], code: grpc.StatusCode,
+                   message: str) -> None:  # fmt: skip
+        """The call's own words on its server span: request_id, engines, status (an abort with
+        rich details bypasses the instrumentation's own status tracking)."""
+        span = self._current_span()
+        if not span.is_recording():
+            return
+        span.set_attribute(REQUEST_ID, request_id)
+        span.set_attribute(ENGINE, ",".join(engines))
+        span.set_attribute(STATUS, code.name)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code is not grpc.StatusCode.OK:
+            status, status_code = self.status
+            span.set_status(status(status_code.ERROR, f"{code.name}: {message}"[:512]))
+
+
+def _client_kind() -> Any:
+    from opentelemetry.trace import SpanKind
+
+    return SpanKind.CLIENT  # the service calls the engine
+
+
+def _interceptor_class() -> type:
+    """The instrumentation's aio interceptor, with one difference: a streaming handler that
+    writes with `context.write` (a coroutine function, as every mutating RPC here) is awaited
+    rather than iterated, which the stock interceptor assumes (it would fail every such call)."""
+    from opentelemetry.instrumentation.grpc._aio_server import (
+        OpenTelemetryAioServerInterceptor,
+        _OpenTelemetryAioServicerContext,
+    )
+
+    class _WriterAwareInterceptor(OpenTelemetryAioServerInterceptor):
+        def _intercept_aio_server_stream(
+            self, behavior: Callable[..., Any], handler_call_details: Any
+        ) -> Callable[..., Any]:
+            if not inspect.iscoroutinefunction(behavior):
+                return super()._intercept_aio_server_stream(behavior, handler_call_details)
+
+            async def writer(request: Any, context: Any) -> None:
+                with self._set_remote_context(context):
+                    with self._start_span(
+                        handler_call_details, context, set_status_on_exception=False
+                    ) as span:
+                        await behavior(request, _OpenTelemetryAioServicerContext(context, span))
+
+            return writer
+
+    return _WriterAwareInterceptor
