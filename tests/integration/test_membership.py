@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
 
 from control_service.gen.control.v1 import control_pb2 as pb
 from tests.dns_zone import DnsZone
-from tests.harness import Service, StartService, eventually, eventually_async
+from tests.harness import Service, StartService, eventually, eventually_async, free_port
 from tests.stub_process import StubProcess
 
 Code = grpc.StatusCode
@@ -80,6 +82,17 @@ async def health(service: Service) -> int:
     stub = health_pb2_grpc.HealthStub(service.channel)
     reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     return int(reply.status)
+
+
+def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value, from the service's real /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def reason(err: grpc.aio.AioRpcError) -> str:
@@ -147,15 +160,23 @@ async def test_a_removed_engine_finishes_its_call_and_is_not_found_by_name(
     start_stub: Callable[..., StubProcess],
     configmap: ConfigMapDir,
 ) -> None:
-    a, b = start_stub(), start_stub("--reply-delay", "1.0")
+    a, b = start_stub(), start_stub("--reply-delay", "2.0")
     configmap.publish(f"a={a.endpoint}\nb={b.endpoint}\n")
-    service = await start_service({}, engines_file=configmap.path, engines_file_interval_s=0.05)
+    port = free_port()
+    service = await start_service(
+        {}, engines_file=configmap.path, engines_file_interval_s=0.05, metrics_port=port
+    )
     running = asyncio.ensure_future(
         service.events("Pause", pb.PauseRequest(request_id="on-b", engines=["b"]), timeout=20)
     )
     await asyncio.to_thread(b.wait_event, lambda e: e.get("request_id") == "on-b", 10.0)
 
     await reloaded(service, lambda: configmap.publish(f"a={a.endpoint}\n"))
+    exported = await asyncio.to_thread(samples, port)
+    assert exported["control_engines", (("state", "leaving"),)] == 1
+    assert exported["control_engines", (("state", "up"),)] == 1
+    assert exported["control_membership_changes_total", (("change", "removed"),)] == 1
+    assert exported["control_membership_generation", ()] == 2
     shown = {e.engine: e.leaving for e in (await status(service)).engines}
     assert shown == {"a": False, "b": True}, "GetStatus shows the engine leaving"
     err, _ = await service.failed("Pause", pb.PauseRequest(engines=["b"]), timeout=10)
