@@ -177,6 +177,8 @@ class Dispatcher(StatusProbes):
         self.forget(engine)
         self.failed.pop(engine, None)
         self.expected_versions.pop(engine, None)
+        if self.metrics is not None:
+            self.metrics.forget_engine(engine)
 
     def _open_slots(self, op: Operation) -> None:
         """Open every engine's slot, or none of them. An engine that left the fleet since the

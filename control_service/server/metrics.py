@@ -125,6 +125,15 @@ class Metrics:
         """Count the engines whose failure an OK call tolerated (method: pause, refit, ...)."""
         self.tolerated_failures.labels(method).inc(engines)
 
+    def forget_engine(self, engine: str) -> None:
+        """An engine left the fleet: drop its series, so that engines coming and going (a new
+        address is a new name) do not grow the metrics without bound."""
+        for histogram in (self.engine_rtt, self.refit_pause):
+            try:
+                histogram.remove(engine)
+            except KeyError:
+                pass  # it never had a sample
+
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose /metrics over HTTP from a daemon thread (OSError if the port is taken)."""
         self._http = start_http_server(port, addr=addr, registry=self.registry)
