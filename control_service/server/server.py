@@ -42,12 +42,11 @@ from control_service.server.config import (
 )
 from control_service.server.dispatcher import Dispatcher
 from control_service.server.engine_link import EngineLink
-from control_service.server.engines_dns import EnginesDns
-from control_service.server.engines_file import EnginesFile
 from control_service.server.membership import Membership, Source
 from control_service.server.metrics import Metrics
 from control_service.server.servicer import ControlServicer
 from control_service.server.slots import SlotBudget
+from control_service.server.sources import EngineSources
 from control_service.server.tracing import ServerTracing
 
 log = structlog.get_logger("control_service.server")
@@ -99,45 +98,22 @@ class ControlServer:
         )
         self.links = self.membership.links  # every open link, by engine name (the same dict)
         self.membership.update(Source.FLAG, config.engines)
-        self.engines_file, self.engines_dns = self._sources(config)
+        try:
+            self.sources = EngineSources(config, self.membership)
+        except ConfigError:
+            self._zmq.term()  # no socket was made yet: nothing else to undo
+            raise
         self.dispatcher: Dispatcher | None = None
         self.metrics = Metrics(self.links, self.budget, self.membership)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
-        self._reload = {Source.FILE: asyncio.Event(), Source.DNS: asyncio.Event()}
-        self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
-
-    def _sources(self, config: ServiceConfig) -> tuple[EnginesFile | None, EnginesDns | None]:
-        """The watched sources; the file is read now (a bad one is a ConfigError at start)."""
-        membership = self.membership
-        engines_file = engines_dns = None
-        if config.engines_file is not None:
-            engines_file = EnginesFile(
-                config.engines_file, config.engines_file_interval_s,
-                lambda engines: membership.update(Source.FILE, engines),
-            )  # fmt: skip
-            listed = engines_file.load_initial()
-            clash = sorted({e.name for e in listed} & membership.known)
-            if clash:
-                raise ConfigError(f"{config.engines_file}: engine names also given as flags: "
-                                  f"{', '.join(clash)}", "engines_file")  # fmt: skip
-            membership.update(Source.FILE, listed)
-        if config.engines_dns:
-            engines_dns = EnginesDns(
-                config.engines_dns, config.engines_dns_interval_s,
-                lambda engines: membership.update(Source.DNS, engines), config.dns_server,
-            )  # fmt: skip
-        return engines_file, engines_dns
 
     def reload(self) -> None:
         """Re-read the engines file and re-resolve the engines DNS name now (SIGHUP)."""
-        log.info("reloading the engines", file=self.engines_file is not None,
-                 dns=self.engines_dns is not None)  # fmt: skip
-        for event in self._reload.values():
-            event.set()
+        self.sources.reload()
 
     @property
     def open_slots(self) -> int:
@@ -198,14 +174,7 @@ class ControlServer:
         self._health_task = asyncio.create_task(self._health_loop())
         if c.engine_probe_interval_s is not None:
             self._probe_task = asyncio.create_task(self._probe_loop())
-        if self.engines_file is not None:
-            self._watchers.append(
-                asyncio.create_task(self.engines_file.run(self._reload[Source.FILE]))
-            )
-        if self.engines_dns is not None:
-            self._watchers.append(
-                asyncio.create_task(self.engines_dns.run(self._reload[Source.DNS]))
-            )
+        self.sources.start()
         await server.start()
         self._server = server
         log.info("serving", listen=c.listen, port=port, engines=list(self.membership.members),
@@ -226,7 +195,8 @@ class ControlServer:
         if not await self.dispatcher.wait_idle(grace):
             self.dispatcher.fail_all(shutting_down())
         await self._server.stop(_STATUS_FLUSH_S)
-        for task in (self._health_task, self._probe_task, *self._watchers):
+        self.sources.stop()
+        for task in (self._health_task, self._probe_task):
             if task is not None:
                 task.cancel()
         self.membership.close()

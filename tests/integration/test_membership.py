@@ -52,7 +52,7 @@ class ConfigMapDir:
 
 async def reloaded(service: Service, act: Callable[[], object]) -> None:
     """Do `act`, then wait (bounded) until the engines file has been read again."""
-    watcher = service.server.engines_file
+    watcher = service.server.sources.file
     assert watcher is not None
     before = watcher.reloads
     act()
@@ -61,7 +61,7 @@ async def reloaded(service: Service, act: Callable[[], object]) -> None:
 
 async def resolved(service: Service) -> None:
     """Ask for a DNS lookup now (what SIGHUP does) and wait (bounded) until it has finished."""
-    watcher = service.server.engines_dns
+    watcher = service.server.sources.dns
     assert watcher is not None
     before = watcher.resolutions
     service.server.reload()
