@@ -1,6 +1,7 @@
-"""A small authoritative DNS server on loopback UDP (dnslib), whose records a test changes between
-lookups: what the service's resolver (dnspython) talks to in the --engines-dns tests, as it
-would talk to a cluster's CoreDNS.
+"""A small authoritative DNS server on loopback, UDP and TCP on one port (dnslib), whose records
+a test changes between lookups: what the service's resolver (dnspython) talks to in the
+--engines-dns tests, as it would talk to a cluster's CoreDNS (a large answer comes truncated
+over UDP and is fetched again over TCP).
 
     with DnsZone() as zone:
         zone.set_engines("engines.test", {"vllm-0": "127.0.0.2"}, port=5560)
@@ -18,14 +19,18 @@ from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 class DnsZone(BaseResolver):  # type: ignore[misc]
     """Answers A, AAAA and SRV from `records` (name -> list of RRs); NXDOMAIN for names it
-    does not hold, NODATA for a type it holds none of, SERVFAIL for everything while `failing`."""
+    does not hold, NODATA for a type it holds none of, SERVFAIL for everything while `failing`
+    (for the types in `failing_types` only: SRV, say)."""
 
     def __init__(self) -> None:
         self.records: dict[str, list[RR]] = {}
         self.failing = False
+        self.failing_types: set[str] = set()  # e.g. {"SRV"}: SERVFAIL for those types only
         self.queries = 0
+        self.tcp_queries = 0
         self._lock = threading.Lock()
         self._server = DNSServer(self, address="127.0.0.1", port=0, logger=_Quiet())
+        self._tcp = DNSServer(self, address="127.0.0.1", port=self.port, tcp=True, logger=_Quiet())
 
     @property
     def port(self) -> int:
@@ -33,11 +38,13 @@ class DnsZone(BaseResolver):  # type: ignore[misc]
 
     def __enter__(self) -> DnsZone:
         self._server.start_thread()
+        self._tcp.start_thread()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.stop()
-        self._server.server.server_close()
+        for server in (self._server, self._tcp):
+            server.stop()
+            server.server.server_close()
 
     def set_engines(self, name: str, engines: dict[str, str], port: int, srv: bool = True) -> None:
         """NAME's A/AAAA records are the engines' addresses; with `srv`, SRV on NAME names
@@ -62,7 +69,8 @@ class DnsZone(BaseResolver):  # type: ignore[misc]
         qname, qtype = request.q.qname, request.q.qtype
         with self._lock:
             self.queries += 1
-            if self.failing:
+            self.tcp_queries += handler.protocol == "tcp"
+            if self.failing or QTYPE[qtype] in self.failing_types:
                 reply.header.rcode = RCODE.SERVFAIL
                 return reply
             held = self.records.get(_key(qname))
@@ -76,7 +84,19 @@ class DnsZone(BaseResolver):  # type: ignore[misc]
                 if qtype == QTYPE.SRV:  # the targets' addresses, as CoreDNS adds them
                     for extra in records.get(_key(rr.rdata.target), []):
                         reply.add_ar(extra)
+        if handler.protocol == "udp" and len(reply.pack()) > _udp_limit(request):
+            truncated = request.reply()  # the question, TC set, no records:
+            truncated.header.tc = 1  # the client asks again over TCP
+            return truncated
         return reply
+
+
+def _udp_limit(request: DNSRecord) -> int:
+    """The largest UDP answer the client takes: its EDNS payload size, else 512 bytes."""
+    for rr in request.ar:
+        if rr.rtype == QTYPE.OPT:
+            return max(512, int(rr.rclass))
+    return 512
 
 
 def _key(name: object) -> str:

@@ -8,12 +8,15 @@ a headless Service with one record per ready pod and port, whose target is
 otherwise, with the targets' addresses in the additional section. Only records whose port is
 PORT count, so the port name does not need to be known (`_zmq._tcp.NAME` would need it, and
 gives the same records). PTR is not asked: it costs a query per pod and says nothing SRV does
-not. Without SRV, names are the addresses.
+not. Without SRV, names are the addresses. An SRV lookup that fails keeps the names known
+from the last one (a DNS message is at most 64 KiB: SRV with its addresses fits ~1,000 pods,
+A alone ~4,000), so a failure never renames an engine; a new pod is then named by address.
 
 Re-resolved every `interval_s` and at once on `wake` (SIGHUP). A lookup that fails (timeout,
 SERVFAIL, NXDOMAIN, more than MAX_ENGINES addresses) keeps the last set: a DNS outage must
 not empty the fleet; it is logged once per streak of failures. An answer with no address
 (NODATA: the name exists, no pod is ready) is an empty set, and calls then fail NO_ENGINES.
+Answers over UDP carry up to 1,232 bytes (EDNS); a larger one is fetched again over TCP.
 """
 
 from __future__ import annotations
@@ -65,9 +68,16 @@ class EnginesDns:
             address, server_port = dns_server_address(server)
             self._resolver.nameservers = [address]
             self._resolver.port = server_port
-        # A lookup never outlasts the interval (nor 5 s): the next one is due by then.
-        self._resolver.lifetime = min(interval_s, 5.0)
+        # A lookup gives up within the interval (at least 1 s, at most 5 s): the next is due.
+        self._resolver.lifetime = min(max(interval_s, 1.0), 5.0)
+        # EDNS: answers up to 1,232 bytes over UDP (~70 engines); larger ones come truncated and
+        # dnspython asks again over TCP (a DNS message holds up to ~4,000 addresses).
+        self._resolver.use_edns(0, 0, 1232)
         self._failing = False
+        # address -> pod hostname, from the last SRV answer: kept while SRV fails, so that a
+        # transient SRV failure never renames (removes and re-adds) the engines.
+        self._names: dict[str, str] = {}
+        self._srv_failing = False
         self.resolutions = 0  # lookups finished, good or failed (tests wait on it)
         self.resolved = asyncio.Event()
 
@@ -110,8 +120,17 @@ class EnginesDns:
         addresses = [r.address for a in (v4, v6) if a.rrset is not None for r in a.rrset]
         if len(addresses) > MAX_ENGINES:
             raise DnsFailure(f"{len(addresses)} addresses, more than {MAX_ENGINES} engines")
-        hostnames = self._hostnames(srv) if isinstance(srv, dns.resolver.Answer) else {}
-        return _engines(addresses, hostnames, self.port)
+        if isinstance(srv, dns.resolver.Answer):
+            self._srv_failing = False
+            self._names = self._hostnames(srv)
+        elif not self._srv_failing:  # e.g. an SRV answer past DNS's 64 KiB (~1,000 pods)
+            self._srv_failing = True
+            log.warning("engines DNS: SRV lookup failed; engines keep the names they had, new "
+                        "ones are named by address", name=self.name,
+                        error=_describe(srv))  # fmt: skip
+        # The names of addresses still present only: bounded by the answer.
+        self._names = {a: self._names[a] for a in addresses if a in self._names}
+        return _engines(addresses, self._names, self.port)
 
     async def _query(self, rdtype: str) -> dns.resolver.Answer:
         return await self._resolver.resolve(self.name, rdtype, raise_on_no_answer=False)

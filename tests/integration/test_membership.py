@@ -289,3 +289,34 @@ async def test_ready_min_engines_keeps_a_fleet_serving_with_one_engine_down(
     a.kill()
     await eventually(lambda: not service.server.links["a"].up, timeout=10)
     await eventually_async(lambda: health(service), NOT_SERVING, timeout=10)
+
+
+async def test_a_large_fleet_resolves_over_tcp_with_its_hostnames(zone: DnsZone) -> None:
+    """256 pods: too large for a UDP answer, so the resolver asks again over TCP; every
+    engine is named by its pod."""
+    from control_service.server.engines_dns import EnginesDns
+
+    pods = {f"vllm-{i}": f"10.1.{i // 250}.{i % 250 + 1}" for i in range(256)}
+    zone.set_engines("engines.test", pods, 5560)
+    found: list[list[object]] = []
+    dns = EnginesDns("engines.test:5560", 5.0, found.append, f"127.0.0.1:{zone.port}")
+    engines = await dns.resolve()
+    assert len(engines) == 256 and zone.tcp_queries > 0, "fetched again over TCP"
+    assert {e.name: e.endpoint for e in engines} == {
+        name: f"tcp://{address}:5560" for name, address in pods.items()
+    }
+
+
+async def test_a_failed_srv_lookup_renames_no_engine(zone: DnsZone) -> None:
+    """SRV failing (a server error, or an answer past 64 KiB) keeps the names SRV gave; a pod
+    that appears meanwhile is named by its address."""
+    from control_service.server.engines_dns import EnginesDns
+
+    zone.set_engines("engines.test", {"vllm-0": "10.0.0.1"}, 5560)
+    dns = EnginesDns("engines.test:5560", 5.0, print, f"127.0.0.1:{zone.port}")
+    assert [e.name for e in await dns.resolve()] == ["vllm-0"]
+    zone.failing_types = {"SRV"}
+    zone.set_engines("engines.test", {"vllm-0": "10.0.0.1", "vllm-1": "10.0.0.2"}, 5560)
+    assert [e.name for e in await dns.resolve()] == ["10.0.0.2", "vllm-0"]
+    zone.failing_types = set()
+    assert [e.name for e in await dns.resolve()] == ["vllm-0", "vllm-1"]
