@@ -94,13 +94,24 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class ServiceStatus:
-    """GetStatus as a mapping engine name -> EngineStatus (reachable, state, error)."""
+    """GetStatus as a mapping engine name -> EngineStatus (reachable, state, error, source,
+    leaving), and the engine set's generation: when it differs from the last one seen, engines
+    joined or left (an engines file or DNS changed) since."""
 
     engines: Mapping[str, control_pb2.EngineStatus]
+    membership_generation: int = 0
 
     @classmethod
     def from_response(cls, response: control_pb2.GetStatusResponse) -> ServiceStatus:
-        return cls(MappingProxyType({status.engine: status for status in response.engines}))
+        return cls(
+            MappingProxyType({status.engine: status for status in response.engines}),
+            response.membership_generation,
+        )
+
+    @property
+    def leaving(self) -> tuple[str, ...]:
+        """Engines removed while a call still held them: they take no new calls."""
+        return tuple(name for name, status in self.engines.items() if status.leaving)
 
     @property
     def all_reachable(self) -> bool:
@@ -118,7 +129,9 @@ class ServiceStatus:
 
     def to_response(self) -> control_pb2.GetStatusResponse:
         """Back to the wire message (for JSON output)."""
-        return control_pb2.GetStatusResponse(engines=list(self.engines.values()))
+        return control_pb2.GetStatusResponse(
+            engines=list(self.engines.values()), membership_generation=self.membership_generation
+        )
 
 
 class ControlClient:

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
+from control_service.client import ServiceStatus
 from control_service.gen.control.v1 import control_pb2 as pb
 from tests.dns_zone import DnsZone
 from tests.harness import Service, StartService, eventually, eventually_async, free_port
@@ -177,8 +178,11 @@ async def test_a_removed_engine_finishes_its_call_and_is_not_found_by_name(
     assert exported["control_engines", (("state", "up"),)] == 1
     assert exported["control_membership_changes_total", (("change", "removed"),)] == 1
     assert exported["control_membership_generation", ()] == 2
-    shown = {e.engine: e.leaving for e in (await status(service)).engines}
+    response = await status(service)
+    shown = {e.engine: e.leaving for e in response.engines}
     assert shown == {"a": False, "b": True}, "GetStatus shows the engine leaving"
+    seen = ServiceStatus.from_response(response)  # what a trainer's client gets
+    assert (seen.leaving, seen.membership_generation) == (("b",), 2)
     err, _ = await service.failed("Pause", pb.PauseRequest(engines=["b"]), timeout=10)
     assert (err.code(), reason(err)) == (Code.NOT_FOUND, "UNKNOWN_ENGINE")
     assert await paused_on(service, engines=["a"]) == {"a"}
