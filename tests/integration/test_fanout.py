@@ -26,18 +26,20 @@ NAMES = [f"e{i}" for i in range(8)]
 @pytest.fixture
 def stubs() -> Iterator[dict[str, StubProcess]]:
     procs = {name: StubProcess() for name in NAMES}
-    with ThreadPoolExecutor(8) as pool:
-        list(
-            pool.map(
-                lambda item: item[1].start(
-                    "--bind", f"tcp://127.0.0.{item[0] + 2}:0", "--name", NAMES[item[0]]
-                ),
-                enumerate(procs.values()),
+    try:  # one start that times out must not leave the other seven running
+        with ThreadPoolExecutor(8) as pool:
+            list(
+                pool.map(
+                    lambda item: item[1].start(
+                        "--bind", f"tcp://127.0.0.{item[0] + 2}:0", "--name", NAMES[item[0]]
+                    ),
+                    enumerate(procs.values()),
+                )
             )
-        )
-    yield procs
-    for proc in procs.values():
-        proc.__exit__(None, None, None)
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.__exit__(None, None, None)
 
 
 @pytest.fixture
