@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from control_service.gen.control.v1 import control_pb2 as pb
+from engine_stub import write_checkpoint
 from tests.harness import StartService, free_port
 from tests.stub_process import StubProcess
 
@@ -82,15 +83,22 @@ def test_the_expression_parser_finds_metrics_and_groupings() -> None:
 
 
 async def test_every_metric_the_dashboard_queries_is_exported(
-    start_service: StartService, start_stub: Callable[..., StubProcess]
+    start_service: StartService, start_stub: Callable[..., StubProcess], tmp_path: Path
 ) -> None:
-    stub = start_stub()
+    stubs = {"e0": start_stub(), "e1": start_stub()}
     port = free_port()
-    service = await start_service({"e0": stub.endpoint}, metrics_port=port)
+    service = await start_service({n: s.endpoint for n, s in stubs.items()}, metrics_port=port)
     await service.events("Pause", pb.PauseRequest(), timeout=10)
     await service.failed("UpdateWeights", pb.UpdateWeightsRequest(uri="/no/such", version="1"))
     await service.events("Resume", pb.ResumeRequest(), timeout=10)
     await service.stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+    # A Refit whose e1 fails and is tolerated: the pause window histogram and the tolerated
+    # failures counter have samples only after one.
+    stubs["e1"].knob(fail_next={"code": "NOT_FOUND", "message": "x", "method": "update_weights"})
+    write_checkpoint(tmp_path / "ckpt")
+    uri = str(tmp_path / "ckpt")
+    refit = pb.RefitRequest(uri=uri, version="2", max_failed_engines=1)
+    await service.events("Refit", refit, timeout=30)
     exported = await asyncio.to_thread(scrape, port)
 
     dashboard = json.loads(DASHBOARD.read_text())
