@@ -31,6 +31,7 @@ from control_service.cli.aio import run
 from control_service.log import configure
 from control_service.server import ControlServer
 from control_service.server.config import EngineConfig, LinkConfig, ServiceConfig
+from control_service.server.tracing import ServerTracing
 
 ENGINES_UP_TIMEOUT_S = 30.0
 
@@ -60,7 +61,8 @@ async def serve(entries: list[str], link: LinkConfig | None = None, **factories:
     configure("warning")
     engines = tuple(EngineConfig.parse(entry) for entry in entries)
     config = ServiceConfig(engines=engines, listen="127.0.0.1:0", link=link or LinkConfig())
-    server = ControlServer(config, **factories)
+    # Traced as `serve` is when the OTEL_* variables say so (the cost of tracing, measured).
+    server = ControlServer(config, tracing=ServerTracing.from_env(), **factories)
     port = await server.start()
     up_timeout = max(ENGINES_UP_TIMEOUT_S, len(engines) / 20)  # 4,096 links: ~3 min here
     if not await server.wait_engines_up(up_timeout):

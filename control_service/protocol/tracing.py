@@ -73,12 +73,18 @@ def check_trace(value: object) -> TraceContext:
 
 def from_headers(carrier: Mapping[str, str]) -> TraceContext | None:
     """What a propagator injected into `carrier`, checked; None when it injected nothing (no
-    span is recording) or something outside the shape."""
+    span is recording) or a traceparent outside the shape. A tracestate outside its bounds (a
+    caller's, say, over 512 characters) is left behind, not the trace with it: W3C lets a hop
+    drop what it cannot pass on."""
     parent = carrier.get(TRACEPARENT)
     if parent is None:
         return None
     try:
         return _checked(parent, carrier.get(TRACESTATE, ""))
+    except TraceContextError:
+        pass
+    try:
+        return _checked(parent, "")
     except TraceContextError:
         return None
 

@@ -94,6 +94,11 @@ def test_headers_from_a_propagator_carrier() -> None:
     assert TraceContext(PARENT, "a=b").headers() == {"traceparent": PARENT, "tracestate": "a=b"}
 
 
+def test_a_tracestate_too_long_to_pass_on_is_left_behind_not_the_trace() -> None:
+    carrier = {"traceparent": PARENT, "tracestate": "k=" + "v" * MAX_TRACESTATE_CHARS}
+    assert from_headers(carrier) == TraceContext(PARENT, "")
+
+
 @given(st.one_of(st.text(max_size=80), st.dictionaries(st.text(max_size=12), st.text(max_size=80))))
 def test_any_trace_value_gives_a_checked_context_or_the_error(value: object) -> None:
     try:
