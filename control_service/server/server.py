@@ -34,7 +34,6 @@ from control_service.server.capacity import link_context, link_room
 from control_service.server.commands import Commands
 from control_service.server.config import (
     MAX_ENGINES,
-    ConfigError,
     EngineConfig,
     LinkConfig,
     SecurityConfig,
@@ -78,13 +77,16 @@ class ControlServer:
     ) -> None:
         self.config = config
         self.tracing = tracing  # None: no traces (server/tracing.py: ServerTracing.from_env)
-        # First: when the engines cannot fit in this process, that is a configuration error. A
-        # fleet that may grow gets the room this process has (engines past it are refused).
-        fixed = len(config.engines)
-        room = max(fixed, link_room(MAX_ENGINES)) if config.dynamic else fixed
-        self._zmq = link_context(room)
         self._dispatcher_factory = dispatcher_factory
         self._servicer_factory = servicer_factory
+        # First, before anything is made or logged: the engines file as it is now (a bad one is
+        # a ConfigError), and whether the engines at start fit in this process (a ConfigError
+        # that names the limits). A fleet that may grow gets the room this process has; engines
+        # past it are refused, and logged.
+        self.sources = EngineSources(config)
+        initial = len(config.engines) + len(self.sources.initial)
+        room = max(initial, link_room(MAX_ENGINES)) if config.dynamic else initial
+        self._zmq = link_context(room)
         self.budget = SlotBudget(config.max_open_slots)
         self._health_dirty = asyncio.Event()
         self._links_changed = asyncio.Event()
@@ -98,11 +100,7 @@ class ControlServer:
         )
         self.links = self.membership.links  # every open link, by engine name (the same dict)
         self.membership.update(Source.FLAG, config.engines)
-        try:
-            self.sources = EngineSources(config, self.membership)
-        except ConfigError:
-            self._zmq.term()  # no socket was made yet: nothing else to undo
-            raise
+        self.sources.attach(self.membership)  # the file's engines join; DNS once started
         self.dispatcher: Dispatcher | None = None
         self.metrics = Metrics(self.links, self.budget, self.membership)
         self.health = health.aio.HealthServicer()

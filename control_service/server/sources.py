@@ -10,7 +10,7 @@ import asyncio
 
 import structlog
 
-from control_service.server.config import ConfigError, ServiceConfig
+from control_service.server.config import ConfigError, EngineConfig, ServiceConfig
 from control_service.server.engines_dns import EnginesDns
 from control_service.server.engines_file import EnginesFile
 from control_service.server.membership import Membership, Source
@@ -19,30 +19,46 @@ log = structlog.get_logger("control_service.server.sources")
 
 
 class EngineSources:
-    """The engines file (read once here: a bad one is a ConfigError at start) and the DNS name
-    (first resolved when started), each applied to `membership` as its own source."""
+    """The engines file (read at once: a bad one, or one naming a flag's engine, is a
+    ConfigError at start) and the DNS name (first resolved when started), each applied to the
+    membership as its own source once `attach`ed."""
 
-    def __init__(self, config: ServiceConfig, membership: Membership) -> None:
+    def __init__(self, config: ServiceConfig) -> None:
+        self._config = config
         self.file: EnginesFile | None = None
         self.dns: EnginesDns | None = None
+        self.initial: list[EngineConfig] = []  # the file's engines at start
         self._wake = {Source.FILE: asyncio.Event(), Source.DNS: asyncio.Event()}
         self._tasks: list[asyncio.Task[None]] = []
         if config.engines_file is not None:
             self.file = EnginesFile(
-                config.engines_file, config.engines_file_interval_s,
-                lambda engines: membership.update(Source.FILE, engines),
-            )  # fmt: skip
-            listed = self.file.load_initial()
-            clash = sorted({e.name for e in listed} & membership.known)
+                config.engines_file, config.engines_file_interval_s, self._apply_file
+            )
+            self.initial = self.file.load_initial()
+            clash = sorted({e.name for e in self.initial} & {e.name for e in config.engines})
             if clash:
                 raise ConfigError(f"{config.engines_file}: engine names also given as flags: "
                                   f"{', '.join(clash)}", "engines_file")  # fmt: skip
-            membership.update(Source.FILE, listed)
         if config.engines_dns:
             self.dns = EnginesDns(
-                config.engines_dns, config.engines_dns_interval_s,
-                lambda engines: membership.update(Source.DNS, engines), config.dns_server,
+                config.engines_dns, config.engines_dns_interval_s, self._apply_dns,
+                config.dns_server,
             )  # fmt: skip
+        self._membership: Membership | None = None
+
+    def attach(self, membership: Membership) -> None:
+        """From now on the sources feed `membership`; the file's engines join it now."""
+        self._membership = membership
+        if self.file is not None:
+            membership.update(Source.FILE, self.initial)
+
+    def _apply_file(self, engines: list[EngineConfig]) -> None:
+        if self._membership is not None:
+            self._membership.update(Source.FILE, engines)
+
+    def _apply_dns(self, engines: list[EngineConfig]) -> None:
+        if self._membership is not None:
+            self._membership.update(Source.DNS, engines)
 
     def start(self) -> None:
         if self.file is not None:
