@@ -324,3 +324,29 @@ async def test_a_failed_srv_lookup_renames_no_engine(zone: DnsZone) -> None:
     assert [e.name for e in await dns.resolve()] == ["10.0.0.2", "vllm-0"]
     zone.failing_types = set()
     assert [e.name for e in await dns.resolve()] == ["vllm-0", "vllm-1"]
+
+
+async def test_an_engine_removed_during_a_refit_fails_only_its_part(
+    start_service: StartService,
+    start_stub: Callable[..., StubProcess],
+    configmap: ConfigMapDir,
+    checkpoint: Callable[[int], tuple[str, int]],
+) -> None:
+    """b leaves while its update loads (grace 0): its part ends UNAVAILABLE, the later steps
+    skip it (no link: 'left the fleet'), and the refit ends OK on a within max_failed_engines."""
+    a, b = start_stub(), start_stub("--load-interval", "5")
+    configmap.publish(f"a={a.endpoint}\nb={b.endpoint}\n")
+    service = await start_service(
+        {}, engines_file=configmap.path, engines_file_interval_s=0.05, engine_leave_grace_s=0
+    )
+    uri, _ = checkpoint(1)
+    request = pb.RefitRequest(request_id="r", uri=uri, version="v1", max_failed_engines=1)
+    refit = asyncio.ensure_future(service.events("Refit", request, timeout=30))
+    await asyncio.to_thread(b.wait_event, lambda e: e.get("method") == "update_weights", 10.0)
+    await reloaded(service, lambda: configmap.publish(f"a={a.endpoint}\n"))
+    events = await asyncio.wait_for(refit, 30)
+    final = {e.engine: e.result for e in events if e.HasField("result") and e.step == "refit"}
+    assert final["a"].state.weight_version == "v1" and not final["a"].HasField("failure")
+    assert final["b"].failure.code == "UNAVAILABLE"
+    await eventually(lambda: "b" not in service.server.links, timeout=10)
+    assert service.server.open_slots == 0
