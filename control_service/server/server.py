@@ -33,7 +33,7 @@ from control_service.server.engine_link import EngineLink
 from control_service.server.metrics import Metrics
 from control_service.server.servicer import ControlServicer
 from control_service.server.slots import SlotBudget
-from control_service.server.tracing import ServerTracing
+from control_service.server.tracing import ServerTracing, log_setup
 
 log = structlog.get_logger("control_service.server")
 
@@ -252,6 +252,7 @@ async def serve(config: ServiceConfig, tracing: ServerTracing | None = None) -> 
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     server = ControlServer(config, tracing=tracing)
     await server.start()
+    log_setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

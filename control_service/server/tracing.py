@@ -99,13 +99,12 @@ class ServerTracing:
 
     @classmethod
     def from_env(cls) -> ServerTracing | None:
-        """As the OTEL_* variables say (None: off), logged once either way. Variables that ask
-        for what cannot be done are a ConfigError (the CLI's exit 2)."""
+        """As the OTEL_* variables say (None: off; `log_setup` says which once serving).
+        Variables that ask for what cannot be done are a ConfigError (the CLI's exit 2)."""
         try:
             setup = tracing.configure_from_env(DEFAULT_SERVICE_NAME)
         except tracing.TracingConfigError as err:
             raise ConfigError(str(err)) from None
-        log.info(setup.summary)
         return cls(setup.provider, setup.summary) if setup.on else None
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
@@ -146,6 +145,12 @@ class ServerTracing:
         if code is not grpc.StatusCode.OK:
             status, status_code = self.status
             span.set_status(status(status_code.ERROR, f"{code.name}: {message}"[:512]))
+
+
+def log_setup() -> None:
+    """One line, once the service started (a start that fails says only why): whether it
+    traces and where it exports, as `from_env` found it."""
+    log.info(tracing.configure_from_env(DEFAULT_SERVICE_NAME).summary)
 
 
 def _client_kind() -> Any:
