@@ -122,6 +122,15 @@ class ServerTracing:
                                        kind=_client_kind())  # fmt: skip
         return PartSpan(span, self)
 
+    def sampled_out(self) -> TraceContext | None:
+        """The current span's context when the call is traced but not sampled (its span does
+        not record), else None. Such a call gets no part spans: its engines are sent this
+        context, so they follow the same sampling decision."""
+        span = self._current_span()
+        if span.is_recording() or not span.get_span_context().is_valid:
+            return None
+        return self.trace_context(span)
+
     def trace_context(self, span: Any) -> TraceContext | None:
         """`span` as W3C headers, checked (protocol/tracing.py) as anything on the wire is."""
         carrier: dict[str, str] = {}
