@@ -63,7 +63,8 @@ class ControlError(Exception):
 REASONS: dict[str, str] = {
     "INVALID_REQUEST_ID": "the request_id is not 1-128 characters of [A-Za-z0-9._:-]",
     "INVALID_REQUEST": "another field of the request is invalid (uri, version, timeout, mode...)",
-    "UNKNOWN_ENGINE": "the call names an engine the service does not have",
+    "UNKNOWN_ENGINE": "the call names an engine the service does not have (or no longer has)",
+    "NO_ENGINES": "the call names no engines and the service has none now (an empty fleet)",
     "REQUEST_ID_REUSED": "the request_id was used for a call with other arguments",
     "ENGINE_BUSY": "another mutation is running on the engine",
     "SLOT_LIMIT": "the service has too many calls in flight",

@@ -82,6 +82,23 @@ SERVICE_FLAGS: tuple[tuple[str, type, str, Any, str], ...] = (
      "serve Prometheus /metrics on this HTTP port, on the --listen host (0: off)"),
     ("--metrics-listen", ServiceConfig, "metrics_listen", OPTIONAL_ADDRESS,
      "serve Prometheus /metrics on HOST:PORT instead (e.g. 0.0.0.0:9090 for a scraper)"),
+    ("--engines-file", ServiceConfig, "engines_file", FILE,
+     "a file of engines, one [NAME=]ENDPOINT per line (# comments), for large N; re-read when "
+     "it changes (a ConfigMap update too) and on SIGHUP"),
+    ("--engines-file-interval", ServiceConfig, "engines_file_interval_s", POSITIVE_FLOAT,
+     "seconds between checks of --engines-file for a change"),
+    ("--engines-dns", ServiceConfig, "engines_dns", str,
+     "NAME:PORT: every A/AAAA record of NAME is an engine at tcp://ADDRESS:PORT (a Kubernetes "
+     "headless Service), named by its pod's hostname (SRV) or its address; re-resolved "
+     "every --engines-dns-interval and on SIGHUP"),
+    ("--engines-dns-interval", ServiceConfig, "engines_dns_interval_s", POSITIVE_FLOAT,
+     "seconds between lookups of --engines-dns"),
+    ("--dns-server", ServiceConfig, "dns_server", str,
+     "IP[:PORT] of the DNS server for --engines-dns (default: the system's resolver)"),
+    ("--engine-leave-grace", ServiceConfig, "engine_leave_grace_s", NON_NEGATIVE_FLOAT,
+     "seconds a removed engine's calls in flight get to finish before they end UNAVAILABLE"),
+    ("--ready-min-engines", ServiceConfig, "ready_min_engines", NON_NEGATIVE_INT,
+     "readiness (health SERVING) needs this many engines up (0: every engine)"),
     ("--tls-cert", SecurityConfig, "tls_cert", FILE, "PEM server certificate chain: serve TLS"),
     ("--tls-key", SecurityConfig, "tls_key", FILE, "PEM server private key"),
     ("--tls-client-ca", SecurityConfig, "tls_client_ca", FILE,
@@ -145,8 +162,6 @@ def _options() -> list[Any]:
     options = [
         option("--engine", multiple=True, type=CommaList("[NAME=]ENDPOINT"),
                help="an engine as [NAME=]ENDPOINT, repeatable (variable: comma-separated)"),
-        option("--engines-file", type=FILE, default=None,
-               help="a file of engines, one [NAME=]ENDPOINT per line (# comments), for large N"),
         option("--embedded-engines", type=NON_NEGATIVE_INT, default=0, metavar="N",
                help="start N engine_stub processes and serve them"),
         option("--embedded-engine", is_flag=True, per_call=True,
@@ -174,11 +189,18 @@ def engine_configs(specs: Sequence[str]) -> list[EngineConfig]:
 def service_config(params: dict[str, Any], embedded: int) -> ServiceConfig:
     """The ServiceConfig the flags describe; embedded engines stand in under their future names,
     so everything is validated before any process starts."""
-    from_file = load_engines(params["engines_file"]) if params["engines_file"] else []
     placeholders = [EngineConfig(f"embedded-{i}", f"ipc://embedded-{i}") for i in range(embedded)]
-    engines = engine_configs(params["engine"]) + from_file + placeholders
-    if not engines:
-        raise ConfigError("at least one engine is required (--engine or --embedded-engines)")
+    engines = engine_configs(params["engine"]) + placeholders
+    if not (engines or params["engines_file"] or params["engines_dns"]):
+        raise ConfigError(
+            "at least one engine is required (--engine, --engines-file, --engines-dns or "
+            "--embedded-engines)"
+        )
+    if params["engines_file"]:  # read at start as the service will: a bad file exits 2 here
+        clash = {e.name for e in load_engines(params["engines_file"])} & {e.name for e in engines}
+        if clash:
+            raise ConfigError(f"{params['engines_file']}: engine names also given as flags: "
+                              f"{', '.join(sorted(clash))}", "engines_file")  # fmt: skip
     fields: dict[type, dict[str, Any]] = {ServiceConfig: {}, LinkConfig: {}, SecurityConfig: {}}
     for flag, cls, name, _kind, _help in SERVICE_FLAGS:
         fields[cls][name] = params[flag.removeprefix("--").replace("-", "_")]

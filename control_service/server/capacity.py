@@ -73,6 +73,15 @@ def link_capacity(engines: int) -> LinkCapacity:
     )
 
 
+def link_room(most: int) -> int:
+    """How many links this process can hold, up to `most`: the room a fleet that grows at run
+    time (engines file, DNS) gets; an engine past it is not added (and is logged)."""
+    capacity = link_capacity(most)
+    by_sockets = capacity.socket_limit // SOCKETS_PER_LINK
+    by_files = (capacity.open_files - RESERVED_DESCRIPTORS) // DESCRIPTORS_PER_LINK
+    return max(0, min(most, by_sockets, by_files))
+
+
 def link_context(engines: int) -> zmq.Context:
     """A ZMQ context with room for `engines` links; a configuration error (INVALID_ARGUMENT
     ControlError) naming the numbers when this process cannot hold them."""

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -32,14 +32,39 @@ _POLICIES: dict[int, str] = {
 }
 
 
-class Commands:
-    """Builds Commands for one service configuration."""
+class EngineSet(Protocol):
+    """The engines calls may use now (membership.Membership): read once per call, so a call's
+    engine set is fixed when it starts."""
+
+    members: tuple[str, ...]
+    known: frozenset[str]
+    leaving: Any  # a container of the names that are leaving
+    sources: Any  # engine name -> where it came from ("flag", "file", "dns")
+    generation: int  # changes to the set so far
+
+
+class FixedEngines:
+    """The configured engines, for Commands built without a membership (tools, benchmarks)."""
 
     def __init__(self, config: ServiceConfig) -> None:
+        self.members = tuple(e.name for e in config.engines)
+        self.known = frozenset(self.members)
+        self.leaving: frozenset[str] = frozenset()
+        self.sources = dict.fromkeys(self.members, "flag")
+        self.generation = 0
+
+
+class Commands:
+    """Builds Commands for one service configuration and its engine set."""
+
+    def __init__(self, config: ServiceConfig, engines: EngineSet | None = None) -> None:
         self.config = config
-        self.all_engines = tuple(e.name for e in config.engines)
-        self._known = frozenset(self.all_engines)
+        self.membership = FixedEngines(config) if engines is None else engines
         self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, on first call
+
+    @property
+    def all_engines(self) -> tuple[str, ...]:
+        return self.membership.members
 
     def pause(self, req: pb.PauseRequest, time_remaining: float | None) -> Command:
         rid = request_id(req.request_id)
@@ -105,26 +130,49 @@ class Commands:
         return mode
 
     def engines(self, requested: Sequence[str]) -> tuple[str, ...]:
-        """The named engines in configured order, or all of them for an empty list."""
+        """The named engines in membership order, or every member for an empty list. A name
+        that is not a member now (never was, or left) is NOT_FOUND; no members at all is
+        UNAVAILABLE (NO_ENGINES): the fleet is empty for now, and clients retry UNAVAILABLE."""
+        members = self.membership.members
         if not requested:
-            return self.all_engines
-        if len(requested) == 1 and requested[0] in self._known:
+            if not members:
+                raise ControlError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "no engines: the service has none now (the engines file or DNS lists none)",
+                    reason="NO_ENGINES",
+                )
+            return members
+        return self._named(requested, members, self.membership.known)
+
+    def status_engines(self, requested: Sequence[str]) -> tuple[str, ...]:
+        """GetStatus's engines: as `engines`, but leaving engines count (shown leaving), and no
+        engines at all is an empty answer, not an error."""
+        leaving = tuple(self.membership.leaving)
+        every = self.membership.members + leaving
+        if not requested:
+            return every
+        return self._named(requested, every, self.membership.known.union(leaving))
+
+    def _named(
+        self, requested: Sequence[str], members: tuple[str, ...], known: frozenset[str]
+    ) -> tuple[str, ...]:
+        if len(requested) == 1 and requested[0] in known:
             return (requested[0],)
         for name in requested:
             if not names.is_request_id(name):  # the same rule as a request_id
                 raise invalid(f"engine name {clip(name)} must be {names.REQUEST_ID_RULE}")
-        unknown = sorted(set(requested) - self._known)
+        unknown = sorted(set(requested) - known)
         if unknown:
             raise ControlError(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown engine(s) {_listed(unknown)}; configured: {_listed(self.all_engines)}",
+                f"unknown engine(s) {_listed(unknown)}; the service has: {_listed(members)}",
                 reason="UNKNOWN_ENGINE",
                 engines=tuple(unknown),
             )
         if len(set(requested)) != len(requested):
             raise invalid("engines lists a name twice")
         wanted = set(requested)
-        return tuple(name for name in self.all_engines if name in wanted)
+        return tuple(name for name in members if name in wanted)
 
     def _command(
         self,
@@ -142,7 +190,9 @@ class Commands:
         names = req.engines
         # One configured engine named is the common case: `engines` without the call.
         engines = (
-            (names[0],) if len(names) == 1 and names[0] in self._known else self.engines(names)
+            (names[0],)
+            if len(names) == 1 and names[0] in self.membership.known
+            else self.engines(names)
         )
         max_failed = _max_failed(getattr(req, "max_failed_engines", 0), len(engines))
         deadline = self.deadline(timeout, time_remaining)

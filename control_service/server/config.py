@@ -6,6 +6,7 @@ Defaults are the ones an RL loop wants: fail fast on a dead engine (heartbeats w
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from dataclasses import dataclass, field, replace
@@ -58,13 +59,20 @@ class EngineConfig:
 
 
 MAX_ENGINES = 4096
+# An engines file is read whole on every change: 4,096 lines of a long NAME=ENDPOINT fit.
+MAX_ENGINES_FILE_BYTES = 1 << 20
 
 
 def load_engines(path: Path) -> list[EngineConfig]:
     """Engines from a file: one [NAME=]ENDPOINT per line; blank lines and # comments skipped.
-    Unnamed lines are named engine-<line number>. Bounded: at most MAX_ENGINES."""
+    Unnamed lines are named engine-<line number>. Bounded: at most MAX_ENGINES engines and
+    MAX_ENGINES_FILE_BYTES bytes (the file is watched: a runaway writer must not fill memory)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with path.open("rb") as file:
+            data = file.read(MAX_ENGINES_FILE_BYTES + 1)
+        if len(data) > MAX_ENGINES_FILE_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_ENGINES_FILE_BYTES} bytes")
+        lines = data.decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read engines file {path}: {err}") from None
     engines: list[EngineConfig] = []
@@ -80,6 +88,9 @@ def load_engines(path: Path) -> list[EngineConfig]:
             raise ConfigError(f"{path}: more than {MAX_ENGINES} engines")
     if not engines:
         raise ConfigError(f"{path}: no engines listed")
+    names = [e.name for e in engines]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: engine names must be unique")
     return engines
 
 
@@ -296,10 +307,36 @@ class ServiceConfig:
     # Or HOST:PORT for /metrics (wins over metrics_port): e.g. 0.0.0.0:9090 for a scraper
     # outside the pod while gRPC listens on loopback only.
     metrics_listen: str = ""
+    # Engines that come and go (membership.py): besides `engines` (fixed), a file re-read when
+    # it changes (polled this often, and on SIGHUP) and a DNS name NAME:PORT whose A/AAAA
+    # records are the engines (a Kubernetes headless Service), re-resolved this often.
+    engines_file: Path | None = None
+    engines_file_interval_s: float = 2.0
+    engines_dns: str = ""
+    engines_dns_interval_s: float = 5.0
+    # HOST[:PORT] of the DNS server to ask instead of the system's (tests; odd clusters).
+    dns_server: str = ""
+    # A removed engine with calls in flight keeps its link this long for them to finish; then
+    # they end UNAVAILABLE. It gets no new calls meanwhile.
+    engine_leave_grace_s: float = 60.0
+    # Readiness (health SERVING) needs this many engines up; 0: every engine (a fixed fleet).
+    ready_min_engines: int = 0
 
     def __post_init__(self) -> None:
-        if not self.engines:
+        if not self.engines and self.engines_file is None and not self.engines_dns:
             raise ConfigError("at least one engine is required")
+        if self.engines_dns:
+            _host_port(self.engines_dns, "the engines DNS name", "engines_dns")
+        if self.dns_server:
+            dns_server_address(self.dns_server)
+        for name in ("engines_file_interval_s", "engines_dns_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0", name)
+        if self.engine_leave_grace_s < 0 or self.ready_min_engines < 0:
+            raise ConfigError(
+                "engine leave grace and ready min engines must be >= 0",
+                "engine_leave_grace_s", "ready_min_engines",
+            )  # fmt: skip
         names = [e.name for e in self.engines]
         if len(set(names)) != len(names):
             raise ConfigError(f"engine names must be unique, got {names}")
@@ -331,14 +368,20 @@ class ServiceConfig:
         if self.metrics_listen:
             _host_port(self.metrics_listen, "the metrics address", "metrics_listen")
 
-    def probe_interval_s(self) -> float | None:
-        """Seconds between the service's own probe rounds: the configured interval, or longer so
-        that a round of every engine keeps within engine_probe_rate. 0: only at link changes;
-        None: never."""
+    def probe_interval_s(self, engines: int | None = None) -> float | None:
+        """Seconds between the service's own probe rounds for `engines` engines (default: the
+        fixed ones): the configured interval, or longer so that a round of every engine keeps
+        within engine_probe_rate. 0: only at link changes; None: never."""
         interval = self.engine_probe_interval_s
         if not interval:
             return interval
-        return max(interval, len(self.engines) / self.engine_probe_rate)
+        count = len(self.engines) if engines is None else engines
+        return max(interval, count / self.engine_probe_rate)
+
+    @property
+    def dynamic(self) -> bool:
+        """Engines may come and go: an engines file or a DNS name is configured."""
+        return self.engines_file is not None or bool(self.engines_dns)
 
     def metrics_address(self) -> tuple[str, int] | None:
         """Where /metrics is served, or None when off. Without metrics_listen: the gRPC listen
@@ -349,6 +392,22 @@ class ServiceConfig:
             return None
         host = "127.0.0.1" if self.listen.startswith("unix:") else self.listen.rpartition(":")[0]
         return host.strip("[]") or "127.0.0.1", self.metrics_port
+
+
+def dns_server_address(text: str) -> tuple[str, int]:
+    """IP[:PORT] of a DNS server (port 53 by default; [v6]:PORT for IPv6 with a port). An IP,
+    not a name: the resolver that would look the name up is the one being replaced."""
+    if text.startswith("[") or text.count(":") == 1:
+        host, port = _host_port(text, "the DNS server", "dns_server")
+    else:
+        host, port = text, 53
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"the DNS server {text!r} must be IP[:PORT] ([IPv6]:PORT)", "dns_server"
+        ) from None
+    return host, port
 
 
 def _host_port(text: str, what: str, *fields: str) -> tuple[str, int]:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 
 import grpc
 import structlog
 
-from control_service.errors import ENDED_BY_SERVICE, ControlError, shutting_down
+from control_service.errors import ENDED_BY_SERVICE, ControlError, shutting_down, unavailable
 from control_service.protocol import names, wire
 from control_service.server.config import ServiceConfig
 from control_service.server.deadlines import Deadlines
@@ -66,6 +67,9 @@ class Dispatcher(StatusProbes):
         self._records: OrderedDict[str, tuple[float, Operation]] = OrderedDict()
         # engine -> the mutating operation it is running (one at a time per engine).
         self._busy: dict[str, Operation] = {}
+        # Called with an engine's name when the operation holding it lets it go (membership.py
+        # waits for that before it closes a removed engine's link).
+        self.on_release: Callable[[str], None] | None = None
         self._drivers: set[asyncio.Task[None]] = set()
         # Set when the last running operation ends, while shutdown waits for that (wait_idle).
         self._idle: asyncio.Event | None = None
@@ -164,13 +168,28 @@ class Dispatcher(StatusProbes):
                     engines=(name,),
                 )
 
+    def holds(self, engine: str) -> bool:
+        """A running call holds the engine (a Refit does between its steps too)."""
+        return engine in self._busy
+
+    def drop(self, engine: str) -> None:
+        """The engine left the fleet: forget what it said and what was asked of it."""
+        self.forget(engine)
+        self.failed.pop(engine, None)
+        self.expected_versions.pop(engine, None)
+        if self.metrics is not None:
+            self.metrics.forget_engine(engine)
+
     def _open_slots(self, op: Operation) -> None:
-        """Open every engine's slot, or none of them."""
+        """Open every engine's slot, or none of them. An engine that left the fleet since the
+        call started (a Refit's later step) has no link: `_send_all` fails its part."""
         rid = op.command.request_id
         opened: list[EngineLink] = []
         try:
             for part in op.parts.values():
-                link = self.links[part.engine]
+                link = self.links.get(part.engine)
+                if link is None:
+                    continue
                 link.open(rid, part)
                 opened.append(link)
         except ControlError:
@@ -201,7 +220,10 @@ class Dispatcher(StatusProbes):
             self._send_part(part, wire.encode_request(request))
 
     def _send_part(self, part: Part, body: bytes) -> None:
-        link = self.links[part.engine]
+        link = self.links.get(part.engine)
+        if link is None:  # it left the fleet since the call started (a Refit's later step)
+            part.on_lost(unavailable(f"engine {part.engine} left the fleet"))
+            return
         try:
             link.send_encoded(body)
         except ControlError as err:
@@ -240,8 +262,8 @@ class Dispatcher(StatusProbes):
         """Close the open parts' slots, tell their engines to stop (best effort), end the parts."""
         rid = op.command.request_id
         for part in op.open_parts():
-            link = self.links[part.engine]
-            if link.slots.close(rid):
+            link = self.links.get(part.engine)
+            if link is not None and link.slots.close(rid):
                 self._send_cancel(link, rid)
             part.on_lost(error)
 
@@ -254,6 +276,8 @@ class Dispatcher(StatusProbes):
     def _part_done(self, op: Operation, part: Part) -> None:
         if self._busy.get(part.engine) is op:
             del self._busy[part.engine]
+            if self.on_release is not None:
+                self.on_release(part.engine)
 
     def _finished(self, op: Operation) -> None:
         rid = op.command.request_id
@@ -261,6 +285,8 @@ class Dispatcher(StatusProbes):
         for name in op.command.engines:
             if self._busy.get(name) is op:
                 del self._busy[name]
+                if self.on_release is not None:
+                    self.on_release(name)
         outcome = op.outcome
         assert outcome is not None
         if op.command.method == names.UPDATE_WEIGHTS:

@@ -196,6 +196,8 @@ class EngineLink:
         sock.setsockopt(zmq.HEARTBEAT_TTL, int(c.heartbeat_timeout_s * 1000))
         sock.setsockopt(zmq.RECONNECT_IVL, int(c.reconnect_ivl_s * 1000))
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(c.reconnect_ivl_max_s * 1000))
+        if self.endpoint.startswith("tcp://["):  # an IPv6 address (from --engines-dns AAAA)
+            sock.setsockopt(zmq.IPV6, 1)
         if c.curve_server_key is not None and c.curve_client_key is not None:
             server_public, _ = zmq.auth.load_certificate(c.curve_server_key)
             public, secret = zmq.auth.load_certificate(c.curve_client_key)

@@ -69,3 +69,15 @@ def engine_capabilities(caps: dict[str, Any] | None) -> pb.EngineCapabilities | 
         progress=caps["progress"],
         flags={k: v for k, v in caps.items() if k not in _FIXED},
     )
+
+
+_SOURCES: dict[str, pb.EngineSource] = {
+    "flag": pb.ENGINE_SOURCE_FLAG,
+    "file": pb.ENGINE_SOURCE_FILE,
+    "dns": pb.ENGINE_SOURCE_DNS,
+}
+
+
+def engine_source(source: str | None) -> pb.EngineSource:
+    """Where the service learned of an engine (membership.Source), as the proto's enum."""
+    return _SOURCES.get(source or "", pb.ENGINE_SOURCE_UNSPECIFIED)

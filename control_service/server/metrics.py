@@ -33,6 +33,7 @@ from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from control_service.server.engine_link import EngineLink
+    from control_service.server.membership import Membership
     from control_service.server.slots import SlotBudget
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
@@ -85,7 +86,12 @@ class CallStats:
 
 
 class Metrics:
-    def __init__(self, links: Mapping[str, EngineLink], budget: SlotBudget) -> None:
+    def __init__(
+        self,
+        links: Mapping[str, EngineLink],
+        budget: SlotBudget,
+        membership: Membership | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.call_stats = CallStats()
         self.engine_rtt = Histogram(
@@ -103,6 +109,8 @@ class Metrics:
             ["method"], registry=self.registry,
         )  # fmt: skip
         self.registry.register(_LinkCollector(links, budget, self.call_stats))
+        if membership is not None:
+            self.registry.register(_MembershipCollector(membership))
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
     def call_ended(self, method: str, status: str, seconds: float) -> None:
@@ -116,6 +124,15 @@ class Metrics:
     def tolerated(self, method: str, engines: int) -> None:
         """Count the engines whose failure an OK call tolerated (method: pause, refit, ...)."""
         self.tolerated_failures.labels(method).inc(engines)
+
+    def forget_engine(self, engine: str) -> None:
+        """An engine left the fleet: drop its series, so that engines coming and going (a new
+        address is a new name) do not grow the metrics without bound."""
+        for histogram in (self.engine_rtt, self.refit_pause):
+            try:
+                histogram.remove(engine)
+            except KeyError:
+                pass  # it never had a sample
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose /metrics over HTTP from a daemon thread (OSError if the port is taken)."""
@@ -163,7 +180,8 @@ class _LinkCollector(Collector):
             "control_engine_malformed_frames", "Engine frames dropped: malformed or unhandled.",
             labels=["engine"],
         )  # fmt: skip
-        for name, link in self._links.items():
+        links = list(self._links.items())  # a copy: engines join and leave on the event loop
+        for name, link in links:
             up.add_metric([name], 1 if link.up else 0)
             late.add_metric([name], link.slots.counters.unmatched)
             malformed.add_metric([name], link.counters.malformed)
@@ -172,7 +190,38 @@ class _LinkCollector(Collector):
             "Fresh sockets opened after a disconnect libzmq would not retry (protocol error).",
             labels=["engine"],
         )
-        for name, link in self._links.items():
+        for name, link in links:
             recreated.add_metric([name], link.counters.recreated)
         yield from (slots, up, late, malformed, recreated)
         yield from self._calls.families()
+
+
+class _MembershipCollector(Collector):
+    """The engine set (membership.py), read at scrape time: engines by state, the changes
+    applied, and the generation GetStatus reports (membership_generation)."""
+
+    def __init__(self, membership: Membership) -> None:
+        self._membership = membership
+
+    def collect(self) -> Iterable[Metric]:
+        m = self._membership
+        engines = GaugeMetricFamily(
+            "control_engines",
+            "Engines by state: up and down among those calls use, and leaving (removed, with "
+            "calls still in flight).",
+            labels=["state"],
+        )
+        for state, count in m.counts().items():
+            engines.add_metric([state], count)
+        changes = CounterMetricFamily(
+            "control_membership_changes",
+            "Engines added, removed, or moved to a new address (engines file, DNS).",
+            labels=["change"],
+        )
+        for change, count in list(m.changes.items()):
+            changes.add_metric([change], count)
+        generation = GaugeMetricFamily(
+            "control_membership_generation", "Changes to the engine set since the start."
+        )
+        generation.add_metric([], m.generation)
+        yield from (engines, changes, generation)

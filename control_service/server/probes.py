@@ -132,7 +132,9 @@ class StatusProbes:
         return {r.engine: (r.state, r.error) for r in await self.status(engines)}
 
     async def _status_one(self, name: str) -> EngineReport:
-        link = self.links[name]
+        link = self.links.get(name)
+        if link is None:  # it left the fleet since the probe was asked for
+            return EngineReport(name, False, None, "the engine left the fleet")
         if not link.up:
             return EngineReport(name, False, None, link.down_reason)
         rid = f"status/{next(self._ids)}"  # '/' is not allowed in callers' ids: no collision

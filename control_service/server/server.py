@@ -1,8 +1,13 @@
 """Assembles the service: engine links, dispatcher, servicer, health, reflection; and stops it.
 
-Health: the overall service "" and control.v1.ControlService are SERVING only while every engine
-link is up and no engine's status says it is unreachable (an adapter whose engine is down), so a
-readiness probe (Kubernetes' gRPC probe, grpcurl) sees engine loss at once. Engines are asked for
+Engines come and go (membership.py): the flags' engines are fixed; an engines file
+(engines_file.py) and a DNS name (engines_dns.py) are watched, and SIGHUP re-reads both at once.
+Health: the overall service "" and control.v1.ControlService are SERVING only while enough
+engines are up: every engine by default (`ready_min_engines` 0), or at least that many of them
+(a fleet where one sick replica must not take the service out of its Kubernetes Service); an
+engine whose status says it is unreachable (an adapter whose engine is down) counts as down, and
+no engines at all is NOT_SERVING, so a readiness probe (Kubernetes' gRPC probe, grpcurl) sees
+engine loss at once. Engines are asked for
 their status when their link comes up and every `engine_probe_interval_s`: that is also how the
 service learns their capabilities (probes.py: StatusProbes._check_capable).
 "liveness" is SERVING from start to shutdown whatever the engines do: a gRPC liveness probe on it
@@ -25,14 +30,23 @@ from grpc_reflection.v1alpha import reflection
 from control_service.errors import shutting_down, unavailable
 from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
 from control_service.server.auth import BearerTokenInterceptor
-from control_service.server.capacity import link_context
+from control_service.server.capacity import link_context, link_room
 from control_service.server.commands import Commands
-from control_service.server.config import EngineConfig, LinkConfig, SecurityConfig, ServiceConfig
+from control_service.server.config import (
+    MAX_ENGINES,
+    ConfigError,
+    EngineConfig,
+    LinkConfig,
+    SecurityConfig,
+    ServiceConfig,
+)
 from control_service.server.dispatcher import Dispatcher
 from control_service.server.engine_link import EngineLink
+from control_service.server.membership import Membership, Source
 from control_service.server.metrics import Metrics
 from control_service.server.servicer import ControlServicer
 from control_service.server.slots import SlotBudget
+from control_service.server.sources import EngineSources
 from control_service.server.tracing import ServerTracing, log_setup
 
 log = structlog.get_logger("control_service.server")
@@ -64,30 +78,42 @@ class ControlServer:
     ) -> None:
         self.config = config
         self.tracing = tracing  # None: no traces (server/tracing.py: ServerTracing.from_env)
-        # First: when the engines cannot fit in this process, that is a configuration error.
-        self._zmq = link_context(len(config.engines))
+        # First: when the engines cannot fit in this process, that is a configuration error. A
+        # fleet that may grow gets the room this process has (engines past it are refused).
+        fixed = len(config.engines)
+        room = max(fixed, link_room(MAX_ENGINES)) if config.dynamic else fixed
+        self._zmq = link_context(room)
         self._dispatcher_factory = dispatcher_factory
         self._servicer_factory = servicer_factory
         self.budget = SlotBudget(config.max_open_slots)
-        link_config = config.link.for_links(len(config.engines))
-        if link_config is not config.link:
-            log.info("heartbeats scaled to the engines", engines=len(config.engines),
-                     interval_s=round(link_config.heartbeat_ivl_s, 3),
-                     timeout_s=round(link_config.heartbeat_timeout_s, 3))  # fmt: skip
-        self.links = {
-            e.name: link_factory(e, link_config, self.budget, self._on_link_change)
-            for e in config.engines
-        }
-        self.dispatcher: Dispatcher | None = None
-        self.metrics = Metrics(self.links, self.budget)
-        self.health = health.aio.HealthServicer()
-        self._server: grpc.aio.Server | None = None
-        self._health_task: asyncio.Task[None] | None = None
         self._health_dirty = asyncio.Event()
         self._links_changed = asyncio.Event()
         self._probe_now = asyncio.Event()
+        self.membership = Membership(
+            config.link,
+            lambda engine, link: link_factory(engine, link, self.budget, self._on_link_change),
+            leave_grace_s=config.engine_leave_grace_s,
+            capacity=room,
+            on_change=self._on_membership_change,
+        )
+        self.links = self.membership.links  # every open link, by engine name (the same dict)
+        self.membership.update(Source.FLAG, config.engines)
+        try:
+            self.sources = EngineSources(config, self.membership)
+        except ConfigError:
+            self._zmq.term()  # no socket was made yet: nothing else to undo
+            raise
+        self.dispatcher: Dispatcher | None = None
+        self.metrics = Metrics(self.links, self.budget, self.membership)
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._health_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._stopping = False
+
+    def reload(self) -> None:
+        """Re-read the engines file and re-resolve the engines DNS name now (SIGHUP)."""
+        self.sources.reload()
 
     @property
     def open_slots(self) -> int:
@@ -98,6 +124,9 @@ class ControlServer:
         c = self.config
         self.dispatcher = self._dispatcher_factory(c, self.links, self.metrics)
         self.dispatcher.on_engine_change = self._health_dirty.set
+        self.dispatcher.on_release = self.membership.released
+        self.membership.holds = self.dispatcher.holds
+        self.membership.on_drop = self.dispatcher.drop
         self.dispatcher.tracing = self.tracing
         token = c.security.token()
         interceptors: list[grpc.aio.ServerInterceptor] = []
@@ -115,7 +144,8 @@ class ControlServer:
             ],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(
-            self._servicer_factory(self.dispatcher, Commands(c), self.metrics), server
+            self._servicer_factory(self.dispatcher, Commands(c, self.membership), self.metrics),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -140,14 +170,15 @@ class ControlServer:
                 raise unavailable(f"cannot serve metrics on {host}:{metrics_port}: {err}") from None
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._publish_health()
-        for link in self.links.values():
-            link.start(self._zmq)
+        self.membership.start(self._zmq)
         self._health_task = asyncio.create_task(self._health_loop())
         if c.engine_probe_interval_s is not None:
             self._probe_task = asyncio.create_task(self._probe_loop())
+        self.sources.start()
         await server.start()
         self._server = server
-        log.info("serving", listen=c.listen, port=port, engines=[e.name for e in c.engines])
+        log.info("serving", listen=c.listen, port=port, engines=list(self.membership.members),
+                 engines_file=str(c.engines_file or ""), engines_dns=c.engines_dns)  # fmt: skip
         return port
 
     async def stop(self, grace: float | None = None) -> None:
@@ -164,11 +195,11 @@ class ControlServer:
         if not await self.dispatcher.wait_idle(grace):
             self.dispatcher.fail_all(shutting_down())
         await self._server.stop(_STATUS_FLUSH_S)
+        self.sources.stop()
         for task in (self._health_task, self._probe_task):
             if task is not None:
                 task.cancel()
-        for link in self.links.values():
-            link.close()
+        self.membership.close()
         self._zmq.term()
         await asyncio.to_thread(self.metrics.close)  # shutdown() waits out the serve loop's poll
         log.info("stopped", open_slots=self.budget.open)
@@ -182,6 +213,9 @@ class ControlServer:
     def _on_link_change(self, link: EngineLink) -> None:
         if not link.up and self.dispatcher is not None:
             self.dispatcher.forget(link.name)
+        self._on_membership_change()
+
+    def _on_membership_change(self) -> None:
         self._health_dirty.set()
         self._links_changed.set()
         self._probe_now.set()
@@ -189,8 +223,9 @@ class ControlServer:
     async def _probe_loop(self) -> None:
         """Ask every engine whose link is up for its status: at once when a link changes, then
         every probe interval. The dispatcher learns capabilities and engine health from it."""
-        interval = self.config.probe_interval_s() or None  # 0: wait for a link change
         while True:
+            # 0: wait for a link change; the rounds space out as the fleet grows
+            interval = self.config.probe_interval_s(len(self.links)) or None
             self._probe_now.clear()
             up = tuple(name for name, link in self.links.items() if link.up)
             if up and self.dispatcher is not None:
@@ -225,15 +260,23 @@ class ControlServer:
     async def _publish_health(self) -> None:
         if self._stopping:
             return
-        down = self.dispatcher.engine_down if self.dispatcher is not None else {}
-        up = all(link.up and name not in down for name, link in self.links.items())
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if up
+            if self.ready()
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+
+    def ready(self) -> bool:
+        """Enough engines up: every member (ready_min_engines 0) or at least that many; never
+        with no engines at all. Leaving engines do not count."""
+        down = self.dispatcher.engine_down if self.dispatcher is not None else {}
+        members = self.membership.members
+        links = self.links
+        up = sum(1 for name in members if links[name].up and name not in down)
+        need = self.config.ready_min_engines or len(members)
+        return bool(members) and up >= need
 
 
 def server_credentials(security: SecurityConfig) -> grpc.ServerCredentials | None:
@@ -257,5 +300,6 @@ async def serve(config: ServiceConfig, tracing: ServerTracing | None = None) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     await stop.wait()
     await server.stop()

@@ -147,10 +147,13 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     ) -> pb.GetStatusResponse:
         started = time.perf_counter()
         try:
-            engines = self._commands.engines(request.engines)
+            engines = self._commands.status_engines(request.engines)
         except ControlError as err:
             self.call_ended("GetStatus", "", (), err.code, err.message, started)
             await context.abort_with_status(to_grpc_status(err))
+        membership = self._commands.membership  # as the call starts: engines may leave meanwhile
+        leaving, sources = frozenset(membership.leaving), dict(membership.sources)
+        generation = membership.generation
         reports = await self._dispatcher.status(engines)
         response = pb.GetStatusResponse(
             engines=[
@@ -162,10 +165,13 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     expected_version=r.expected_version,
                     capabilities=messages.engine_capabilities(r.capabilities),
                     failure=None if r.failure is None else messages.engine_failure(r.failure),
+                    source=messages.engine_source(sources.get(r.engine)),
+                    leaving=r.engine in leaving,
                 )
                 for r in reports
             ],
             skewed_engines=[r.engine for r in reports if r.skewed],
+            membership_generation=generation,
         )
         self.call_ended("GetStatus", "", engines, grpc.StatusCode.OK, "", started)
         return response

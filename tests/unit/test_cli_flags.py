@@ -103,7 +103,7 @@ ENGINE = ("--engine", "tcp://h:1")
 # flag -> (value, other flags it needs, what it sets, the value that must come out)
 SERVE_CASES: dict[str, tuple[str, tuple[str, ...], Callable[[Serve], Any], Any]] = {
     "--engine": ("a=tcp://h:1", (), lambda p: p.config.engines, (EngineConfig("a", "tcp://h:1"),)),
-    "--engines-file": ("@engines", (), lambda p: p.config.engines, (EngineConfig("f0", "tcp://h:9"),)),
+    "--engines-file": ("@engines", (), lambda p: p.config.engines_file, "@engines"),
     "--embedded-engines": ("2", (), lambda p: (p.embedded, [e.name for e in p.config.engines]),
                            (2, ["embedded-0", "embedded-1"])),
     "--embedded-transport": ("tcp", ENGINE, lambda p: p.transport, "tcp"),
@@ -156,6 +156,14 @@ SERVE_CASES: dict[str, tuple[str, tuple[str, ...], Callable[[Serve], Any], Any]]
     "--heartbeat-rate": ("50", ENGINE, lambda p: p.config.link.heartbeat_rate, 50.0),
     "--engine-probe-rate": ("20", ENGINE, lambda p: p.config.engine_probe_rate, 20.0),
     "--heartbeat-interval-max": ("4", ENGINE, lambda p: p.config.link.heartbeat_ivl_max_s, 4.0),
+    # engines that come and go
+    "--engines-file-interval": ("0.5", ENGINE, lambda p: p.config.engines_file_interval_s, 0.5),
+    "--engines-dns": ("engines.example:5560", (), lambda p: p.config.engines_dns,
+                      "engines.example:5560"),
+    "--engines-dns-interval": ("3", ENGINE, lambda p: p.config.engines_dns_interval_s, 3.0),
+    "--dns-server": ("127.0.0.1:5353", ENGINE, lambda p: p.config.dns_server, "127.0.0.1:5353"),
+    "--engine-leave-grace": ("7", ENGINE, lambda p: p.config.engine_leave_grace_s, 7.0),
+    "--ready-min-engines": ("3", ENGINE, lambda p: p.config.ready_min_engines, 3),
 }  # fmt: skip
 
 
@@ -392,7 +400,13 @@ def _per_call(flag: str, argv: list[str]) -> bool:
 @pytest.mark.parametrize(
     ("argv", "env", "reason"),
     [
-        (["serve"], {}, "at least one engine is required (--engine or --embedded-engines)"),
+        (["serve"], {}, "at least one engine is required (--engine, --engines-file, "
+         "--engines-dns or --embedded-engines)"),
+        (["serve", "--engines-dns", "engines.example"], {},
+         "the engines DNS name 'engines.example' must be HOST:PORT with a port in 1-65535 "
+         "(--engines-dns)"),
+        (["serve", *ENGINE, "--dns-server", "dns.example"], {},
+         "the DNS server 'dns.example' must be IP[:PORT] ([IPv6]:PORT) (--dns-server)"),
         (["serve", *ENGINE, "--default-timeout", "1000"], {},
          "need 0 < default timeout <= max timeout (--default-timeout, --max-timeout)"),
         (["serve", "--engine", "a=tcp://h:1", "--engine", "a=tcp://h:2"], {}, "unique"),

@@ -27,6 +27,13 @@ class FailureAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_ACTION_RESUME_FAILED: _ClassVar[FailureAction]
     FAILURE_ACTION_NOT_PAUSED: _ClassVar[FailureAction]
 
+class EngineSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENGINE_SOURCE_UNSPECIFIED: _ClassVar[EngineSource]
+    ENGINE_SOURCE_FLAG: _ClassVar[EngineSource]
+    ENGINE_SOURCE_FILE: _ClassVar[EngineSource]
+    ENGINE_SOURCE_DNS: _ClassVar[EngineSource]
+
 class RefitFailurePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REFIT_FAILURE_POLICY_UNSPECIFIED: _ClassVar[RefitFailurePolicy]
@@ -43,6 +50,10 @@ FAILURE_ACTION_RESUMED_NEW_WEIGHTS: FailureAction
 FAILURE_ACTION_LEFT_PAUSED: FailureAction
 FAILURE_ACTION_RESUME_FAILED: FailureAction
 FAILURE_ACTION_NOT_PAUSED: FailureAction
+ENGINE_SOURCE_UNSPECIFIED: EngineSource
+ENGINE_SOURCE_FLAG: EngineSource
+ENGINE_SOURCE_FILE: EngineSource
+ENGINE_SOURCE_DNS: EngineSource
 REFIT_FAILURE_POLICY_UNSPECIFIED: RefitFailurePolicy
 REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS: RefitFailurePolicy
 REFIT_FAILURE_POLICY_STAY_PAUSED: RefitFailurePolicy
@@ -206,15 +217,17 @@ class GetStatusRequest(_message.Message):
     def __init__(self, engines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("engines", "skewed_engines")
+    __slots__ = ("engines", "skewed_engines", "membership_generation")
     ENGINES_FIELD_NUMBER: _ClassVar[int]
     SKEWED_ENGINES_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_GENERATION_FIELD_NUMBER: _ClassVar[int]
     engines: _containers.RepeatedCompositeFieldContainer[EngineStatus]
     skewed_engines: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ..., skewed_engines: _Optional[_Iterable[str]] = ...) -> None: ...
+    membership_generation: int
+    def __init__(self, engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ..., skewed_engines: _Optional[_Iterable[str]] = ..., membership_generation: _Optional[int] = ...) -> None: ...
 
 class EngineStatus(_message.Message):
-    __slots__ = ("engine", "reachable", "state", "error", "expected_version", "capabilities", "failure")
+    __slots__ = ("engine", "reachable", "state", "error", "expected_version", "capabilities", "failure", "source", "leaving")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +235,8 @@ class EngineStatus(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LEAVING_FIELD_NUMBER: _ClassVar[int]
     engine: str
     reachable: bool
     state: EngineState
@@ -229,7 +244,9 @@ class EngineStatus(_message.Message):
     expected_version: str
     capabilities: EngineCapabilities
     failure: EngineFailure
-    def __init__(self, engine: _Optional[str] = ..., reachable: _Optional[bool] = ..., state: _Optional[_Union[EngineState, _Mapping]] = ..., error: _Optional[str] = ..., expected_version: _Optional[str] = ..., capabilities: _Optional[_Union[EngineCapabilities, _Mapping]] = ..., failure: _Optional[_Union[EngineFailure, _Mapping]] = ...) -> None: ...
+    source: EngineSource
+    leaving: bool
+    def __init__(self, engine: _Optional[str] = ..., reachable: _Optional[bool] = ..., state: _Optional[_Union[EngineState, _Mapping]] = ..., error: _Optional[str] = ..., expected_version: _Optional[str] = ..., capabilities: _Optional[_Union[EngineCapabilities, _Mapping]] = ..., failure: _Optional[_Union[EngineFailure, _Mapping]] = ..., source: _Optional[_Union[EngineSource, str]] = ..., leaving: _Optional[bool] = ...) -> None: ...
 
 class EngineCapabilities(_message.Message):
     __slots__ = ("pause_modes", "cancel", "progress", "flags")
