@@ -42,7 +42,7 @@ from .records import OutcomeRecords, Record
 from .router import EngineServerError as EngineServerError
 from .router import RouterServer
 from .running import Running, as_awaitable, discard, failure, other_call, stopped
-from .tracing import EngineTracing, MutationSpan, passed_on
+from .tracing import EngineTracing, MutationSpan, log_setup, passed_on
 
 log = logging.getLogger("control_service.engine")
 
@@ -98,9 +98,17 @@ class EngineServer(RouterServer):
     ) -> None:
         """RouterServer.serve, with tracing set up first from OTEL_* unless it was given (bad
         variables raise EngineServerError, as a bind that fails does)."""
-        if self._tracing_arg == FROM_ENV:
-            self.tracing = EngineTracing.from_env(self.config.name)
-        await super().serve(stop, ready)
+        if self._tracing_arg != FROM_ENV:
+            await super().serve(stop, ready)
+            return
+        self.tracing = EngineTracing.from_env(self.config.name)
+
+        def bound(endpoint: str) -> None:
+            log_setup(self.config.name)
+            if ready is not None:
+                ready(endpoint)
+
+        await super().serve(stop, bound)
 
     async def _shutdown(self) -> None:
         """Cancel what runs; their ends are not sent (the socket closes with linger 0)."""

@@ -84,13 +84,12 @@ class EngineTracing:
 
     @classmethod
     def from_env(cls, default_service_name: str) -> EngineTracing | None:
-        """As the OTEL_* variables say (None: off), said once in the log. Variables asking for
-        what cannot be done stop the engine from starting (EngineServerError: exit 2)."""
+        """As the OTEL_* variables say (None: off; `log_setup` says which once bound). Variables
+        asking for what cannot be done stop the engine from starting (EngineServerError: exit 2)."""
         try:
             setup = tracing.configure_from_env(default_service_name)
         except tracing.TracingConfigError as err:
             raise EngineServerError(str(err)) from None
-        log.info("%s", setup.summary)
         return cls(setup.provider, setup.summary) if setup.on else None
 
     @contextlib.contextmanager
@@ -124,3 +123,9 @@ def passed_on(trace: TraceContext | None) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
+
+
+def log_setup(default_service_name: str) -> None:
+    """One line, once the engine is bound (a start that fails says only why): whether this
+    process traces and where it exports."""
+    log.info("%s", tracing.configure_from_env(default_service_name).summary)

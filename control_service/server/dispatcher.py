@@ -200,9 +200,12 @@ class Dispatcher(StatusProbes):
     def _send_all(self, op: Operation, now: float) -> None:
         c = op.command
         request = wire.Request(c.request_id, c.method, c.args, max(c.deadline - now, 0.001))
-        if self.tracing is not None:
-            self._send_traced(op, request, self.tracing)
-            return
+        tracing = self.tracing
+        if tracing is not None:
+            request.trace = tracing.sampled_out()
+            if request.trace is None:  # sampled: a span per engine part
+                self._send_traced(op, request, tracing)
+                return
         body = wire.encode_request(request)  # once, however many engines
         for part in list(op.parts.values()):
             self._send_part(part, body)

@@ -46,7 +46,7 @@ from control_service.server.metrics import Metrics
 from control_service.server.servicer import ControlServicer
 from control_service.server.slots import SlotBudget
 from control_service.server.sources import EngineSources
-from control_service.server.tracing import ServerTracing
+from control_service.server.tracing import ServerTracing, log_setup
 
 log = structlog.get_logger("control_service.server")
 
@@ -293,6 +293,7 @@ async def serve(config: ServiceConfig, tracing: ServerTracing | None = None) -> 
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     server = ControlServer(config, tracing=tracing)
     await server.start()
+    log_setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

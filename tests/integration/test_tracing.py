@@ -11,6 +11,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from control_service.client import ClientConfig, ControlClient, ControlError
@@ -201,3 +202,22 @@ def test_a_traced_adapter_sends_its_own_span_as_the_engines_parent(
     (span,) = engine_spans(collector, trace_id, 1)
     assert (span.name, span.parent_id) == ("pause", parent_id)
     assert {r["trace"]["traceparent"][:52] for r in sent} == {f"00-{trace_id}-{span.span_id}"}
+
+
+async def test_a_call_sampled_out_has_no_part_spans_and_its_engines_follow_the_decision(
+    start_stub: Callable[..., StubProcess], start_service: StartService
+) -> None:
+    stubs = [start_stub() for _ in range(2)]
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    service = await start_service(
+        {f"e{i}": s.endpoint for i, s in enumerate(stubs)}, tracing=ServerTracing(provider)
+    )
+    async with ControlClient(ClientConfig(target=service.target)) as client:
+        await client.pause("abort", request_id="unsampled-1")
+    assert exporter.get_finished_spans() == ()
+    sent = [s.wait_event(lambda e: e.get("event") == "request")["trace"] for s in stubs]
+    assert sent[0] == sent[1], "one context for every engine: the call's own"
+    flags = int(sent[0]["traceparent"][-2:], 16)
+    assert not flags & 1, "the sampled flag is off: the engines drop it too"
