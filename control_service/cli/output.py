@@ -210,7 +210,7 @@ def status_table(engines: Sequence[control_pb2.EngineStatus]) -> Table:
     for status in engines:
         state = status.state
         cells = (
-            status.engine,
+            f"{status.engine} (leaving)" if status.leaving else status.engine,
             "yes" if status.reachable else "NO",
             ("yes" if state.paused else "no") if status.reachable else "-",
             state.weight_version or "-",

@@ -115,12 +115,14 @@ def format_failure(failure: control_pb2.EngineFailure) -> str:
 
 
 def format_status(status: control_pb2.EngineStatus) -> str:
-    """'<engine> reachable <state>' or '<engine> UNREACHABLE <why>', then its failure flag."""
+    """'<engine> reachable <state>' or '<engine> UNREACHABLE <why>', 'leaving' when it was
+    removed from the fleet and only finishes its calls, then its failure flag."""
     if not status.reachable:
         line = f"{status.engine} unreachable {status.error or ''}".rstrip()
     else:
         line = f"{status.engine} reachable {format_state(status.state)}"
         line = f"{line} ({status.error})" if status.error else line
+    line = f"{line} leaving" if status.leaving else line
     return f"{line} {format_failure(status.failure)}" if status.HasField("failure") else line
 
 

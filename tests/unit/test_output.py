@@ -185,3 +185,11 @@ def test_tolerated_failures_are_printed_and_escaped() -> None:
     screen, console = terminal()
     CallOutput(screen, console=console).status(ServiceStatus({"e5": status}))
     assert ESCAPED[:8] in screen.getvalue() and "\x1b]0;" not in screen.getvalue()
+
+
+def test_a_leaving_engine_is_marked_in_status_lines() -> None:
+    status = pb.EngineStatus(engine="e3", reachable=True, state=pb.EngineState(), leaving=True)
+    assert render.format_status(status) == (
+        "e3 reachable paused=no version=- in_flight=0 digest=- leaving"
+    )
+    assert not render.format_status(pb.EngineStatus(engine="e3")).endswith("leaving")
