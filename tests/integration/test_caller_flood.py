@@ -143,9 +143,11 @@ async def test_callers_that_never_read_do_not_starve_the_loop_or_kill_the_engine
                 callers.stdin.write(b"report\n")
                 await callers.stdin.drain()
                 codes = json.loads(await asyncio.wait_for(callers.stdout.readline(), 30))["codes"]
-                # The bound is on the flood (issue 16): stop probing before 2,000 streams are
-                # torn down at once below, which is a burst of its own.
-                prober.stop()
+                # Stop probing before the callers' process exits below. From a thread: the
+                # service runs on this loop, and joining the prober here would block it, so the
+                # check in flight could not be answered and timed out (the "lost check" once
+                # seen in full-suite runs was this, not the service).
+                await asyncio.to_thread(prober.stop)
             finally:
                 if callers.returncode is None:
                     callers.kill()
@@ -154,15 +156,10 @@ async def test_callers_that_never_read_do_not_starve_the_loop_or_kill_the_engine
         assert link.up and link.counters.disconnects == 0, "the engine was never declared dead"
         t0 = prober.samples[0][0]
         print("phases (s):", {k: round(v - t0, 2) for k, v in MARKS.items()})
-        # The bound is on the flood, from the callers' start to the engine's result. A check lost
-        # after it (seen only in full-suite runs, one check in three runs, while 2,000 streams sit
-        # idle after the call ended) is printed, not asserted: an open finding of issue 16.
-        in_flood = [c for c, at in zip(prober.failures, prober.failed_at, strict=True)
-                    if MARKS["go"] <= at <= MARKS["result"]]  # fmt: skip
         print("failed checks (code, s after t0):",
               [(c, round(at - t0, 2)) for c, at in zip(prober.failures, prober.failed_at,
                                                        strict=True)])  # fmt: skip
-        assert not in_flood, in_flood[:5]
+        assert not prober.failures, "every check answered, SERVING, through the flood and after"
         worst = sorted(((round(b, 3), round(a - t0, 2)) for a, b in prober.samples), reverse=True)
         latencies = sorted(b for _, b in prober.samples)
         p95 = latencies[int(len(latencies) * 0.95)]
