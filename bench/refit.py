@@ -9,7 +9,10 @@ call's overhead. Every party is a real process on loopback: this one (a grpc.aio
 control service (bench._service) and 8 engine_stub processes, each simulating generation and
 loading real safetensors files. Checkpoints of 64 MiB and 512 MiB are written with engine_stub's
 write_checkpoint into a temporary folder (removed at the end). Each row runs `--refits` Refits
-one after another to 1 engine (e0) or to 8 (one per process), each with a new version; the
+to 1 engine (e0) or to 8 (one per process), each with a new version. The checkpoint sizes
+of a fleet and mode are interleaved, refit by refit (64, 512, 512, 64, ...), so that drift in
+the machine's load falls on both sizes alike: the growth from 64 to 512 MiB is a difference of
+about a millisecond, less than the run-to-run spread of rows measured one after the other. The
 pause window of every engine is the service's own `paused_ms` from its final Result (from its
 pause result to its resume result), pooled over the row's refits and engines; the refit time is
 the whole call at the client. The exit code is 1 when a Refit did not end OK, 2 when the run
@@ -19,6 +22,7 @@ itself failed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import signal
@@ -104,30 +108,35 @@ async def refit_once(
 
 
 async def measure(port: int, plan: Plan, checkpoints: dict[int, tuple[str, int]]) -> list[Row]:
-    rows: list[Row] = []
-    serial = 0
+    rows = {
+        (size_mib, fleet, mode): Row(mode, size / MIB, fleet)
+        for size_mib, (_, size) in checkpoints.items()
+        for fleet in plan.fleets
+        for mode in MODES
+    }
+    versions = (f"v{n}" for n in itertools.count(1))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.ControlServiceStub(channel)
-        for size_mib, (uri, size) in checkpoints.items():
-            for fleet in plan.fleets:
-                engines = [f"e{i}" for i in range(fleet)]
-                for mode in MODES:
-                    say(f"  {mode}: {size_mib} MiB to {fleet} engine(s), {plan.refits} refits")
-                    row = Row(mode, size / MIB, fleet)
-                    # one unmeasured refit first: every engine has read the files once
-                    serial += 1
-                    await refit_once(stub, engines, uri, f"w{serial}", mode)
-                    for _ in range(plan.refits):
-                        serial += 1
+        for fleet in plan.fleets:
+            engines = [f"e{i}" for i in range(fleet)]
+            for mode in MODES:
+                sizes = list(checkpoints)
+                say(f"  {mode}: {', '.join(f'{s} MiB' for s in sizes)} to {fleet} engine(s), "
+                    f"{plan.refits} refits each, interleaved")  # fmt: skip
+                for size_mib in sizes:  # one unmeasured refit first: the files read once
+                    await refit_once(stub, engines, checkpoints[size_mib][0], next(versions), mode)
+                for _ in range(plan.refits):
+                    for size_mib in sizes:
+                        row = rows[size_mib, fleet, mode]
                         ms, windows, failed = await refit_once(
-                            stub, engines, uri, f"v{serial}", mode
+                            stub, engines, checkpoints[size_mib][0], next(versions), mode
                         )
                         row.refit_ms.append(ms)
                         row.windows_ms.extend(windows)
                         if failed:
                             row.failures.append(failed)
-                    rows.append(row)
-    return rows
+                    sizes.reverse()  # 64, 512, 512, 64, ...: neither size always goes first
+    return list(rows.values())
 
 
 def render(rows: list[Row], plan: Plan, env: list[str]) -> str:
