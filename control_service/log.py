@@ -33,3 +33,10 @@ def configure(level: str = "info", json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def few_names(names: list[str], limit: int = 16) -> str:
+    """Engine names for a log line: a call to, or a fleet of, thousands of engines stays one
+    short line (the first `limit` names and a count of the rest)."""
+    shown = ",".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"

@@ -27,6 +27,7 @@ from enum import StrEnum
 import structlog
 import zmq
 
+from control_service.log import few_names
 from control_service.server.config import EngineConfig, LinkConfig
 from control_service.server.engine_link import EngineLink
 
@@ -208,7 +209,7 @@ class Membership:
         for change, names in ((ADDED, added), (REMOVED, removed), (MOVED, moved)):
             self.changes[change] += len(names)
         log.info("engines changed", source=str(source), generation=self.generation,
-                 added=_few(added), removed=_few(removed), moved=_few(moved),
+                 added=few_names(added), removed=few_names(removed), moved=few_names(moved),
                  engines=len(self.members), leaving=len(self.leaving))  # fmt: skip
         self._rescale()
         self._on_change()
@@ -237,12 +238,6 @@ class Membership:
         links = self.links  # read from the metrics thread too: one lookup per name
         up = sum(1 for name in self.members if getattr(links.get(name), "up", False))
         return {"up": up, "down": len(self.members) - up, "leaving": len(self.leaving)}
-
-
-def _few(names: list[str], limit: int = 16) -> str:
-    """Names for a log line: a fleet of thousands joining at start is one short line."""
-    shown = ",".join(names[:limit])
-    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
 
 
 def _holds_nothing(name: str) -> bool:

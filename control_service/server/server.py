@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from control_service.errors import shutting_down, unavailable
 from control_service.gen.control.v1 import control_pb2, control_pb2_grpc
+from control_service.log import few_names
 from control_service.server.auth import BearerTokenInterceptor
 from control_service.server.capacity import link_context, link_room
 from control_service.server.commands import Commands
@@ -175,8 +176,10 @@ class ControlServer:
         self.sources.start()
         await server.start()
         self._server = server
-        log.info("serving", listen=c.listen, port=port, engines=list(self.membership.members),
-                 engines_file=str(c.engines_file or ""), engines_dns=c.engines_dns)  # fmt: skip
+        members = list(self.membership.members)  # thousands in a fleet: one short line
+        log.info("serving", listen=c.listen, port=port, engines=few_names(members),
+                 engine_count=len(members), engines_file=str(c.engines_file or ""),
+                 engines_dns=c.engines_dns)  # fmt: skip
         return port
 
     async def stop(self, grace: float | None = None) -> None:

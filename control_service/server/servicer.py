@@ -17,6 +17,7 @@ import structlog
 from control_service.errors import ControlError, to_grpc_status
 from control_service.gen.control.v1 import control_pb2 as pb
 from control_service.gen.control.v1 import control_pb2_grpc
+from control_service.log import few_names
 from control_service.protocol import names
 from control_service.server import messages
 from control_service.server.commands import Commands
@@ -133,7 +134,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         fields = dict(
             method=method,
             request_id=request_id,
-            engine=",".join(engines),
+            engine=few_names(list(engines)),
             status=code.name,
             duration_ms=round(seconds * 1000, 3),
         )

@@ -56,6 +56,10 @@ async def test_1024_links_on_16_engine_processes_run_a_refit(tmp_path: Path) -> 
             assert not any(r.state.paused for r in outcome.results.values())
             assert status.all_reachable and len(status.engines) == LINKS
             assert service.stop() == 0, service.tail()
+        # A fleet's names are summarised, never listed: "serving" and "engines changed" name
+        # 16 and count the rest.
+        longest = max((tmp_path / "serve.log").read_text().splitlines(), key=len)
+        assert len(longest) < 2_000, f"a log line of {len(longest)} characters: {longest[:300]}"
     finally:
         for stub in stubs:
             stub.__exit__(None, None, None)
