@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 
 import structlog
 
@@ -35,7 +36,7 @@ def configure(level: str = "info", json: bool | None = None) -> None:
     )
 
 
-def few_names(names: list[str], limit: int = 16) -> str:
+def few_names(names: Sequence[str], limit: int = 16) -> str:
     """Engine names for a log line: a call to, or a fleet of, thousands of engines stays one
     short line (the first `limit` names and a count of the rest)."""
     shown = ",".join(names[:limit])

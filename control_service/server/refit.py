@@ -90,7 +90,7 @@ class RefitDriver:
         except Exception as err:  # a bug here must not strand the caller or the engines
             c = self.command  # every line about a call names its request_id, method and engine
             log.exception("refit failed unexpectedly", request_id=c.request_id, method="Refit",
-                          engine=few_names(list(c.engines)))  # fmt: skip
+                          engine=few_names(c.engines))  # fmt: skip
             outcome = FinalStatus(grpc.StatusCode.INTERNAL, f"refit failed: {err!r}", (), False)
         states = await self._probe(self.command.engines)
         failures = {engine: dataclasses.replace(failure, action=self._action(failure, states))

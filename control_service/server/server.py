@@ -176,7 +176,7 @@ class ControlServer:
         self.sources.start()
         await server.start()
         self._server = server
-        members = list(self.membership.members)  # thousands in a fleet: one short line
+        members = self.membership.members  # thousands in a fleet: one short line
         log.info("serving", listen=c.listen, port=port, engines=few_names(members),
                  engine_count=len(members), engines_file=str(c.engines_file or ""),
                  engines_dns=c.engines_dns)  # fmt: skip

@@ -134,7 +134,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         fields = dict(
             method=method,
             request_id=request_id,
-            engine=few_names(list(engines)),
+            engine=few_names(engines),
             status=code.name,
             duration_ms=round(seconds * 1000, 3),
         )
