@@ -36,7 +36,7 @@ from control_service.server.config import (
     LinkConfig,
     SecurityConfig,
     ServiceConfig,
-    load_engines,
+    load_engines_beside,
 )
 
 FILE = click.Path(path_type=Path)
@@ -197,10 +197,7 @@ def service_config(params: dict[str, Any], embedded: int) -> ServiceConfig:
             "--embedded-engines)"
         )
     if params["engines_file"]:  # read at start as the service will: a bad file exits 2 here
-        clash = {e.name for e in load_engines(params["engines_file"])} & {e.name for e in engines}
-        if clash:
-            raise ConfigError(f"{params['engines_file']}: engine names also given as flags: "
-                              f"{', '.join(sorted(clash))}", "engines_file")  # fmt: skip
+        load_engines_beside(params["engines_file"], engines)
     fields: dict[type, dict[str, Any]] = {ServiceConfig: {}, LinkConfig: {}, SecurityConfig: {}}
     for flag, cls, name, _kind, _help in SERVICE_FLAGS:
         fields[cls][name] = params[flag.removeprefix("--").replace("-", "_")]

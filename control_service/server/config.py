@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -91,6 +92,18 @@ def load_engines(path: Path) -> list[EngineConfig]:
     names = [e.name for e in engines]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: engine names must be unique")
+    return engines
+
+
+def load_engines_beside(path: Path, fixed: Sequence[EngineConfig]) -> list[EngineConfig]:
+    """The engines file at start: a bad file, or one naming an engine the flags give (`fixed`),
+    is a ConfigError. One check for the CLI (before embedded engines start) and the service."""
+    engines = load_engines(path)
+    clash = sorted({e.name for e in engines} & {e.name for e in fixed})
+    if clash:
+        raise ConfigError(
+            f"{path}: engine names also given as flags: {', '.join(clash)}", "engines_file"
+        )
     return engines
 
 

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
-from control_service.server.config import ConfigError, EngineConfig, load_engines
+from control_service.server.config import (
+    ConfigError,
+    EngineConfig,
+    load_engines,
+    load_engines_beside,
+)
 
 log = structlog.get_logger("control_service.server.engines_file")
 
@@ -37,10 +42,11 @@ class EnginesFile:
         self.reloads = 0  # times the file was read after a change or SIGHUP (tests wait on it)
         self.reloaded = asyncio.Event()
 
-    def load_initial(self) -> list[EngineConfig]:
-        """The engines at start: a bad file here is a configuration error (ConfigError)."""
+    def load_initial(self, fixed: Sequence[EngineConfig] = ()) -> list[EngineConfig]:
+        """The engines at start: a bad file here, or one naming an engine of `fixed` (the
+        flags'), is a configuration error (ConfigError)."""
         self._seen = self._signature()
-        return load_engines(self.path)
+        return load_engines_beside(self.path, fixed)
 
     async def run(self, wake: asyncio.Event) -> None:
         """Check every interval, and at once when `wake` is set (SIGHUP)."""

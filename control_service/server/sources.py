@@ -10,7 +10,7 @@ import asyncio
 
 import structlog
 
-from control_service.server.config import ConfigError, EngineConfig, ServiceConfig
+from control_service.server.config import EngineConfig, ServiceConfig
 from control_service.server.engines_dns import EnginesDns
 from control_service.server.engines_file import EnginesFile
 from control_service.server.membership import Membership, Source
@@ -34,11 +34,7 @@ class EngineSources:
             self.file = EnginesFile(
                 config.engines_file, config.engines_file_interval_s, self._apply_file
             )
-            self.initial = self.file.load_initial()
-            clash = sorted({e.name for e in self.initial} & {e.name for e in config.engines})
-            if clash:
-                raise ConfigError(f"{config.engines_file}: engine names also given as flags: "
-                                  f"{', '.join(clash)}", "engines_file")  # fmt: skip
+            self.initial = self.file.load_initial(config.engines)
         if config.engines_dns:
             self.dns = EnginesDns(
                 config.engines_dns, config.engines_dns_interval_s, self._apply_dns,
