@@ -12,7 +12,7 @@ not. Without SRV, names are the addresses. An SRV lookup that fails keeps the na
 from the last one (a DNS message is at most 64 KiB: SRV with its addresses fits ~1,000 pods,
 A alone ~4,000), so a failure never renames an engine; a new pod is then named by address.
 
-Re-resolved every `interval_s` and at once on `wake` (SIGHUP). A lookup that fails (timeout,
+Re-resolved every `interval_s` and at once on SIGHUP (sources.py). A lookup that fails (timeout,
 SERVFAIL, NXDOMAIN, more than MAX_ENGINES addresses) keeps the last set: a DNS outage must
 not empty the fleet; it is logged once per streak of failures. An answer with no address
 (NODATA: the name exists, no pod is ready) is an empty set, and calls then fail NO_ENGINES.
@@ -80,16 +80,6 @@ class EnginesDns:
         self._srv_failing = False
         self.resolutions = 0  # lookups finished, good or failed (tests wait on it)
         self.resolved = asyncio.Event()
-
-    async def run(self, wake: asyncio.Event) -> None:
-        """Resolve now, then every interval, and at once when `wake` is set (SIGHUP)."""
-        while True:
-            wake.clear()
-            await self.refresh()
-            try:
-                await asyncio.wait_for(wake.wait(), self.interval_s)
-            except TimeoutError:
-                pass
 
     async def refresh(self) -> None:
         """One lookup, applied; a failed one keeps the last set and is logged once a streak."""

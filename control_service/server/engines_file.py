@@ -3,7 +3,8 @@
 Polled rather than watched with inotify: a Kubernetes ConfigMap volume updates by swapping the
 `..data` symlink to a new directory (the file's own path never changes), which inotify on the
 file misses and a poll of `os.stat` (which follows the links) sees as a new inode. A change is
-any difference in (device, inode, mtime, size); SIGHUP (`wake`) reloads at once, changed or not.
+any difference in (device, inode, mtime, size); SIGHUP reloads at once, changed or not (the
+polling and the wake-up are sources.py's: `check` is one look).
 A file that cannot be read or parsed (config.load_engines: bounded in bytes and engines) keeps
 the last good set and is logged once, until the file changes again.
 """
@@ -47,17 +48,6 @@ class EnginesFile:
         flags'), is a configuration error (ConfigError)."""
         self._seen = self._signature()
         return load_engines_beside(self.path, fixed)
-
-    async def run(self, wake: asyncio.Event) -> None:
-        """Check every interval, and at once when `wake` is set (SIGHUP)."""
-        while True:
-            forced = wake.is_set()
-            wake.clear()
-            await self.check(force=forced)
-            try:
-                await asyncio.wait_for(wake.wait(), self.interval_s)
-            except TimeoutError:
-                pass
 
     async def check(self, force: bool = False) -> None:
         """Reload if the file changed (or `force`); a bad file keeps the last good set."""

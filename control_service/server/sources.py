@@ -7,6 +7,8 @@ life of the service, each on its own interval, and `reload` (SIGHUP) wakes both 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -58,9 +60,26 @@ class EngineSources:
 
     def start(self) -> None:
         if self.file is not None:
-            self._tasks.append(asyncio.create_task(self.file.run(self._wake[Source.FILE])))
+            self._watch(Source.FILE, self.file.interval_s, self.file.check)
         if self.dns is not None:
-            self._tasks.append(asyncio.create_task(self.dns.run(self._wake[Source.DNS])))
+            dns = self.dns
+            self._watch(Source.DNS, dns.interval_s, lambda _reload: dns.refresh())
+
+    def _watch(
+        self, source: Source, interval_s: float, check: Callable[[bool], Awaitable[None]]
+    ) -> None:
+        """`check` now, then every `interval_s`, and at once on `reload` (told it was one)."""
+        wake = self._wake[source]
+
+        async def watching() -> None:
+            while True:
+                woken = wake.is_set()
+                wake.clear()
+                await check(woken)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval_s)
+
+        self._tasks.append(asyncio.create_task(watching()))
 
     def reload(self) -> None:
         """Re-read the file and re-resolve the name now (SIGHUP)."""
