@@ -78,11 +78,14 @@ class EnginesDns:
         # transient SRV failure never renames (removes and re-adds) the engines.
         self._names: dict[str, str] = {}
         self._srv_failing = False
-        self.resolutions = 0  # lookups finished, good or failed (tests wait on it)
-        self.resolved = asyncio.Event()
+        # Lookups begun, and finished (good or failed): one at a time, so a test that changes
+        # the records waits for a lookup begun after the change (resolutions > lookups then).
+        self.lookups = 0
+        self.resolutions = 0
 
     async def refresh(self) -> None:
         """One lookup, applied; a failed one keeps the last set and is logged once a streak."""
+        self.lookups += 1
         try:
             engines = await self.resolve()
         except DnsFailure as err:
@@ -96,7 +99,6 @@ class EnginesDns:
             self._failing = False
             self._apply(engines)
         self.resolutions += 1
-        self.resolved.set()
 
     async def resolve(self) -> list[EngineConfig]:
         """The engines NAME's records describe now, sorted by name (DnsFailure if unknown)."""

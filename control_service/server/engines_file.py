@@ -41,7 +41,6 @@ class EnginesFile:
         self._apply = apply
         self._seen: Signature | None = None  # the file as last read, good or bad
         self.reloads = 0  # times the file was read after a change or SIGHUP (tests wait on it)
-        self.reloaded = asyncio.Event()
 
     def load_initial(self, fixed: Sequence[EngineConfig] = ()) -> list[EngineConfig]:
         """The engines at start: a bad file here, or one naming an engine of `fixed` (the
@@ -63,7 +62,6 @@ class EnginesFile:
         else:
             self._apply(engines)
         self.reloads += 1
-        self.reloaded.set()
 
     def _signature(self) -> Signature | None:
         try:

@@ -64,9 +64,11 @@ async def resolved(service: Service) -> None:
     """Ask for a DNS lookup now (what SIGHUP does) and wait (bounded) until it has finished."""
     watcher = service.server.sources.dns
     assert watcher is not None
-    before = watcher.resolutions
     service.server.reload()
-    await eventually(lambda: watcher.resolutions > before, timeout=10)
+    # Not any lookup that ends: one in flight began before the records changed. Lookups run
+    # one at a time, so the one this reload asks for ends when `resolutions` passes `begun`.
+    begun = watcher.lookups
+    await eventually(lambda: watcher.resolutions > begun, timeout=10)
 
 
 async def status(service: Service, *engines: str) -> pb.GetStatusResponse:
