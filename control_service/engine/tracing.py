@@ -21,15 +21,11 @@ from contextvars import ContextVar
 from typing import Any
 
 from control_service.protocol import tracing, wire
-from control_service.protocol.tracing import TraceContext
+from control_service.protocol.tracing import METHOD, REQUEST_ID, SpanTools, TraceContext
 
 from .router import EngineServerError
 
 log = logging.getLogger("control_service.engine")
-
-REQUEST_ID = "control.request_id"
-METHOD = "control.method"
-STATUS = "control.status"
 
 # The running mutation's trace context, as sent on: its own span's when this process traces,
 # else the one the request brought. Set while the handler is called; its task inherits it.
@@ -54,33 +50,30 @@ class MutationSpan:
         self._tracing = engine_tracing
 
     def end(self, reply: wire.Reply) -> None:
-        status, status_code = self._tracing.status
+        """Ended by the terminal reply, with its status: an error's code and message, or OK."""
         if reply.kind == wire.ERROR:
             code = reply.data["code"]
-            self._span.set_status(status(status_code.ERROR, f"{code}: {reply.data['message']}"))
+            self._tracing.spans.end(self._span, code, f"{code}: {reply.data['message']}")
         else:
-            code = "OK"
-        self._span.set_attribute(STATUS, code)
-        self._span.end()
+            self._tracing.spans.end(self._span, "OK", "")
 
 
 class EngineTracing:
     """Tracing on in this engine process: a tracer from the SDK's provider (a test may pass a
     provider of its own)."""
 
-    def __init__(self, provider: Any, summary: str = "") -> None:
+    def __init__(self, provider: Any) -> None:
         from opentelemetry import context
-        from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+        from opentelemetry.trace import SpanKind, set_span_in_context
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.provider = provider
-        self.summary = summary
-        self.status = (Status, StatusCode)
+        self.spans = SpanTools()
         self._tracer = provider.get_tracer("control_service.engine")
         self._kind = SpanKind.SERVER
         self._context = context
         self._in_context = set_span_in_context
-        self._propagator = TraceContextTextMapPropagator()
+        self._propagator = TraceContextTextMapPropagator()  # the request's context, read
 
     @classmethod
     def from_env(cls, default_service_name: str) -> EngineTracing | None:
@@ -90,7 +83,7 @@ class EngineTracing:
             setup = tracing.configure_from_env(default_service_name)
         except tracing.TracingConfigError as err:
             raise EngineServerError(str(err)) from None
-        return cls(setup.provider, setup.summary) if setup.on else None
+        return cls(setup.provider) if setup.on else None
 
     @contextlib.contextmanager
     def mutation(self, request: wire.Request) -> Iterator[MutationSpan]:
@@ -104,12 +97,9 @@ class EngineTracing:
             kind=self._kind,
             attributes={REQUEST_ID: request.request_id, METHOD: request.method},
         )
-        ctx = self._in_context(span)
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, ctx)
-        token = self._context.attach(ctx)
+        token = self._context.attach(self._in_context(span))
         try:
-            with passed_on(tracing.from_headers(carrier)):
+            with passed_on(self.spans.context_of(span)):
                 yield MutationSpan(span, self)
         finally:
             self._context.detach(token)

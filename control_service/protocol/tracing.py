@@ -9,7 +9,8 @@ header the adapter sends, or into a trace exporter.
 
 Both sides also turn tracing on the same way, from the standard OTEL_* variables
 (`configure_from_env`): the only place OpenTelemetry's SDK is imported, and only when those
-variables ask for tracing, so a plain install (no `otel` extra) never needs it.
+variables ask for tracing, so a plain install (no `otel` extra) never needs it. Once on, both
+handle their spans alike (`SpanTools`: the context a span hands on, and its end with a status).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ _TRACEPARENT: Final = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-(
 _VISIBLE_ASCII: Final = re.compile(r"[\x20-\x7e]*")
 _ZERO_TRACE_ID: Final = "0" * 32
 _ZERO_PARENT_ID: Final = "0" * 16
+# Span attributes both sides set: the call's words, under this project's prefix.
+REQUEST_ID: Final = "control.request_id"
+METHOD: Final = "control.method"
+STATUS: Final = "control.status"
 
 
 class TraceContextError(ValueError):
@@ -107,6 +112,39 @@ def _checked(parent: Any, state: Any) -> TraceContext:
     if _VISIBLE_ASCII.fullmatch(state) is None:
         raise TraceContextError("tracestate must be visible ASCII")
     return TraceContext(parent, state)
+
+
+class SpanTools:
+    """What the service and an engine do alike with their spans, with OpenTelemetry's API
+    imported once: made only when tracing is on (a process that does not trace never is)."""
+
+    __slots__ = ("_error", "_in_context", "_propagator", "_status")
+
+    def __init__(self) -> None:
+        from opentelemetry.trace import Status, StatusCode, set_span_in_context
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self._status, self._error = Status, StatusCode.ERROR
+        self._in_context = set_span_in_context
+        self._propagator = TraceContextTextMapPropagator()
+
+    def context_of(self, span: Any) -> TraceContext | None:
+        """`span` as the W3C context it hands on (a request's `trace`, an HTTP header), checked
+        as anything on the wire is."""
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier, self._in_context(span))
+        return from_headers(carrier)
+
+    def failed(self, span: Any, description: str) -> None:
+        """Mark `span` an error: a trace viewer shows it red, with why."""
+        span.set_status(self._status(self._error, description))
+
+    def end(self, span: Any, code: str, description: str) -> None:
+        """End `span` with the call's status code (`control.status`); not OK also fails it."""
+        span.set_attribute(STATUS, code)
+        if code != "OK":
+            self.failed(span, description)
+        span.end()
 
 
 # ---------------------------------------------------------------------- configured by OTEL_*

@@ -23,7 +23,7 @@ import grpc
 import structlog
 
 from control_service.protocol import tracing, wire
-from control_service.protocol.tracing import TraceContext
+from control_service.protocol.tracing import METHOD, REQUEST_ID, STATUS, SpanTools, TraceContext
 from control_service.server.config import ConfigError
 
 if TYPE_CHECKING:
@@ -32,11 +32,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("control_service.server.tracing")
 
 DEFAULT_SERVICE_NAME = "control-service"
-# Attribute names: the call's words, under this project's prefix; gRPC's own under rpc.*.
-REQUEST_ID = "control.request_id"
+# Attribute names besides the ones both sides set (protocol/tracing.py); gRPC's own under rpc.*.
 ENGINE = "control.engine"
-METHOD = "control.method"
-STATUS = "control.status"
 OWNER = "control.refit.request_id"  # a Refit step's part: the refit it belongs to
 # Health checks and reflection would bury the calls in probe spans.
 _UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
@@ -53,7 +50,7 @@ class PartSpan:
 
     def context(self) -> TraceContext | None:
         """This span as the request's `trace`: the engine continues from here."""
-        return self._tracing.trace_context(self._span)
+        return self._tracing.spans.context_of(self._span)
 
     def on_reply(self, reply: wire.Reply) -> None:
         """accepted/progress become span events (where the time went); the terminal reply ends
@@ -74,28 +71,20 @@ class PartSpan:
         self._end(code.name, message)
 
     def _end(self, code: str, message: str) -> None:
-        status, status_code = self._tracing.status
-        self._span.set_attribute(STATUS, code)
-        if code != "OK":
-            self._span.set_status(status(status_code.ERROR, f"{code}: {message}"[:512]))
-        self._span.end()
+        self._tracing.spans.end(self._span, code, f"{code}: {message}"[:512])
 
 
 class ServerTracing:
     """Tracing on: the gRPC server interceptor and the engine parts' spans, from one provider
     (the SDK's, from OTEL_*; a test passes its own, with an in-memory exporter)."""
 
-    def __init__(self, provider: Any, summary: str = "") -> None:
-        from opentelemetry.trace import Status, StatusCode, get_current_span, set_span_in_context
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    def __init__(self, provider: Any) -> None:
+        from opentelemetry.trace import get_current_span
 
         self.provider = provider
-        self.summary = summary
+        self.spans = SpanTools()
         self._tracer = provider.get_tracer("control_service.server")
-        self.status = (Status, StatusCode)  # imported once, for every span's end
         self._current_span = get_current_span
-        self._in_context = set_span_in_context
-        self._propagator = TraceContextTextMapPropagator()
 
     @classmethod
     def from_env(cls) -> ServerTracing | None:
@@ -105,7 +94,7 @@ class ServerTracing:
             setup = tracing.configure_from_env(DEFAULT_SERVICE_NAME)
         except tracing.TracingConfigError as err:
             raise ConfigError(str(err)) from None
-        return cls(setup.provider, setup.summary) if setup.on else None
+        return cls(setup.provider) if setup.on else None
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
         """opentelemetry-instrumentation-grpc's server interceptor, health and reflection left
@@ -129,13 +118,7 @@ class ServerTracing:
         span = self._current_span()
         if span.is_recording() or not span.get_span_context().is_valid:
             return None
-        return self.trace_context(span)
-
-    def trace_context(self, span: Any) -> TraceContext | None:
-        """`span` as W3C headers, checked (protocol/tracing.py) as anything on the wire is."""
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, self._in_context(span))
-        return tracing.from_headers(carrier)
+        return self.spans.context_of(span)
 
     def call_ended(self, request_id: str, engines: Iterable[str], code: grpc.StatusCode,
                    message: str) -> None:  # fmt: skip
@@ -149,8 +132,7 @@ class ServerTracing:
         span.set_attribute(STATUS, code.name)
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code is not grpc.StatusCode.OK:
-            status, status_code = self.status
-            span.set_status(status(status_code.ERROR, f"{code.name}: {message}"[:512]))
+            self.spans.failed(span, f"{code.name}: {message}"[:512])
 
 
 def _traced(details: grpc.HandlerCallDetails) -> bool:
