@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -36,11 +36,25 @@ class EngineSet(Protocol):
     """The engines calls may use now (membership.Membership): read once per call, so a call's
     engine set is fixed when it starts."""
 
-    members: tuple[str, ...]
-    known: frozenset[str]
-    leaving: Any  # a container of the names that are leaving
-    sources: Any  # engine name -> where it came from ("flag", "file", "dns")
-    generation: int  # changes to the set so far
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The engines new calls use, in order of joining."""
+
+    @property
+    def known(self) -> frozenset[str]:
+        """`members` as a set: the one-engine call's check is one lookup."""
+
+    @property
+    def leaving(self) -> Collection[str]:
+        """Removed engines whose calls still run: shown by GetStatus, used by no new call."""
+
+    @property
+    def sources(self) -> Mapping[str, str]:
+        """Engine name -> where it came from ("flag", "file", "dns")."""
+
+    @property
+    def generation(self) -> int:
+        """Changes to the set so far."""
 
 
 class FixedEngines:

@@ -230,9 +230,6 @@ class Membership:
 
     # ---------------------------------------------------------------------------------- views
 
-    def source(self, name: str) -> Source | None:
-        return self.sources.get(name)
-
     def counts(self) -> dict[str, int]:
         """Engines by state: up and down among the members, and leaving (a metric reads it)."""
         links = self.links  # read from the metrics thread too: one lookup per name
