@@ -76,10 +76,6 @@ class Commands:
         self.membership = FixedEngines(config) if engines is None else engines
         self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, on first call
 
-    @property
-    def all_engines(self) -> tuple[str, ...]:
-        return self.membership.members
-
     def pause(self, req: pb.PauseRequest, time_remaining: float | None) -> Command:
         rid = request_id(req.request_id)
         mode = self._mode(req.mode) if req.mode else self.config.default_pause_mode
