@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from control_service.cli import app, exit_codes
 from control_service.server.config import (
     MAX_ENGINES_FILE_BYTES,
     ConfigError,
@@ -22,6 +23,7 @@ from control_service.server.config import (
 from control_service.server.engines_dns import _engines
 from control_service.server.engines_file import EnginesFile
 from control_service.server.membership import Membership, Source
+from control_service.server.sources import EngineSources
 from tests.harness import eventually
 
 # ---------------------------------------------------------------------------- engines file
@@ -39,6 +41,21 @@ def test_an_engines_file_names_each_engine_once(tmp_path: Path) -> None:
     path.write_text("a=tcp://h:1\na=tcp://h:2\n")
     with pytest.raises(ConfigError, match="unique"):
         load_engines(path)
+
+
+def test_an_engines_file_naming_a_flags_engine_is_refused_by_the_cli_and_the_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "engines.txt"
+    path.write_text("a=tcp://h:1\nb=tcp://h:2\n")
+    fixed = (EngineConfig("b", "tcp://h:9"),)
+    with pytest.raises(ConfigError, match=r"engine names also given as flags: b$") as refused:
+        EngineSources(ServiceConfig(engines=fixed, engines_file=path))
+    assert refused.value.fields == ("engines_file",)
+    argv = ["serve", "--engine", "b=tcp://h:9", "--engines-file", str(path)]
+    assert app.main(argv) == exit_codes.USAGE, "before any engine process starts"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "engine names also given as flags: b" in err, err
 
 
 async def test_the_file_watcher_sees_a_symlink_swap_and_keeps_the_last_good_set(
