@@ -79,12 +79,13 @@ class ServerTracing:
     (the SDK's, from OTEL_*; a test passes its own, with an in-memory exporter)."""
 
     def __init__(self, provider: Any) -> None:
-        from opentelemetry.trace import get_current_span
+        from opentelemetry.trace import SpanKind, get_current_span
 
         self.provider = provider
         self.spans = SpanTools()
         self._tracer = provider.get_tracer("control_service.server")
         self._current_span = get_current_span
+        self._part_kind = SpanKind.CLIENT  # the service calls the engine
 
     @classmethod
     def from_env(cls) -> ServerTracing | None:
@@ -108,7 +109,7 @@ class ServerTracing:
         if owner:
             attributes[OWNER] = owner
         span = self._tracer.start_span(f"engine {command.method}", attributes=attributes,
-                                       kind=_client_kind())  # fmt: skip
+                                       kind=self._part_kind)  # fmt: skip
         return PartSpan(span, self)
 
     def sampled_out(self) -> TraceContext | None:
@@ -146,12 +147,6 @@ def log_setup() -> None:
     """One line, once the service started (a start that fails says only why): whether it
     traces and where it exports, as `from_env` found it."""
     log.info(tracing.configure_from_env(DEFAULT_SERVICE_NAME).summary)
-
-
-def _client_kind() -> Any:
-    from opentelemetry.trace import SpanKind
-
-    return SpanKind.CLIENT  # the service calls the engine
 
 
 def _interceptor_class() -> type:
