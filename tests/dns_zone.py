@@ -10,6 +10,7 @@ over UDP and is fetched again over TCP).
 
 from __future__ import annotations
 
+import errno
 import threading
 from typing import Any
 
@@ -29,8 +30,24 @@ class DnsZone(BaseResolver):  # type: ignore[misc]
         self.queries = 0
         self.tcp_queries = 0
         self._lock = threading.Lock()
-        self._server = DNSServer(self, address="127.0.0.1", port=0, logger=_Quiet())
-        self._tcp = DNSServer(self, address="127.0.0.1", port=self.port, tcp=True, logger=_Quiet())
+        self._server, self._tcp = self._bind_pair()
+
+    def _bind_pair(self, attempts: int = 50) -> tuple[DNSServer, DNSServer]:
+        """UDP on a free port, then TCP on the same number. The kernel picks the UDP port from
+        the ephemeral range, where this machine's outgoing TCP connections (the tests' ZMQ
+        links) also take theirs: the TCP bind can clash, so it tries a new pair."""
+        for _ in range(attempts):
+            udp = DNSServer(self, address="127.0.0.1", port=0, logger=_Quiet())
+            port = int(udp.server.server_address[1])
+            try:
+                tcp = DNSServer(self, address="127.0.0.1", port=port, tcp=True, logger=_Quiet())
+            except OSError as error:
+                udp.server.server_close()
+                if error.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            return udp, tcp
+        raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP in {attempts} tries")
 
     @property
     def port(self) -> int:
