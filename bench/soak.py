@@ -77,8 +77,11 @@ async def serve(endpoints: list[str]) -> None:
     await server.wait_engines_up(15)
     print(json.dumps({"port": port}), flush=True)
     loop = asyncio.get_running_loop()
+    snapshots = _Snapshots.from_env()
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         if line.strip() == "stats":
+            if snapshots is not None:
+                snapshots.take()
             links = server.links.values()
             print(json.dumps({
                 "open_slots": server.open_slots,
@@ -90,6 +93,34 @@ async def serve(endpoints: list[str]) -> None:
                 "disconnects": sum(link.counters.disconnects for link in links),
             }), flush=True)  # fmt: skip
     await server.stop(1.0)
+
+
+class _Snapshots:
+    """SOAK_TRACEMALLOC=DIR: the service traces its Python allocations and writes a tracemalloc
+    snapshot to DIR at every `stats` (after a full collection), for finding what holds memory
+    that RSS shows growing: `python -m bench.memdiff DIR/stats-1.snap DIR/stats-2.snap`.
+    A diagnostic: tracing allocations makes the service several times slower."""
+
+    def __init__(self, directory: Path) -> None:
+        import tracemalloc
+
+        self.directory = directory
+        self.taken = 0
+        directory.mkdir(parents=True, exist_ok=True)
+        tracemalloc.start(12)
+
+    @classmethod
+    def from_env(cls) -> _Snapshots | None:
+        directory = os.environ.get("SOAK_TRACEMALLOC")
+        return cls(Path(directory)) if directory else None
+
+    def take(self) -> None:
+        import gc
+        import tracemalloc
+
+        gc.collect()
+        self.taken += 1
+        tracemalloc.take_snapshot().dump(str(self.directory / f"stats-{self.taken}.snap"))
 
 
 # ---------------------------------------------------------------------------------- the load

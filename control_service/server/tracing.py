@@ -16,12 +16,13 @@ call and per reply.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
 
+from control_service.log import few_names
 from control_service.protocol import tracing, wire
 from control_service.protocol.tracing import METHOD, REQUEST_ID, STATUS, SpanTools, TraceContext
 from control_service.server.config import ConfigError
@@ -33,7 +34,8 @@ log = structlog.get_logger("control_service.server.tracing")
 
 DEFAULT_SERVICE_NAME = "control-service"
 # Attribute names besides the ones both sides set (protocol/tracing.py); gRPC's own under rpc.*.
-ENGINE = "control.engine"
+ENGINE = "control.engine"  # a part's engine; on a call's span, its first engines (few_names)
+ENGINE_COUNT = "control.engine_count"  # on a call's span: how many engines it went to
 OWNER = "control.refit.request_id"  # a Refit step's part: the refit it belongs to
 # Health checks and reflection would bury the calls in probe spans.
 _UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
@@ -121,15 +123,18 @@ class ServerTracing:
             return None
         return self.spans.context_of(span)
 
-    def call_ended(self, request_id: str, engines: Iterable[str], code: grpc.StatusCode,
+    def call_ended(self, request_id: str, engines: Sequence[str], code: grpc.StatusCode,
                    message: str) -> None:  # fmt: skip
         """The call's own words on its server span: request_id, engines, status (an abort with
-        rich details bypasses the instrumentation's own status tracking)."""
+        rich details bypasses the instrumentation's own status tracking). The engines as a log
+        line names them (the first few and a count): a call to 1,024 engines would otherwise
+        put a 10 KiB attribute on every span, past what most backends keep."""
         span = self._current_span()
         if not span.is_recording():
             return
         span.set_attribute(REQUEST_ID, request_id)
-        span.set_attribute(ENGINE, ",".join(engines))
+        span.set_attribute(ENGINE, few_names(engines))
+        span.set_attribute(ENGINE_COUNT, len(engines))
         span.set_attribute(STATUS, code.name)
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code is not grpc.StatusCode.OK:

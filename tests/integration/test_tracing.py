@@ -81,6 +81,8 @@ async def test_one_trace_from_the_trainer_through_the_service_to_the_engine(
     assert server.kind is SpanKind.SERVER
     assert server.attributes is not None and server.attributes["control.request_id"] == "traced-1"
     assert server.attributes["control.status"] == "OK"
+    assert (server.attributes["control.engine"], server.attributes["control.engine_count"]) == (
+        "e0", 1)  # fmt: skip
     _, server_id, _ = hex_ids(server)
     part_trace, part_id, part_parent = hex_ids(part)
     assert (part_trace, part_parent) == (trace_id, server_id), "the part is the call's child"
@@ -221,3 +223,22 @@ async def test_a_call_sampled_out_has_no_part_spans_and_its_engines_follow_the_d
     assert sent[0] == sent[1], "one context for every engine: the call's own"
     flags = int(sent[0]["traceparent"][-2:], 16)
     assert not flags & 1, "the sampled flag is off: the engines drop it too"
+
+
+async def test_a_call_to_many_engines_names_a_few_and_counts_them_all(
+    start_stub: Callable[..., StubProcess], start_service: StartService
+) -> None:
+    """One call's span stays small at fleet scale: the first 16 engines and a count, as a log
+    line names them (a call to 1,024 engines would otherwise carry a 10 KiB attribute)."""
+    stub = start_stub()
+    provider, exported = recorder()
+    engines = {f"e{i:02d}": stub.endpoint for i in range(20)}  # 20 links to one engine process
+    service = await start_service(engines, tracing=ServerTracing(provider))
+    async with ControlClient(ClientConfig(target=service.target)) as client:
+        status = await client.status()
+    assert len(status.engines) == 20
+    (span,) = [s for s in exported.get_finished_spans() if s.name.endswith("/GetStatus")]
+    assert span.attributes is not None
+    shown = ",".join(f"e{i:02d}" for i in range(16))
+    assert span.attributes["control.engine"] == f"{shown} and 4 more"
+    assert span.attributes["control.engine_count"] == 20
