@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from control_service.protocol import trace_exporters
+
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 # version 00: "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>", lower case.
@@ -176,8 +178,8 @@ def configure_from_env(default_service_name: str) -> TracingSetup:
     """Tracing as the standard variables say, once per process (the SDK's provider is global,
     and the service and an engine may share a process): off unless OTEL_TRACES_EXPORTER names
     an exporter, or an OTLP endpoint is set (then the exporter is `otlp`); always off with
-    OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none. Exporters are found and built as the
-    SDK's own auto-configuration does (its entry points read their own OTEL_EXPORTER_* variables),
+    OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none. Exporters are found as the SDK's own
+    auto-configuration finds them (trace_exporters; each reads its own OTEL_EXPORTER_* variables),
     the service name comes from OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, else the default.
     Without the `otel` extra installed, asking for tracing leaves it off and says so."""
     if not _setup:
@@ -192,7 +194,7 @@ def configure_from_env(default_service_name: str) -> TracingSetup:
 
 def _configure(default_service_name: str) -> TracingSetup:
     """configure_from_env's reading, without making the provider this process's global one."""
-    env = os.environ  # the SDK's helpers below read it too
+    env = os.environ  # the SDK reads it too (the resource, the sampler, each exporter's own)
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return TracingSetup(None, "tracing off: OTEL_SDK_DISABLED=true")
     asked = env.get("OTEL_TRACES_EXPORTER", "").strip()
@@ -201,19 +203,15 @@ def _configure(default_service_name: str) -> TracingSetup:
     if not asked and not any(env.get(name) for name in _OTLP_ENDPOINTS):
         return TracingSetup(None, "tracing off: no OTEL_TRACES_EXPORTER or OTLP endpoint set")
     try:
-        from opentelemetry.sdk import _configuration as sdk_config
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
         return TracingSetup(None, "tracing off: OTEL_* asks for it but OpenTelemetry is not "
                             "installed (install control-service[otel])")  # fmt: skip
-    try:  # the SDK's own reading of OTEL_TRACES_EXPORTER and OTEL_EXPORTER_OTLP_*PROTOCOL
-        names = sdk_config._get_exporter_names("traces") or [
-            sdk_config._get_exporter_entry_point("otlp", "traces")
-        ]
-        exporters, _, _ = sdk_config._import_exporters(names, [], [])
-    except (RuntimeError, ValueError, ImportError) as err:
+    try:  # OTEL_TRACES_EXPORTER and OTEL_EXPORTER_OTLP_*PROTOCOL, read as the SDK reads them
+        exporters = trace_exporters.load(trace_exporters.names(env))
+    except (ValueError, ImportError) as err:
         raise TracingConfigError(f"OTEL_TRACES_EXPORTER={asked or 'otlp'}: {err}") from None
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
