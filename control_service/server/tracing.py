@@ -15,8 +15,7 @@ call and per reply.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -26,6 +25,7 @@ from control_service.log import few_names
 from control_service.protocol import tracing, wire
 from control_service.protocol.tracing import METHOD, REQUEST_ID, STATUS, SpanTools, TraceContext
 from control_service.server.config import ConfigError
+from control_service.server.trace_interceptor import interceptor_class
 
 if TYPE_CHECKING:
     from control_service.server.operations import Command
@@ -78,11 +78,14 @@ class PartSpan:
 
 class ServerTracing:
     """Tracing on: the gRPC server interceptor and the engine parts' spans, from one provider
-    (the SDK's, from OTEL_*; a test passes its own, with an in-memory exporter)."""
+    (the SDK's, from OTEL_*; a test passes its own, with an in-memory exporter). Made once, at
+    start: an installed instrumentation this cannot work with is a ConfigError here, not a
+    failure of every call (trace_interceptor)."""
 
     def __init__(self, provider: Any) -> None:
         from opentelemetry.trace import SpanKind, get_current_span
 
+        self._interceptor_class = interceptor_class()
         self.provider = provider
         self.spans = SpanTools()
         self._tracer = provider.get_tracer("control_service.server")
@@ -101,8 +104,11 @@ class ServerTracing:
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
         """opentelemetry-instrumentation-grpc's server interceptor, health and reflection left
-        out, taught the handler style of this service's streams (_WriterAwareInterceptor)."""
-        return _interceptor_class()(self._tracer, filter_=_traced)
+        out, taught the handler style of this service's streams (trace_interceptor)."""
+        interceptor: grpc.aio.ServerInterceptor = self._interceptor_class(
+            self._tracer, filter_=_traced
+        )
+        return interceptor
 
     def part(self, command: Command, engine: str, owner: str = "") -> PartSpan:
         """A child of the current span (the call's server span, or the Refit's) for one engine's
@@ -152,31 +158,3 @@ def log_setup() -> None:
     """One line, once the service started (a start that fails says only why): whether it
     traces and where it exports, as `from_env` found it."""
     log.info(tracing.configure_from_env(DEFAULT_SERVICE_NAME).summary)
-
-
-def _interceptor_class() -> type:
-    """The instrumentation's aio interceptor, with one difference: a streaming handler that
-    writes with `context.write` (a coroutine function, as every mutating RPC here) is awaited
-    rather than iterated, which the stock interceptor assumes (it would fail every such call)."""
-    from opentelemetry.instrumentation.grpc._aio_server import (
-        OpenTelemetryAioServerInterceptor,
-        _OpenTelemetryAioServicerContext,
-    )
-
-    class _WriterAwareInterceptor(OpenTelemetryAioServerInterceptor):
-        def _intercept_aio_server_stream(
-            self, behavior: Callable[..., Any], handler_call_details: Any
-        ) -> Callable[..., Any]:
-            if not inspect.iscoroutinefunction(behavior):
-                return super()._intercept_aio_server_stream(behavior, handler_call_details)
-
-            async def writer(request: Any, context: Any) -> None:
-                with self._set_remote_context(context):
-                    with self._start_span(
-                        handler_call_details, context, set_status_on_exception=False
-                    ) as span:
-                        await behavior(request, _OpenTelemetryAioServicerContext(context, span))
-
-            return writer
-
-    return _WriterAwareInterceptor
