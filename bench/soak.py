@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import ctypes
 import itertools
 import json
 import os
@@ -87,12 +88,43 @@ async def serve(endpoints: list[str]) -> None:
                 "open_slots": server.open_slots,
                 "running": len(server.dispatcher.running) if server.dispatcher else -1,
                 "rss_kb": rss_kb(),
+                "malloc_kb": _malloc_in_use_kb(),  # C heap in use: grpc, libzmq, Python's big blocks
+                "py_blocks": sys.getallocatedblocks(),  # Python objects' memory blocks alive
                 "unmatched": sum(link.slots.counters.unmatched for link in links),
                 "malformed": sum(link.counters.malformed for link in links),
                 "recreated": sum(link.counters.recreated for link in links),
                 "disconnects": sum(link.counters.disconnects for link in links),
             }), flush=True)  # fmt: skip
+        elif line.strip() == "trim":
+            print(json.dumps({"rss_kb": _trimmed_rss_kb()}), flush=True)
     await server.stop(1.0)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]  # fmt: skip
+
+
+def _malloc_in_use_kb() -> int:
+    """glibc's own count of the bytes malloc has handed out and not had back (mallinfo2, every
+    arena): where RSS grows but this does not, the growth is pages the allocator keeps, not a
+    leak; where this grows and Python's blocks do not, native code holds it."""
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd) // 1024
+
+
+def _trimmed_rss_kb() -> int:
+    """RSS once glibc has handed its free pages back (malloc_trim(0)): what the process still
+    holds, as against what its allocator keeps for reuse. Growth that trimming removes is the
+    allocator's (fragmentation across grpc's and libzmq's threads' arenas), not a leak."""
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_kb()
 
 
 class _Snapshots:
@@ -291,6 +323,11 @@ async def main(args: argparse.Namespace) -> int:
         service.stdin.write(b"stats\n")  # type: ignore[union-attr]
         return json.loads(await asyncio.wait_for(service.stdout.readline(), 10))  # type: ignore[union-attr]
 
+    async def trimmed() -> int:
+        service.stdin.write(b"trim\n")  # type: ignore[union-attr]
+        line = await asyncio.wait_for(service.stdout.readline(), 10)  # type: ignore[union-attr]
+        return int(json.loads(line)["rss_kb"])
+
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             soak = Soak(control_pb2_grpc.ControlServiceStub(channel), stubs)
@@ -322,6 +359,7 @@ async def main(args: argparse.Namespace) -> int:
             while (end["open_slots"] or end["running"]) and time.perf_counter() < settle_by:
                 await asyncio.sleep(0.1)
                 end = await stats()
+            end["trimmed_kb"] = await trimmed()
     finally:
         service.stdin.close()
         await asyncio.wait_for(service.wait(), 30)
@@ -351,6 +389,15 @@ def report(args: argparse.Namespace, soak: Soak, warm: dict[str, int], end: dict
     before, after = warm["rss_kb"] / 1024, end["rss_kb"] / 1024
     print(f"service RSS: {before:.1f} MB after {args.warmup} calls, {after:.1f} MB at the end: "
           f"growth {growth_mb:+.2f} MB (target < 5 MB)")  # fmt: skip
+    print(f"service RSS at the end after malloc_trim(0): {end['trimmed_kb'] / 1024:.1f} MB "
+          "(what the allocator kept for reuse is handed back; the rest is held)")  # fmt: skip
+
+
+def print_memory(when: str, stats: dict[str, int], soak: Soak) -> None:
+    calls = sum(soak.by_status.values())
+    print(f"{when}: {calls} calls, RSS {stats['rss_kb'] / 1024:.1f} MB, malloc in use "
+          f"{stats['malloc_kb'] / 1024:.1f} MB, Python blocks {stats['py_blocks']}",
+          flush=True)  # fmt: skip
 
 
 async def idle_callers(
@@ -388,6 +435,11 @@ async def chaos(args: argparse.Namespace) -> int:
         service.stdin.write(b"stats\n")  # type: ignore[union-attr]
         return json.loads(await asyncio.wait_for(service.stdout.readline(), 30))  # type: ignore[union-attr]
 
+    async def trimmed() -> int:
+        service.stdin.write(b"trim\n")  # type: ignore[union-attr]
+        line = await asyncio.wait_for(service.stdout.readline(), 30)  # type: ignore[union-attr]
+        return int(json.loads(line)["rss_kb"])
+
     rng = random.Random(13)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -418,8 +470,16 @@ async def chaos(args: argparse.Namespace) -> int:
                     soak.injected["idle-callers"] += 1
                     await asyncio.sleep(3.0)
 
+            async def memory() -> None:
+                """A line a minute: where the memory goes, after the warm-up as well as at it."""
+                minute = 0
+                while time.perf_counter() < deadline - 60:
+                    await asyncio.sleep(60)
+                    minute += 1
+                    print_memory(f"minute {minute}", await stats(), soak)
+
             await asyncio.gather(
-                *(worker(w) for w in range(args.workers)), faults(), stop_reading()
+                *(worker(w) for w in range(args.workers)), faults(), stop_reading(), memory()
             )
             elapsed = time.perf_counter() - started
             settle_by = time.perf_counter() + 15
@@ -427,6 +487,7 @@ async def chaos(args: argparse.Namespace) -> int:
             while (end["open_slots"] or end["running"]) and time.perf_counter() < settle_by:
                 await asyncio.sleep(0.1)
                 end = await stats()
+            end["trimmed_kb"] = await trimmed()
     finally:
         service.stdin.close()
         await asyncio.wait_for(service.wait(), 30)
@@ -451,7 +512,8 @@ async def chaos(args: argparse.Namespace) -> int:
     print(f"late/unmatched replies dropped: {end['unmatched']}, malformed frames: "
           f"{end['malformed']}")  # fmt: skip
     print(f"service RSS: {start['rss_kb'] / 1024:.1f} MB at the start, "
-          f"{end['rss_kb'] / 1024:.1f} MB at the end")  # fmt: skip
+          f"{end['rss_kb'] / 1024:.1f} MB at the end, {end['trimmed_kb'] / 1024:.1f} MB after "
+          "malloc_trim(0) (what the allocator kept for reuse handed back)")  # fmt: skip
     ok = soak.lost == 0 and end["open_slots"] == 0 and end["running"] == 0
     return 0 if ok else 1
 

@@ -124,8 +124,7 @@ class Call:
         common: dict[str, Any] = {
             "request_id": request_id, "engines": list(self.engines), "on_event": output,
         }  # fmt: skip
-        if self.action != "stage-weights":
-            common["max_failed_engines"] = a["max_failed_engines"]
+        common["max_failed_engines"] = a["max_failed_engines"]
         if self.action == "pause":
             return await client.pause(a["mode"], clear_cache=a["clear_cache"], **common)
         if self.action == "update-weights":
@@ -198,7 +197,7 @@ _action("pause", "pause the engines", MODE, CLEAR, MAX_FAILED, REQUEST_ID, ENGIN
 _action("update-weights", "load new weights into the paused engines",
         URI, VERSION, MAX_FAILED, REQUEST_ID, ENGINES)  # fmt: skip
 _action("stage-weights", "load new weights beside the served ones while the engines serve",
-        URI, VERSION, REQUEST_ID, ENGINES)  # fmt: skip
+        URI, VERSION, MAX_FAILED, REQUEST_ID, ENGINES)  # fmt: skip
 _action("resume", "let the engines serve again", MAX_FAILED, REQUEST_ID, ENGINES)
 _action("refit", "pause -> update weights -> resume as one call, safe on failure",
         URI, VERSION, MODE, CLEAR, STAGE, ON_FAILURE, *STEP_TIMEOUTS, MAX_FAILED,

@@ -225,11 +225,13 @@ class ControlClient:
         timeout: float | None = None,
         engines: Iterable[str] = (),
         on_event: EventCallback | None = None,
+        max_failed_engines: int = 0,
     ) -> Outcome:
         """Load the checkpoint at `uri` beside the served weights while the engines keep serving;
         a later update_weights (or refit) of `version` commits it with a swap, not a load.
-        Engines without the `stage` capability are refused up front (FAILED_PRECONDITION)."""
-        request = stage_weights_request(uri, version, request_id, engines)
+        Engines without the `stage` capability are refused up front (FAILED_PRECONDITION).
+        max_failed_engines: as for pause (a failed engine staged nothing and serves on)."""
+        request = stage_weights_request(uri, version, request_id, engines, max_failed_engines)
         return await self._mutate(self._rpc("StageWeights"), request, timeout, on_event)
 
     async def resume(
@@ -364,19 +366,19 @@ def update_weights_request(
     engines: Iterable[str],
     max_failed_engines: int = 0,
 ) -> control_pb2.UpdateWeightsRequest:
-    request = _weights_request(
-        control_pb2.UpdateWeightsRequest, "update_weights", uri, version, request_id, engines
-    )
-    request.max_failed_engines = utils.failure_budget(max_failed_engines)
-    return request
+    return _weights_request(control_pb2.UpdateWeightsRequest, "update_weights", uri, version,
+                            request_id, engines, max_failed_engines)  # fmt: skip
 
 
 def stage_weights_request(
-    uri: str, version: str, request_id: str | None, engines: Iterable[str]
+    uri: str,
+    version: str,
+    request_id: str | None,
+    engines: Iterable[str],
+    max_failed_engines: int = 0,
 ) -> control_pb2.StageWeightsRequest:
-    return _weights_request(
-        control_pb2.StageWeightsRequest, "stage_weights", uri, version, request_id, engines
-    )
+    return _weights_request(control_pb2.StageWeightsRequest, "stage_weights", uri, version,
+                            request_id, engines, max_failed_engines)  # fmt: skip
 
 
 def _weights_request(
@@ -386,6 +388,7 @@ def _weights_request(
     version: str,
     request_id: str | None,
     engines: Iterable[str],
+    max_failed_engines: int,
 ) -> WeightsRequest:
     """A checkpoint (uri) and the version it becomes: the same request to load or to stage."""
     if not uri or not version:
@@ -395,6 +398,7 @@ def _weights_request(
         uri=uri,
         version=version,
         engines=list(engines),
+        max_failed_engines=utils.failure_budget(max_failed_engines),
     )
 
 

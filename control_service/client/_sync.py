@@ -138,9 +138,10 @@ class SyncControlClient:
         timeout: float | None = None,
         engines: Iterable[str] = (),
         on_event: SyncEventCallback | None = None,
+        max_failed_engines: int = 0,
     ) -> Outcome:
         """Load `uri` beside the served weights while serving (see ControlClient.stage_weights)."""
-        request = stage_weights_request(uri, version, request_id, engines)
+        request = stage_weights_request(uri, version, request_id, engines, max_failed_engines)
         return self._mutate(self._rpc("StageWeights"), request, timeout, on_event)
 
     def resume(

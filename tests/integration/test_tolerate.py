@@ -220,6 +220,34 @@ async def test_a_failed_stage_leaves_that_engine_serving_and_never_paused(
     assert all((s.weight_version, s.paused) == ("7", False) for s in others)
 
 
+async def test_stage_weights_tolerates_two_failed_engines_the_rest_stay_staged(
+    service: Service, stubs: dict[str, StubProcess], checkpoint: Callable[[int], tuple[str, int]]
+) -> None:
+    """StageWeights takes the same budget: e3 has no room to stage, e5 dies on receipt; the
+    six others hold version 7 staged while serving, and the two are named and flagged."""
+    uri, _ = checkpoint(7)
+    stubs["e3"].knob(fail_next={"code": "RESOURCE_EXHAUSTED", "message": "no room to stage",
+                                "method": "stage_weights"})  # fmt: skip
+    stubs["e5"].knob(silent=True)
+    async with ControlClient(ClientConfig(target=service.target)) as client:
+        call = asyncio.ensure_future(
+            client.stage_weights(uri, "7", request_id="s", max_failed_engines=2, timeout=30)
+        )
+        await kill_on_receipt(stubs["e5"], "s")
+        outcome = await asyncio.wait_for(call, 30)
+        status = await client.status()
+    assert outcome.degraded
+    assert {(f.engine, f.code, f.step, f.action) for f in outcome.failures} == {
+        ("e3", Code.RESOURCE_EXHAUSTED, "stage_weights", "left_as_reported"),
+        ("e5", Code.UNAVAILABLE, "stage_weights", "left_as_reported"),
+    }
+    staged = {name: r.state for name, r in outcome.results.items()}
+    assert sorted(staged) == HEALTHY
+    assert all((s.staged_version, s.paused) == ("7", False) for s in staged.values())
+    assert sorted(status.failures()) == ["e3", "e5"], "GetStatus flags both"
+    assert tolerated(service, "stage_weights") == 2
+
+
 async def test_pause_update_resume_each_tolerate_and_status_flags_clear(
     service: Service, stubs: dict[str, StubProcess], checkpoint: Callable[[int], tuple[str, int]]
 ) -> None:
@@ -272,6 +300,8 @@ async def test_pause_update_resume_each_tolerate_and_status_flags_clear(
         ("Pause", pb.PauseRequest(request_id="b1", max_failed_engines=8), "has 8 engines"),
         ("UpdateWeights", pb.UpdateWeightsRequest(request_id="b2", uri="/x", version="1",
                                                   max_failed_engines=9), "has 8 engines"),
+        ("StageWeights", pb.StageWeightsRequest(request_id="b5", uri="/x", version="1",
+                                                max_failed_engines=8), "has 8 engines"),
         ("Resume", pb.ResumeRequest(request_id="b3", engines=["e1", "e2"], max_failed_engines=2),
          "has 2 engines, so at most 1 may fail"),
         ("Refit", pb.RefitRequest(request_id="b4", uri="/x", version="1", engines=["e4"],

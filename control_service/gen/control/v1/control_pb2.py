@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,control_service/gen/control/v1/control.proto\x12\ncontrol.v1\x1a\x1egoogle/protobuf/duration.proto\"\xb5\x01\n\x0cPauseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.control.v1.PauseMode\x12\x13\n\x0b\x63lear_cache\x18\x03 \x01(\x08\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\x12\x1a\n\x12max_failed_engines\x18\x06 \x01(\r\"\xa1\x01\n\x14UpdateWeightsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\x12\x1a\n\x12max_failed_engines\x18\x06 \x01(\r\"\x84\x01\n\x13StageWeightsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\"|\n\rResumeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x03 \x03(\t\x12\x1a\n\x12max_failed_engines\x18\x04 \x01(\r\"\xfa\x01\n\x0c\x43ontrolEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x08 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12(\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x0b\x32\x14.control.v1.AcceptedH\x00\x12(\n\x08progress\x18\x05 \x01(\x0b\x32\x14.control.v1.ProgressH\x00\x12$\n\x06result\x18\x06 \x01(\x0b\x32\x12.control.v1.ResultH\x00\x12(\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x17.control.v1.EngineErrorH\x00\x42\x07\n\x05\x65vent\",\n\x0b\x45ngineError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x1b\n\x08\x41\x63\x63\x65pted\x12\x0f\n\x07message\x18\x01 \x01(\t\"G\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x04\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xb8\x01\n\x06Result\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.control.v1.EngineState\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x62orted\x18\x03 \x01(\r\x12\x0f\n\x07\x64rained\x18\x04 \x01(\r\x12\x14\n\x0c\x62ytes_loaded\x18\x05 \x01(\x04\x12\x11\n\tpaused_ms\x18\x06 \x01(\x01\x12*\n\x07\x66\x61ilure\x18\x07 \x01(\x0b\x32\x19.control.v1.EngineFailure\"{\n\rEngineFailure\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12)\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x19.control.v1.FailureAction\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x8d\x01\n\x0b\x45ngineState\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x16\n\x0eweight_version\x18\x02 \x01(\t\x12\x11\n\tin_flight\x18\x03 \x01(\r\x12\x15\n\rweight_digest\x18\x04 \x01(\t\x12\x16\n\x0estaged_version\x18\x05 \x01(\t\x12\x14\n\x0cstaged_bytes\x18\x06 \x01(\x04\"#\n\x10GetStatusRequest\x12\x0f\n\x07\x65ngines\x18\x01 \x03(\t\"u\n\x11GetStatusResponse\x12)\n\x07\x65ngines\x18\x01 \x03(\x0b\x32\x18.control.v1.EngineStatus\x12\x16\n\x0eskewed_engines\x18\x02 \x03(\t\x12\x1d\n\x15membership_generation\x18\x03 \x01(\x04\"\x9f\x02\n\x0c\x45ngineStatus\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12&\n\x05state\x18\x03 \x01(\x0b\x32\x17.control.v1.EngineState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x05 \x01(\t\x12\x34\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32\x1e.control.v1.EngineCapabilities\x12*\n\x07\x66\x61ilure\x18\t \x01(\x0b\x32\x19.control.v1.EngineFailure\x12(\n\x06source\x18\n \x01(\x0e\x32\x18.control.v1.EngineSource\x12\x0f\n\x07leaving\x18\x0b \x01(\x08\"\xca\x01\n\x12\x45ngineCapabilities\x12*\n\x0bpause_modes\x18\x01 \x03(\x0e\x32\x15.control.v1.PauseMode\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x01(\x08\x12\x10\n\x08progress\x18\x03 \x01(\x08\x12\x38\n\x05\x66lags\x18\x04 \x03(\x0b\x32).control.v1.EngineCapabilities.FlagsEntry\x1a,\n\nFlagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"\xe0\x03\n\x0cRefitRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.control.v1.PauseMode\x12\x13\n\x0b\x63lear_cache\x18\x03 \x01(\x08\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rpause_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0eupdate_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0eresume_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\non_failure\x18\n \x01(\x0e\x32\x1e.control.v1.RefitFailurePolicy\x12\x0f\n\x07\x65ngines\x18\x0b \x03(\t\x12\r\n\x05stage\x18\x0c \x01(\x08\x12\x30\n\rstage_timeout\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12max_failed_engines\x18\x0e \x01(\r*g\n\tPauseMode\x12\x1a\n\x16PAUSE_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10PAUSE_MODE_ABORT\x10\x01\x12\x13\n\x0fPAUSE_MODE_WAIT\x10\x02\x12\x13\n\x0fPAUSE_MODE_KEEP\x10\x03*\x85\x02\n\rFailureAction\x12\x1e\n\x1a\x46\x41ILURE_ACTION_UNSPECIFIED\x10\x00\x12#\n\x1f\x46\x41ILURE_ACTION_LEFT_AS_REPORTED\x10\x01\x12&\n\"FAILURE_ACTION_RESUMED_OLD_WEIGHTS\x10\x02\x12&\n\"FAILURE_ACTION_RESUMED_NEW_WEIGHTS\x10\x03\x12\x1e\n\x1a\x46\x41ILURE_ACTION_LEFT_PAUSED\x10\x04\x12 \n\x1c\x46\x41ILURE_ACTION_RESUME_FAILED\x10\x05\x12\x1d\n\x19\x46\x41ILURE_ACTION_NOT_PAUSED\x10\x06*t\n\x0c\x45ngineSource\x12\x1d\n\x19\x45NGINE_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NGINE_SOURCE_FLAG\x10\x01\x12\x16\n\x12\x45NGINE_SOURCE_FILE\x10\x02\x12\x15\n\x11\x45NGINE_SOURCE_DNS\x10\x03*\x8d\x01\n\x12RefitFailurePolicy\x12$\n REFIT_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12+\n\'REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS\x10\x01\x12$\n REFIT_FAILURE_POLICY_STAY_PAUSED\x10\x02\x32\xb5\x03\n\x0e\x43ontrolService\x12=\n\x05Pause\x12\x18.control.v1.PauseRequest\x1a\x18.control.v1.ControlEvent0\x01\x12M\n\rUpdateWeights\x12 .control.v1.UpdateWeightsRequest\x1a\x18.control.v1.ControlEvent0\x01\x12K\n\x0cStageWeights\x12\x1f.control.v1.StageWeightsRequest\x1a\x18.control.v1.ControlEvent0\x01\x12?\n\x06Resume\x12\x19.control.v1.ResumeRequest\x1a\x18.control.v1.ControlEvent0\x01\x12H\n\tGetStatus\x12\x1c.control.v1.GetStatusRequest\x1a\x1d.control.v1.GetStatusResponse\x12=\n\x05Refit\x12\x18.control.v1.RefitRequest\x1a\x18.control.v1.ControlEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,control_service/gen/control/v1/control.proto\x12\ncontrol.v1\x1a\x1egoogle/protobuf/duration.proto\"\xb5\x01\n\x0cPauseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.control.v1.PauseMode\x12\x13\n\x0b\x63lear_cache\x18\x03 \x01(\x08\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\x12\x1a\n\x12max_failed_engines\x18\x06 \x01(\r\"\xa1\x01\n\x14UpdateWeightsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\x12\x1a\n\x12max_failed_engines\x18\x06 \x01(\r\"\xa0\x01\n\x13StageWeightsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\x12\x1a\n\x12max_failed_engines\x18\x06 \x01(\r\"|\n\rResumeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x65ngines\x18\x03 \x03(\t\x12\x1a\n\x12max_failed_engines\x18\x04 \x01(\r\"\xfa\x01\n\x0c\x43ontrolEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x08 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12(\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x0b\x32\x14.control.v1.AcceptedH\x00\x12(\n\x08progress\x18\x05 \x01(\x0b\x32\x14.control.v1.ProgressH\x00\x12$\n\x06result\x18\x06 \x01(\x0b\x32\x12.control.v1.ResultH\x00\x12(\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x17.control.v1.EngineErrorH\x00\x42\x07\n\x05\x65vent\",\n\x0b\x45ngineError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x1b\n\x08\x41\x63\x63\x65pted\x12\x0f\n\x07message\x18\x01 \x01(\t\"G\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x04\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xb8\x01\n\x06Result\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.control.v1.EngineState\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x62orted\x18\x03 \x01(\r\x12\x0f\n\x07\x64rained\x18\x04 \x01(\r\x12\x14\n\x0c\x62ytes_loaded\x18\x05 \x01(\x04\x12\x11\n\tpaused_ms\x18\x06 \x01(\x01\x12*\n\x07\x66\x61ilure\x18\x07 \x01(\x0b\x32\x19.control.v1.EngineFailure\"{\n\rEngineFailure\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12)\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x19.control.v1.FailureAction\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x8d\x01\n\x0b\x45ngineState\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x16\n\x0eweight_version\x18\x02 \x01(\t\x12\x11\n\tin_flight\x18\x03 \x01(\r\x12\x15\n\rweight_digest\x18\x04 \x01(\t\x12\x16\n\x0estaged_version\x18\x05 \x01(\t\x12\x14\n\x0cstaged_bytes\x18\x06 \x01(\x04\"#\n\x10GetStatusRequest\x12\x0f\n\x07\x65ngines\x18\x01 \x03(\t\"u\n\x11GetStatusResponse\x12)\n\x07\x65ngines\x18\x01 \x03(\x0b\x32\x18.control.v1.EngineStatus\x12\x16\n\x0eskewed_engines\x18\x02 \x03(\t\x12\x1d\n\x15membership_generation\x18\x03 \x01(\x04\"\x9f\x02\n\x0c\x45ngineStatus\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12&\n\x05state\x18\x03 \x01(\x0b\x32\x17.control.v1.EngineState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x05 \x01(\t\x12\x34\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32\x1e.control.v1.EngineCapabilities\x12*\n\x07\x66\x61ilure\x18\t \x01(\x0b\x32\x19.control.v1.EngineFailure\x12(\n\x06source\x18\n \x01(\x0e\x32\x18.control.v1.EngineSource\x12\x0f\n\x07leaving\x18\x0b \x01(\x08\"\xca\x01\n\x12\x45ngineCapabilities\x12*\n\x0bpause_modes\x18\x01 \x03(\x0e\x32\x15.control.v1.PauseMode\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x01(\x08\x12\x10\n\x08progress\x18\x03 \x01(\x08\x12\x38\n\x05\x66lags\x18\x04 \x03(\x0b\x32).control.v1.EngineCapabilities.FlagsEntry\x1a,\n\nFlagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"\xe0\x03\n\x0cRefitRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.control.v1.PauseMode\x12\x13\n\x0b\x63lear_cache\x18\x03 \x01(\x08\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rpause_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0eupdate_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0eresume_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\non_failure\x18\n \x01(\x0e\x32\x1e.control.v1.RefitFailurePolicy\x12\x0f\n\x07\x65ngines\x18\x0b \x03(\t\x12\r\n\x05stage\x18\x0c \x01(\x08\x12\x30\n\rstage_timeout\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12max_failed_engines\x18\x0e \x01(\r*g\n\tPauseMode\x12\x1a\n\x16PAUSE_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10PAUSE_MODE_ABORT\x10\x01\x12\x13\n\x0fPAUSE_MODE_WAIT\x10\x02\x12\x13\n\x0fPAUSE_MODE_KEEP\x10\x03*\x85\x02\n\rFailureAction\x12\x1e\n\x1a\x46\x41ILURE_ACTION_UNSPECIFIED\x10\x00\x12#\n\x1f\x46\x41ILURE_ACTION_LEFT_AS_REPORTED\x10\x01\x12&\n\"FAILURE_ACTION_RESUMED_OLD_WEIGHTS\x10\x02\x12&\n\"FAILURE_ACTION_RESUMED_NEW_WEIGHTS\x10\x03\x12\x1e\n\x1a\x46\x41ILURE_ACTION_LEFT_PAUSED\x10\x04\x12 \n\x1c\x46\x41ILURE_ACTION_RESUME_FAILED\x10\x05\x12\x1d\n\x19\x46\x41ILURE_ACTION_NOT_PAUSED\x10\x06*t\n\x0c\x45ngineSource\x12\x1d\n\x19\x45NGINE_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NGINE_SOURCE_FLAG\x10\x01\x12\x16\n\x12\x45NGINE_SOURCE_FILE\x10\x02\x12\x15\n\x11\x45NGINE_SOURCE_DNS\x10\x03*\x8d\x01\n\x12RefitFailurePolicy\x12$\n REFIT_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12+\n\'REFIT_FAILURE_POLICY_RESUME_OLD_WEIGHTS\x10\x01\x12$\n REFIT_FAILURE_POLICY_STAY_PAUSED\x10\x02\x32\xb5\x03\n\x0e\x43ontrolService\x12=\n\x05Pause\x12\x18.control.v1.PauseRequest\x1a\x18.control.v1.ControlEvent0\x01\x12M\n\rUpdateWeights\x12 .control.v1.UpdateWeightsRequest\x1a\x18.control.v1.ControlEvent0\x01\x12K\n\x0cStageWeights\x12\x1f.control.v1.StageWeightsRequest\x1a\x18.control.v1.ControlEvent0\x01\x12?\n\x06Resume\x12\x19.control.v1.ResumeRequest\x1a\x18.control.v1.ControlEvent0\x01\x12H\n\tGetStatus\x12\x1c.control.v1.GetStatusRequest\x1a\x1d.control.v1.GetStatusResponse\x12=\n\x05Refit\x12\x18.control.v1.RefitRequest\x1a\x18.control.v1.ControlEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,48 +34,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENGINECAPABILITIES_FLAGSENTRY']._loaded_options = None
   _globals['_ENGINECAPABILITIES_FLAGSENTRY']._serialized_options = b'8\001'
-  _globals['_PAUSEMODE']._serialized_start=2692
-  _globals['_PAUSEMODE']._serialized_end=2795
-  _globals['_FAILUREACTION']._serialized_start=2798
-  _globals['_FAILUREACTION']._serialized_end=3059
-  _globals['_ENGINESOURCE']._serialized_start=3061
-  _globals['_ENGINESOURCE']._serialized_end=3177
-  _globals['_REFITFAILUREPOLICY']._serialized_start=3180
-  _globals['_REFITFAILUREPOLICY']._serialized_end=3321
+  _globals['_PAUSEMODE']._serialized_start=2720
+  _globals['_PAUSEMODE']._serialized_end=2823
+  _globals['_FAILUREACTION']._serialized_start=2826
+  _globals['_FAILUREACTION']._serialized_end=3087
+  _globals['_ENGINESOURCE']._serialized_start=3089
+  _globals['_ENGINESOURCE']._serialized_end=3205
+  _globals['_REFITFAILUREPOLICY']._serialized_start=3208
+  _globals['_REFITFAILUREPOLICY']._serialized_end=3349
   _globals['_PAUSEREQUEST']._serialized_start=93
   _globals['_PAUSEREQUEST']._serialized_end=274
   _globals['_UPDATEWEIGHTSREQUEST']._serialized_start=277
   _globals['_UPDATEWEIGHTSREQUEST']._serialized_end=438
   _globals['_STAGEWEIGHTSREQUEST']._serialized_start=441
-  _globals['_STAGEWEIGHTSREQUEST']._serialized_end=573
-  _globals['_RESUMEREQUEST']._serialized_start=575
-  _globals['_RESUMEREQUEST']._serialized_end=699
-  _globals['_CONTROLEVENT']._serialized_start=702
-  _globals['_CONTROLEVENT']._serialized_end=952
-  _globals['_ENGINEERROR']._serialized_start=954
-  _globals['_ENGINEERROR']._serialized_end=998
-  _globals['_ACCEPTED']._serialized_start=1000
-  _globals['_ACCEPTED']._serialized_end=1027
-  _globals['_PROGRESS']._serialized_start=1029
-  _globals['_PROGRESS']._serialized_end=1100
-  _globals['_RESULT']._serialized_start=1103
-  _globals['_RESULT']._serialized_end=1287
-  _globals['_ENGINEFAILURE']._serialized_start=1289
-  _globals['_ENGINEFAILURE']._serialized_end=1412
-  _globals['_ENGINESTATE']._serialized_start=1415
-  _globals['_ENGINESTATE']._serialized_end=1556
-  _globals['_GETSTATUSREQUEST']._serialized_start=1558
-  _globals['_GETSTATUSREQUEST']._serialized_end=1593
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1595
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1712
-  _globals['_ENGINESTATUS']._serialized_start=1715
-  _globals['_ENGINESTATUS']._serialized_end=2002
-  _globals['_ENGINECAPABILITIES']._serialized_start=2005
-  _globals['_ENGINECAPABILITIES']._serialized_end=2207
-  _globals['_ENGINECAPABILITIES_FLAGSENTRY']._serialized_start=2163
-  _globals['_ENGINECAPABILITIES_FLAGSENTRY']._serialized_end=2207
-  _globals['_REFITREQUEST']._serialized_start=2210
-  _globals['_REFITREQUEST']._serialized_end=2690
-  _globals['_CONTROLSERVICE']._serialized_start=3324
-  _globals['_CONTROLSERVICE']._serialized_end=3761
+  _globals['_STAGEWEIGHTSREQUEST']._serialized_end=601
+  _globals['_RESUMEREQUEST']._serialized_start=603
+  _globals['_RESUMEREQUEST']._serialized_end=727
+  _globals['_CONTROLEVENT']._serialized_start=730
+  _globals['_CONTROLEVENT']._serialized_end=980
+  _globals['_ENGINEERROR']._serialized_start=982
+  _globals['_ENGINEERROR']._serialized_end=1026
+  _globals['_ACCEPTED']._serialized_start=1028
+  _globals['_ACCEPTED']._serialized_end=1055
+  _globals['_PROGRESS']._serialized_start=1057
+  _globals['_PROGRESS']._serialized_end=1128
+  _globals['_RESULT']._serialized_start=1131
+  _globals['_RESULT']._serialized_end=1315
+  _globals['_ENGINEFAILURE']._serialized_start=1317
+  _globals['_ENGINEFAILURE']._serialized_end=1440
+  _globals['_ENGINESTATE']._serialized_start=1443
+  _globals['_ENGINESTATE']._serialized_end=1584
+  _globals['_GETSTATUSREQUEST']._serialized_start=1586
+  _globals['_GETSTATUSREQUEST']._serialized_end=1621
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1623
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1740
+  _globals['_ENGINESTATUS']._serialized_start=1743
+  _globals['_ENGINESTATUS']._serialized_end=2030
+  _globals['_ENGINECAPABILITIES']._serialized_start=2033
+  _globals['_ENGINECAPABILITIES']._serialized_end=2235
+  _globals['_ENGINECAPABILITIES_FLAGSENTRY']._serialized_start=2191
+  _globals['_ENGINECAPABILITIES_FLAGSENTRY']._serialized_end=2235
+  _globals['_REFITREQUEST']._serialized_start=2238
+  _globals['_REFITREQUEST']._serialized_end=2718
+  _globals['_CONTROLSERVICE']._serialized_start=3352
+  _globals['_CONTROLSERVICE']._serialized_end=3789
 # @@protoc_insertion_point(module_scope)

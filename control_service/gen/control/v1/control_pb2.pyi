@@ -91,18 +91,20 @@ class UpdateWeightsRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ..., max_failed_engines: _Optional[int] = ...) -> None: ...
 
 class StageWeightsRequest(_message.Message):
-    __slots__ = ("request_id", "uri", "version", "timeout", "engines")
+    __slots__ = ("request_id", "uri", "version", "timeout", "engines", "max_failed_engines")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ENGINES_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILED_ENGINES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     uri: str
     version: str
     timeout: _duration_pb2.Duration
     engines: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_failed_engines: int
+    def __init__(self, request_id: _Optional[str] = ..., uri: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., engines: _Optional[_Iterable[str]] = ..., max_failed_engines: _Optional[int] = ...) -> None: ...
 
 class ResumeRequest(_message.Message):
     __slots__ = ("request_id", "timeout", "engines", "max_failed_engines")
