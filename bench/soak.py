@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.procs import rss_kb  # noqa: E402
+from control_service.cli.aio import run  # noqa: E402
 from control_service.gen.control.v1 import control_pb2 as pb  # noqa: E402
 from control_service.gen.control.v1 import control_pb2_grpc  # noqa: E402
 from tests.stub_process import StubProcess  # noqa: E402
@@ -211,6 +212,15 @@ class Soak:
         self.by_status[f"{kind}:{status}"] += 1
 
     def pick(self, n: int, lane: str) -> tuple[str, str, Any, float]:
+        """SOAK_ONLY=KIND (pause, retry, short-deadline, ...): only that kind of call, drawn
+        from the same mix (a diagnostic: which kind of call does what)."""
+        only = os.environ.get("SOAK_ONLY")
+        while True:
+            got = self._pick(n, lane)
+            if not only or got[0] == only:
+                return got
+
+    def _pick(self, n: int, lane: str) -> tuple[str, str, Any, float]:
         """One call on this worker's engine link: mostly healthy traffic, every fault mixed in."""
         r = self.rng.random()
         rid = f"soak-{n}"
@@ -389,6 +399,9 @@ def report(args: argparse.Namespace, soak: Soak, warm: dict[str, int], end: dict
     before, after = warm["rss_kb"] / 1024, end["rss_kb"] / 1024
     print(f"service RSS: {before:.1f} MB after {args.warmup} calls, {after:.1f} MB at the end: "
           f"growth {growth_mb:+.2f} MB (target < 5 MB)")  # fmt: skip
+    print(f"service malloc in use: {warm['malloc_kb'] / 1024:.2f} MB after {args.warmup} calls, "
+          f"{end['malloc_kb'] / 1024:.2f} MB at the end; Python blocks {warm['py_blocks']} -> "
+          f"{end['py_blocks']}")  # fmt: skip
     print(f"service RSS at the end after malloc_trim(0): {end['trimmed_kb'] / 1024:.1f} MB "
           "(what the allocator kept for reuse is handed back; the rest is held)")  # fmt: skip
 
@@ -520,7 +533,7 @@ async def chaos(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        asyncio.run(serve(sys.argv[2:]))
+        run(serve(sys.argv[2:]))  # the loop `serve` runs on (uvloop where installed)
         sys.exit(0)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
