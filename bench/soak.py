@@ -14,6 +14,10 @@ takes an engine's endpoint every few seconds (SIGKILL and restart, SIGSTOP, an o
 a refused CURVE key then the right one, a flood of progress) and callers attach to one call and
 stop reading; it prints calls by final status, calls without one (must be 0), open slots at the
 end (must be 0), the links' recoveries, and the service's RSS at the start and the end.
+
+Beside RSS both print glibc's malloc in use and Python's live blocks, and the RSS after
+malloc_trim(0), to tell memory held from memory the allocator keeps (docs/benchmarks.md, "Where
+the drift is"). Diagnostics: SOAK_ONLY=KIND, SOAK_TRACEMALLOC=DIR (then `python -m bench.memdiff`).
 """
 
 from __future__ import annotations
@@ -317,29 +321,63 @@ async def inject_faults(
             injected["kill+restart"] += 1
 
 
+class SoakService:
+    """The service process under soak (`--serve`), asked for its numbers over stdin/stdout."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, timeout: float) -> None:
+        self.process = process
+        self.port = port
+        self.timeout = timeout  # for each answer: the service may be slow under the soak
+
+    @classmethod
+    async def start(cls, args: list[str], timeout: float) -> SoakService:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__)), "--serve", *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO,
+        )  # fmt: skip
+        self = cls(process, 0, timeout)
+        self.port = (await self._answer(60))["port"]
+        return self
+
+    async def stats(self) -> dict[str, int]:
+        return await self._ask("stats")
+
+    async def settled(self, within: float) -> dict[str, int]:
+        """The stats once nothing is open (bounded: cancelled operations may still be in their
+        detach grace; a leak never settles and is reported), and the RSS after malloc_trim."""
+        settle_by = time.perf_counter() + within
+        end = await self.stats()
+        while (end["open_slots"] or end["running"]) and time.perf_counter() < settle_by:
+            await asyncio.sleep(0.1)
+            end = await self.stats()
+        end["trimmed_kb"] = (await self._ask("trim"))["rss_kb"]
+        return end
+
+    async def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        await asyncio.wait_for(self.process.wait(), 30)
+
+    async def _ask(self, command: str) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{command}\n".encode())
+        return await self._answer(self.timeout)
+
+    async def _answer(self, timeout: float) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+
 async def main(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     stubs = [StubProcess() for _ in range(ENGINES)]
     for i, stub in enumerate(stubs):
         stub.start("--instant", "--bind", f"ipc://{tmp}/engine-{i}.sock")
-    service = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__)), "--serve", *[s.endpoint for s in stubs],
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO,
-    )  # fmt: skip
-    assert service.stdout and service.stdin
-    port = json.loads(await asyncio.wait_for(service.stdout.readline(), 30))["port"]
-
-    async def stats() -> dict[str, int]:
-        service.stdin.write(b"stats\n")  # type: ignore[union-attr]
-        return json.loads(await asyncio.wait_for(service.stdout.readline(), 10))  # type: ignore[union-attr]
-
-    async def trimmed() -> int:
-        service.stdin.write(b"trim\n")  # type: ignore[union-attr]
-        line = await asyncio.wait_for(service.stdout.readline(), 10)  # type: ignore[union-attr]
-        return int(json.loads(line)["rss_kb"])
-
+    service = await SoakService.start([s.endpoint for s in stubs], timeout=10)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
             soak = Soak(control_pb2_grpc.ControlServiceStub(channel), stubs)
             counter = iter(range(args.calls))
             warm = args.warmup
@@ -354,7 +392,7 @@ async def main(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             counter = iter(range(warm))
             await asyncio.gather(*(worker(w) for w in range(args.workers)))
-            after_warmup = await stats()
+            after_warmup = await service.stats()
             counter = iter(range(warm, args.calls))
             stop = asyncio.Event()
             faults = asyncio.ensure_future(inject_faults(stubs, stop, [0], soak.injected))
@@ -362,17 +400,9 @@ async def main(args: argparse.Namespace) -> int:
             stop.set()
             await faults
             elapsed = time.perf_counter() - started
-            # Cancelled operations may still be inside their detach grace: wait (bounded) for the
-            # service to settle; a leak never settles and is reported.
-            settle_by = time.perf_counter() + 10
-            end = await stats()
-            while (end["open_slots"] or end["running"]) and time.perf_counter() < settle_by:
-                await asyncio.sleep(0.1)
-                end = await stats()
-            end["trimmed_kb"] = await trimmed()
+            end = await service.settled(10)
     finally:
-        service.stdin.close()
-        await asyncio.wait_for(service.wait(), 30)
+        await service.close()
         for stub in stubs:
             stub.__exit__(None, None, None)
     report(args, soak, after_warmup, end, elapsed)
@@ -437,28 +467,13 @@ async def chaos(args: argparse.Namespace) -> int:
     keys = Keys(tmp)
     stubs = [start_stub(f"ipc://{tmp}/engine-{i}.sock", keys) for i in range(ENGINES)]
     curve = ["--curve", str(keys.engine_public), str(keys.service_secret)]
-    service = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__)), "--serve", *curve, *[s.endpoint for s in stubs],
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO,
-    )  # fmt: skip
-    assert service.stdout and service.stdin
-    port = json.loads(await asyncio.wait_for(service.stdout.readline(), 60))["port"]
-
-    async def stats() -> dict[str, int]:
-        service.stdin.write(b"stats\n")  # type: ignore[union-attr]
-        return json.loads(await asyncio.wait_for(service.stdout.readline(), 30))  # type: ignore[union-attr]
-
-    async def trimmed() -> int:
-        service.stdin.write(b"trim\n")  # type: ignore[union-attr]
-        line = await asyncio.wait_for(service.stdout.readline(), 30)  # type: ignore[union-attr]
-        return int(json.loads(line)["rss_kb"])
-
+    service = await SoakService.start([*curve, *[s.endpoint for s in stubs]], timeout=30)
     rng = random.Random(13)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
             stub = control_pb2_grpc.ControlServiceStub(channel)
             soak = Soak(stub, stubs)
-            start = await stats()
+            start = await service.stats()
             started = time.perf_counter()
             deadline = started + args.minutes * 60
             counter = itertools.count()
@@ -489,21 +504,15 @@ async def chaos(args: argparse.Namespace) -> int:
                 while time.perf_counter() < deadline - 60:
                     await asyncio.sleep(60)
                     minute += 1
-                    print_memory(f"minute {minute}", await stats(), soak)
+                    print_memory(f"minute {minute}", await service.stats(), soak)
 
             await asyncio.gather(
                 *(worker(w) for w in range(args.workers)), faults(), stop_reading(), memory()
             )
             elapsed = time.perf_counter() - started
-            settle_by = time.perf_counter() + 15
-            end = await stats()
-            while (end["open_slots"] or end["running"]) and time.perf_counter() < settle_by:
-                await asyncio.sleep(0.1)
-                end = await stats()
-            end["trimmed_kb"] = await trimmed()
+            end = await service.settled(15)
     finally:
-        service.stdin.close()
-        await asyncio.wait_for(service.wait(), 30)
+        await service.close()
         for engine in stubs:
             engine.__exit__(None, None, None)
     total = sum(soak.by_status.values())
